@@ -1,0 +1,190 @@
+"""File I/O shared by every command: atomic writes, tensor files, tables with provenance.
+
+Nothing here is used by ``metrics`` or ``evaluation`` (those take tensors); the commands of
+each stage read their inputs and write their outputs through these helpers, so every
+artifact is either complete or absent, never half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from .errors import DiffusabilityError, require
+
+PathLike = str | os.PathLike
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary file lives in the same directory so the final ``os.replace`` is atomic.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix,
+                               dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented, key-sorted JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def read_json(path: PathLike) -> Any:
+    """Read a JSON file, with an error that names the file when it is missing or invalid."""
+    path = Path(path)
+    require(path.is_file(), f"{path}: file not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DiffusabilityError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def _json_default(obj: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def save_tensors(path: PathLike, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> None:
+    """Save a dict of torch tensors or numpy arrays to a ``.safetensors`` file, atomically."""
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    converted = {}
+    for name, value in tensors.items():
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(np.ascontiguousarray(value))
+        require(isinstance(value, torch.Tensor), f"{path}: tensor {name!r} is {type(value).__name__}")
+        converted[name] = value.detach().cpu().contiguous()
+    with atomic_path(path) as tmp:
+        save_file(converted, str(tmp), metadata=dict(metadata) if metadata else None)
+
+
+def load_tensors(path: PathLike, keys: list[str] | None = None) -> dict:
+    """Load a ``.safetensors`` file into a dict of torch tensors (optionally only ``keys``)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    require(path.is_file(), f"{path}: file not found")
+    out = {}
+    with safe_open(str(path), framework="pt") as handle:
+        available = list(handle.keys())
+        for key in keys if keys is not None else available:
+            require(key in available, f"{path}: has no tensor {key!r} (has {sorted(available)})")
+            out[key] = handle.get_tensor(key)
+    return out
+
+
+def load_arrays(path: PathLike) -> dict:
+    """Load ``.npz`` or ``.safetensors`` into a dict of numpy arrays."""
+    import numpy as np
+
+    path = Path(path)
+    require(path.is_file(), f"{path}: file not found")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    if path.suffix == ".safetensors":
+        return {k: v.numpy() for k, v in load_tensors(path).items()}
+    raise DiffusabilityError(f"{path}: expected a .npz or .safetensors file")
+
+
+def save_npz(path: PathLike, **arrays: Any) -> None:
+    """``numpy.savez`` (uncompressed: the ADM evaluator layout), atomically."""
+    import numpy as np
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+
+
+def file_sha256(path: PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def git_commit() -> str:
+    """The repository's HEAD commit (``unknown`` outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance(config: Any = None, **extra: Any) -> dict[str, str]:
+    """Metadata stored in every table: package version, git commit, config hash."""
+    from . import __version__
+
+    meta = {"diffusability_version": __version__, "git_commit": git_commit()}
+    if config is not None:
+        text = json.dumps(config, sort_keys=True, default=_json_default)
+        meta["config_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    meta.update({k: v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=_json_default)
+                 for k, v in extra.items()})
+    return meta
+
+
+def write_parquet(df, path: PathLike, metadata: Mapping[str, str] | None = None) -> None:
+    """Write a pandas DataFrame to Parquet with ``metadata`` in the file's key-value metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    if metadata:
+        merged = dict(table.schema.metadata or {})
+        merged.update({f"diffusability.{k}".encode(): str(v).encode() for k, v in metadata.items()})
+        table = table.replace_schema_metadata(merged)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_parquet(path: PathLike):
+    """Read a Parquet table into pandas, with an error naming the file when missing."""
+    import pandas as pd
+
+    path = Path(path)
+    require(path.is_file(), f"{path}: file not found")
+    return pd.read_parquet(path)
+
+
+def parquet_metadata(path: PathLike) -> dict[str, str]:
+    """The ``diffusability.*`` key-value metadata written by :func:`write_parquet`."""
+    import pyarrow.parquet as pq
+
+    raw = pq.read_schema(path).metadata or {}
+    prefix = b"diffusability."
+    return {k[len(prefix):].decode(): v.decode() for k, v in raw.items() if k.startswith(prefix)}

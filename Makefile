@@ -1,0 +1,40 @@
+# diffusability — set-up, the embedded-default study, and the tests.
+#   make demo    set up .venv and run the whole study on the embedded default (CPU, minutes)
+#   make test    set up .venv and run the test suite
+#   make bench   run the benchmarks (print tables)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_DATASETS_OFFLINE := 1
+export HF_HUB_OFFLINE := 1
+
+.PHONY: setup demo test report bench clean
+
+setup: $(VENV)/.installed
+
+# torch first, from the pinned CPU wheel; the constraints file keeps every later resolver run
+# from reaching for the multi-GB CUDA build. No torchvision (see DESIGN.md).
+$(VENV)/.installed: envs/requirements.lock envs/constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -c envs/constraints.txt -r envs/requirements.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+demo: setup
+	$(BIN)/snakemake --cores all
+	$(BIN)/snakemake --report results/report.html
+
+test: setup
+	$(BIN)/python -m pytest
+
+report: setup
+	$(BIN)/snakemake --report results/report.html
+
+bench: setup
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b; done
+
+clean:
+	rm -rf results logs .snakemake

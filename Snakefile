@@ -1,0 +1,36 @@
+# diffusability — which properties of a tokenizer's latent space make diffusion generate well?
+#
+#   snakemake --cores all                      # the embedded default (config/config.yaml)
+#   snakemake --cores all --profile cluster    # the same DAG on SLURM (cluster/config.yaml)
+#   snakemake --cores all --configfile config/paper.yaml --profile cluster   # the full study
+#
+# The rules are thin (one `diffusability <command>` each); the logic lives in the package under
+# workflow/diffusability. Stage order: data → teacher → tokenizers → latents → metrics,
+# diffusion → samples → generation metrics → tables, correlations, figures, report.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/tokenizer.smk"
+include: "workflow/rules/latents.smk"
+include: "workflow/rules/metrics.smk"
+include: "workflow/rules/diffusion.smk"
+include: "workflow/rules/sampling.smk"
+include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/analysis.smk"
+
+
+report: "workflow/report/workflow.rst"
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),

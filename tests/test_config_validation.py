@@ -1,0 +1,95 @@
+"""Config validation: bad configs fail before any job runs, naming the key and the expectation."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+
+import pytest
+import yaml
+
+from diffusability.config import backbone_spec, tokenizer_spec, validate_config
+from diffusability.errors import DiffusabilityError
+
+
+@pytest.fixture()
+def default_config(repo):
+    return yaml.safe_load((repo / "config" / "config.yaml").read_text())
+
+
+def _error(config) -> str:
+    with pytest.raises(DiffusabilityError) as info:
+        validate_config(config)
+    return str(info.value)
+
+
+def test_shipped_configs_are_valid(repo):
+    for name in ("config.yaml", "smoke.yaml", "paper.yaml"):
+        path = repo / "config" / name
+        if path.exists():
+            validate_config(yaml.safe_load(path.read_text()))
+
+
+def test_defaults_are_filled(default_config):
+    config = validate_config(default_config)
+    assert config["sampling"]["guidance_channels"] == "all"
+    assert config["tokenizers"]["baseline"]["kl_weight"] == 1e-6
+    assert config["tokenizers"]["baseline"]["regularizer"] == {"name": "none"}
+    assert config["encode"]["mask_pooling"] == "max"
+    # validation does not modify its argument
+    assert "encode" not in default_config
+
+
+def test_unknown_key_is_named(default_config):
+    config = copy.deepcopy(default_config)
+    config["tokenizers"]["baseline"]["colour"] = "red"
+    message = _error(config)
+    assert "'colour'" in message and "tokenizers.baseline" in message and "allowed:" in message
+
+
+def test_wrong_type_is_named(default_config):
+    config = copy.deepcopy(default_config)
+    config["sampling"]["num_steps"] = "fifty"
+    message = _error(config)
+    assert "sampling.num_steps" in message and "expected integer" in message
+
+
+def test_unknown_regularizer_lists_the_known_ones(default_config):
+    config = copy.deepcopy(default_config)
+    config["tokenizers"]["mcos"]["regularizer"]["name"] = "vf-loss"
+    message = _error(config)
+    assert "tokenizers.mcos.regularizer.name" in message and "'vf-loss'" in message and "mdms" in message
+
+
+def test_unknown_backbone_family(default_config):
+    config = copy.deepcopy(default_config)
+    config["backbones"]["sit-t"]["family"] = "dit"
+    message = _error(config)
+    assert "backbones.sit-t.family" in message and "lightningdit" in message
+
+
+def test_downsampling_must_divide_image_size(default_config):
+    config = copy.deepcopy(default_config)
+    config["tokenizers"]["baseline"]["channel_mult"] = [1, 1, 1, 1, 1, 1, 1]
+    assert "tokenizers.baseline.channel_mult" in _error(config)
+
+
+def test_specs_are_per_entity_slices(default_config):
+    config = validate_config(default_config)
+    spec = tokenizer_spec(config, "mcos")
+    assert spec["name"] == "mcos" and spec["regularizer"]["name"] == "mcos"
+    assert "tokenizers" not in spec and "baseline" not in str(spec)
+    bb = backbone_spec(config, "mcos", "sit-t")
+    assert bb["norm"] == "layernorm" and bb["time_sampling"] == "uniform"  # family defaults
+
+
+def test_snakemake_refuses_bad_config_before_any_job(workdir_factory, snakemake_exe, default_config):
+    config = copy.deepcopy(default_config)
+    config["backbones"]["sit-t"]["family"] = "dit"
+    tmp_path = workdir_factory(config)
+    result = subprocess.run([snakemake_exe, "-n", "--cores", "1"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "backbones.sit-t.family" in output and "lightningdit" in output
+    assert not (tmp_path / "results").exists()

@@ -1,0 +1,104 @@
+"""Where every artifact lives under the results directory — one source of truth.
+
+The Snakemake rules build their paths with these functions and the aggregation step parses
+them back, so a path's meaning (which tokenizer, backbone, guidance scale) is never guessed.
+All paths are relative to the workflow's working directory.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+
+RESULTS = "results"
+
+# Names of tokenizers and backbones become path components and wildcards.
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.+-]*"
+
+
+def format_cfg(scale: float) -> str:
+    """A guidance scale as it appears in file names: 1.5 → ``1.50``."""
+    return f"{float(scale):.2f}"
+
+
+def data_split(split: str) -> str:
+    return f"{RESULTS}/data/{split}.safetensors"
+
+
+def teacher_file(name: str = "model.safetensors") -> str:
+    return f"{RESULTS}/teacher/{name}"
+
+
+def tokenizer_file(tok: str, name: str = "model.safetensors") -> str:
+    return f"{RESULTS}/tokenizers/{tok}/{name}"
+
+
+def reconstruction_rows(tok: str) -> str:
+    return f"{RESULTS}/reconstruction/{tok}.parquet"
+
+
+def latents_file(tok: str, name: str) -> str:
+    return f"{RESULTS}/latents/{tok}/{name}.safetensors"
+
+
+def latent_metric_rows(tok: str) -> str:
+    return f"{RESULTS}/metrics/{tok}.parquet"
+
+
+def diffusion_file(tok: str, bb: str, name: str = "ema.safetensors") -> str:
+    return f"{RESULTS}/diffusion/{tok}/{bb}/{name}"
+
+
+def samples_file(tok: str, bb: str, cfg: str) -> str:
+    return f"{RESULTS}/samples/{tok}/{bb}/cfg{cfg}.npz"
+
+
+def trajectories_file(tok: str, bb: str, cfg: str) -> str:
+    return f"{RESULTS}/samples/{tok}/{bb}/cfg{cfg}.trajectories.safetensors"
+
+
+def generation_rows(tok: str, bb: str, cfg: str) -> str:
+    return f"{RESULTS}/generation/{tok}/{bb}/cfg{cfg}.parquet"
+
+
+def trajectory_rows(tok: str, bb: str, cfg: str) -> str:
+    return f"{RESULTS}/generation/{tok}/{bb}/cfg{cfg}.trajectory.parquet"
+
+
+def untrained_samples_file(tok: str, bb: str) -> str:
+    return f"{RESULTS}/samples/{tok}/{bb}/untrained.npz"
+
+
+def untrained_generation_rows(tok: str, bb: str) -> str:
+    return f"{RESULTS}/generation/{tok}/{bb}/untrained.parquet"
+
+
+def table(name: str) -> str:
+    return f"{RESULTS}/tables/{name}.parquet"
+
+
+TABLES = ("tokenizers", "reconstruction", "metrics", "generation", "correlations", "regressions")
+
+
+def _pattern(template: str) -> re.Pattern:
+    name = f"({NAME_PATTERN})"
+    text = re.escape(template).replace(r"\{tok\}", name).replace(r"\{bb\}", name)
+    text = text.replace(r"\{cfg\}", r"([0-9]+\.[0-9]{2})")
+    return re.compile(f"^{text}$")
+
+
+_PARSERS = {
+    "reconstruction": _pattern(reconstruction_rows("{tok}")),
+    "metrics": _pattern(latent_metric_rows("{tok}")),
+    "generation": _pattern(generation_rows("{tok}", "{bb}", "{cfg}")),
+    "trajectory": _pattern(trajectory_rows("{tok}", "{bb}", "{cfg}")),
+    "untrained": _pattern(untrained_generation_rows("{tok}", "{bb}")),
+}
+
+
+def parse(kind: str, path: str) -> tuple[str, ...]:
+    """The (tok[, bb[, cfg]]) a results path of ``kind`` belongs to; ValueError otherwise."""
+    match = _PARSERS[kind].match(str(PurePosixPath(path)))
+    if not match:
+        raise ValueError(f"{path}: not a {kind} path of the results layout")
+    return match.groups()

@@ -1,0 +1,66 @@
+"""A readable Markdown summary of a run: what was trained, how well, what correlates."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+
+def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4g") -> str:
+    """A GitHub-Markdown table of ``frame`` (no tabulate dependency)."""
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return "" if math.isnan(value) else format(value, floatfmt)
+        return str(value)
+
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def summarize(tables: dict[str, pd.DataFrame], target: str, provenance: dict[str, str]) -> str:
+    tokenizers, reconstruction = tables["tokenizers"], tables["reconstruction"]
+    metrics, generation = tables["metrics"], tables["generation"]
+    correlations, regressions = tables["correlations"], tables["regressions"]
+    lines = ["# diffusability — run summary", ""]
+    lines += [f"- package {provenance.get('diffusability_version', '?')}, commit "
+              f"`{provenance.get('git_commit', '?')[:12]}`, config sha256 `{provenance.get('config_sha256', '?')[:12]}`",
+              f"- {len(tokenizers)} tokenizers, {generation['backbone'].nunique()} backbone(s), guidance scales "
+              f"{sorted(generation.loc[generation['model'] == 'trained', 'cfg_scale'].unique().tolist())}", ""]
+
+    lines += ["## Tokenizers", "", markdown_table(tokenizers[["tokenizer", "family", "regularizer", "kl_weight",
+                                                           "latent_channels", "downsample"]]), ""]
+
+    lines += ["## Reconstruction (trained vs untrained)", ""]
+    rec = reconstruction.pivot_table(index="tokenizer", columns="metric", values="value", aggfunc="first")
+    lines += [markdown_table(rec.reset_index()), ""]
+
+    lines += [f"## Generation ({target}, lower is better; untrained = the same backbone before training, cfg 1)", ""]
+    gen = generation[generation["metric"] == target].copy()
+    gen["column"] = gen.apply(lambda r: "untrained" if r["model"] == "untrained" else f"cfg {r['cfg_scale']:g}", axis=1)
+    wide = gen.pivot_table(index=["tokenizer", "backbone"], columns="column", values="value", aggfunc="first")
+    lines += [markdown_table(wide.reset_index()), ""]
+
+    lines += ["## Latent metrics (validation latents, normalised as the diffusion model sees them)", ""]
+    lat = metrics.pivot_table(index="metric", columns="tokenizer", values="value", aggfunc="first")
+    direction = metrics.groupby("metric")["direction"].first()
+    lat.insert(0, "better", direction.reindex(lat.index))
+    lines += [markdown_table(lat.reset_index()), ""]
+
+    lines += [f"## Correlation with generation {target} (Pearson r, 95 % CI, p)", ""]
+    if correlations.empty:
+        lines += ["(not enough tokenizers for a correlation: at least 4 are needed)", ""]
+    else:
+        pearson = correlations[correlations["method"] == "pearson"].copy()
+        pearson = pearson.sort_values(["backbone", "cfg_scale", "r"], key=lambda s: s if s.name != "r" else -s.abs())
+        pearson["CI95"] = pearson.apply(lambda r: f"[{r.ci95_low:.2f}, {r.ci95_high:.2f}]", axis=1)
+        lines += [markdown_table(pearson[["family", "backbone", "cfg_scale", "proxy", "direction", "n", "r", "CI95",
+                                          "p_val"]], floatfmt=".3g"), ""]
+    if not regressions.empty:
+        lines += [f"## Best two-metric OLS fits of {target} (R²)", ""]
+        best = regressions.sort_values("r2", ascending=False).groupby(["family", "backbone", "cfg_scale"]).head(5)
+        lines += [markdown_table(best[["family", "backbone", "cfg_scale", "proxy_1", "proxy_2", "n", "r2",
+                                       "adj_r2"]], floatfmt=".3g"), ""]
+    return "\n".join(lines)

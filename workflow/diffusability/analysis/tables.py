@@ -1,0 +1,95 @@
+"""Per-job result rows → the study's tables (tidy pandas DataFrames).
+
+Every per-job file is a tidy Parquet table (metric, value, direction, params, n, seconds).
+Aggregation adds the keys the file belongs to (tokenizer, backbone, guidance scale), parsed
+from its path with :mod:`diffusability.analysis.layout`, and concatenates.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import pandas as pd
+
+from ..errors import DiffusabilityError, require
+from . import layout
+
+ROW_COLUMNS = ["metric", "value", "direction", "params", "n", "seconds"]
+
+
+def read_rows(path: str) -> pd.DataFrame:
+    """One per-job rows file, checked against the tidy schema."""
+    from ..io import read_parquet
+
+    frame = read_parquet(path)
+    missing = [c for c in ROW_COLUMNS if c not in frame.columns]
+    require(not missing, f"{path}: missing columns {missing} (expected {ROW_COLUMNS})")
+    return frame[ROW_COLUMNS]
+
+
+def _concat(paths: Iterable[str], kind: str, keys: tuple[str, ...]) -> pd.DataFrame:
+    frames = []
+    for path in paths:
+        try:
+            values = layout.parse(kind, path)
+        except ValueError as exc:
+            raise DiffusabilityError(str(exc)) from None
+        frame = read_rows(path)
+        for key, value in zip(keys, values):
+            frame.insert(len(frame.columns) - len(ROW_COLUMNS), key, value)
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=[*keys, *ROW_COLUMNS])
+    return pd.concat(frames, ignore_index=True)
+
+
+def tokenizer_table(spec: dict[str, dict]) -> pd.DataFrame:
+    """One row per tokenizer: its name, family and the settings that distinguish it."""
+    rows = []
+    for name, entry in sorted(spec.items()):
+        row = {"tokenizer": name, **entry}
+        row["regularizer_params"] = _json(entry.get("regularizer_params", {}))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _json(value) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True)
+
+
+def reconstruction_table(paths: Iterable[str]) -> pd.DataFrame:
+    return _concat(paths, "reconstruction", ("tokenizer",))
+
+
+def metrics_table(paths: Iterable[str]) -> pd.DataFrame:
+    return _concat(paths, "metrics", ("tokenizer",))
+
+
+def generation_table(generation: Iterable[str], trajectory: Iterable[str] = (),
+                     untrained: Iterable[str] = ()) -> pd.DataFrame:
+    """Generation rows of trained models (+ trajectory metrics) and of untrained baselines.
+
+    Columns: tokenizer, backbone, cfg_scale (float), model ("trained"/"untrained"), metric, …
+    """
+    frames = []
+    for paths, kind in ((generation, "generation"), (trajectory, "trajectory")):
+        frame = _concat(paths, kind, ("tokenizer", "backbone", "cfg"))
+        frame.insert(3, "model", "trained")
+        frames.append(frame)
+    frame = _concat(untrained, "untrained", ("tokenizer", "backbone"))
+    frame.insert(2, "cfg", "1.00")
+    frame.insert(3, "model", "untrained")
+    frames.append(frame)
+    table = pd.concat([f for f in frames if len(f)], ignore_index=True)
+    table.insert(2, "cfg_scale", table.pop("cfg").astype(float))
+    return table
+
+
+def add_family(table: pd.DataFrame, tokenizers: pd.DataFrame) -> pd.DataFrame:
+    """Join each row with its tokenizer's family (for per-family correlations)."""
+    families = tokenizers.set_index("tokenizer")["family"]
+    out = table.copy()
+    out.insert(1, "family", out["tokenizer"].map(families))
+    return out

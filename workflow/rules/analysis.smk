@@ -1,0 +1,99 @@
+# Analysis: per-job rows → tables (Parquet with provenance) → correlations, regressions,
+# figures and a readable summary. Only these rules rerun when a tokenizer is added.
+
+
+def tokenizer_table_spec():
+    return {
+        tok: {
+            "family": cfg.tokenizer_family(entry),
+            "architecture": entry["architecture"],
+            "regularizer": entry["regularizer"]["name"],
+            "regularizer_params": {k: v for k, v in entry["regularizer"].items() if k != "name"},
+            "kl_weight": entry["kl_weight"],
+            "latent_channels": entry["latent_channels"],
+            "downsample": cfg.downsample_factor(entry),
+        }
+        for tok, entry in sorted(config["tokenizers"].items())
+    }
+
+
+def untrained_rows():
+    if not config["sampling"]["untrained_baseline"]:
+        return []
+    return expand(layout.untrained_generation_rows("{tok}", "{bb}"), tok=TOKENIZERS, bb=BACKBONES)
+
+
+rule aggregate:
+    input:
+        reconstruction=expand(layout.reconstruction_rows("{tok}"), tok=TOKENIZERS),
+        metrics=expand(layout.latent_metric_rows("{tok}"), tok=TOKENIZERS),
+        generation=expand(layout.generation_rows("{tok}", "{bb}", "{cfg}"), tok=TOKENIZERS, bb=BACKBONES, cfg=CFG_SCALES),
+        trajectory=expand(layout.trajectory_rows("{tok}", "{bb}", "{cfg}"), tok=TOKENIZERS, bb=BACKBONES, cfg=CFG_SCALES),
+        untrained=untrained_rows(),
+        code=code("analysis/tables.py"),
+    output:
+        tokenizers=layout.table("tokenizers"),
+        reconstruction=layout.table("reconstruction"),
+        metrics=layout.table("metrics"),
+        generation=layout.table("generation"),
+    params:
+        spec=as_arg({"tokenizers": tokenizer_table_spec(), "config": config}),
+    log:
+        "logs/aggregate.log",
+    shell:
+        "{DIFFUSABILITY} aggregate --spec {params.spec} --reconstruction {input.reconstruction} "
+        "--metrics {input.metrics} --generation {input.generation} --trajectory {input.trajectory} "
+        "--untrained {input.untrained} --out-dir results/tables > {log} 2>&1"
+
+
+rule correlate:
+    input:
+        tokenizers=layout.table("tokenizers"),
+        reconstruction=layout.table("reconstruction"),
+        metrics=layout.table("metrics"),
+        generation=layout.table("generation"),
+        code=code("analysis/correlations.py"),
+    output:
+        correlations=layout.table("correlations"),
+        regressions=layout.table("regressions"),
+    params:
+        spec=as_arg(config["analysis"]),
+    log:
+        "logs/correlate.log",
+    shell:
+        "{DIFFUSABILITY} correlate --tables results/tables --spec {params.spec} "
+        "--out-correlations {output.correlations} --out-regressions {output.regressions} > {log} 2>&1"
+
+
+rule figures:
+    input:
+        tables=[layout.table(name) for name in layout.TABLES],
+        code=code("analysis/figures.py"),
+    output:
+        report(
+            directory("results/figures"),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Figures",
+        ),
+    params:
+        spec=as_arg(config["analysis"]),
+    log:
+        "logs/figures.log",
+    shell:
+        "{DIFFUSABILITY} figures --tables results/tables --spec {params.spec} --out-dir {output} > {log} 2>&1"
+
+
+rule summary:
+    input:
+        tables=[layout.table(name) for name in layout.TABLES],
+        code=code("analysis/summary.py"),
+    output:
+        report("results/report.md", caption="../report/summary.rst", category="Summary"),
+    params:
+        spec=as_arg(config["analysis"]),
+    log:
+        "logs/summary.log",
+    shell:
+        "{DIFFUSABILITY} summarize --tables results/tables --spec {params.spec} --out {output} > {log} 2>&1 "
+        "&& cat {output}"

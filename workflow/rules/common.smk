@@ -1,0 +1,66 @@
+# Config validation, naming and the helpers every rule file uses. No rules here.
+
+import shlex
+from pathlib import Path
+import sys
+
+from snakemake.exceptions import WorkflowError
+
+from diffusability import config as cfg
+from diffusability.analysis import layout
+from diffusability.errors import DiffusabilityError
+
+try:
+    config.update(cfg.validate_config(config))
+except DiffusabilityError as exc:
+    raise WorkflowError(str(exc)) from None
+
+TOKENIZERS = sorted(config["tokenizers"])
+BACKBONES = sorted(config["backbones"])
+CFG_SCALES = [layout.format_cfg(w) for w in config["sampling"]["cfg_scales"]]
+
+# The command every rule runs: the package of the Python that runs Snakemake (a venv or the
+# cluster's environment), so no PATH set-up is needed.
+DIFFUSABILITY = f"{shlex.quote(sys.executable)} -m diffusability"
+
+# Source files are listed as inputs of the steps they implement: inputs under 1 MB are
+# content-checksummed by Snakemake, so a real edit reruns the step and a touch does not.
+PACKAGE = "workflow/diffusability"
+
+
+wildcard_constraints:
+    tok=layout.NAME_PATTERN,
+    bb=layout.NAME_PATTERN,
+    cfg=r"[0-9]+\.[0-9]{2}",
+    split="train|val",
+
+
+def as_arg(spec):
+    """A spec dict as one shell-quoted JSON argument."""
+    return shlex.quote(cfg.to_json(spec))
+
+
+def code(*modules):
+    """Source files of the given package modules, as rule inputs."""
+    return [f"{PACKAGE}/{m}" for m in modules]
+
+
+def final_outputs():
+    outputs = [layout.table(name) for name in layout.TABLES]
+    outputs += ["results/figures", "results/report.md"]
+    return outputs
+
+
+# One thread per job by default: on a laptop two 1-thread jobs beat one 2-thread job, and
+# on a cluster the profile sets threads per rule.
+THREADS = 1
+
+
+def launcher(wildcards, resources):
+    """How a (possibly multi-GPU) training command starts: one process per GPU the job was
+    given (torchrun; accelerate inside picks the processes up), or plain Python on a CPU."""
+    gpus = int(getattr(resources, "gpu", 0) or 0)
+    if gpus > 1:
+        return (f"{shlex.quote(sys.executable)} -m torch.distributed.run --standalone "
+                f"--nproc_per_node {gpus} -m diffusability")
+    return DIFFUSABILITY

@@ -1,0 +1,21 @@
+# Diffusion backbones trained with flow matching on each tokenizer's normalised latents.
+
+
+rule train_diffusion:
+    input:
+        train=layout.latents_file("{tok}", "train"),
+        stats=layout.latents_file("{tok}", "stats"),
+    output:
+        ema=layout.diffusion_file("{tok}", "{bb}", "ema.safetensors"),
+        config=layout.diffusion_file("{tok}", "{bb}", "config.json"),
+    params:
+        launch=launcher,
+        spec=lambda wc: as_arg(cfg.backbone_spec(config, wc.tok, wc.bb)),
+        latents=lambda wc, input: str(Path(input.train).parent),
+        out=lambda wc, output: str(Path(output.ema).parent),
+    log:
+        "logs/train_diffusion/{tok}/{bb}.log",
+    threads: THREADS
+    shell:
+        "OMP_NUM_THREADS={threads} {params.launch} train-diffusion --latents {params.latents} "
+        "--spec {params.spec} --out {params.out} > {log} 2>&1"

@@ -1,0 +1,22 @@
+# Latents: fixed-seed posterior samples of both splits, masks on the latent grid, channel stats.
+
+
+rule encode:
+    input:
+        model=layout.tokenizer_file("{tok}", "model.safetensors"),
+        train=layout.data_split("train"),
+        val=layout.data_split("val"),
+    output:
+        train=layout.latents_file("{tok}", "train"),
+        val=layout.latents_file("{tok}", "val"),
+        stats=layout.latents_file("{tok}", "stats"),
+    params:
+        spec=as_arg(cfg.encode_spec(config)),
+        tokenizer=lambda wc, input: str(Path(input.model).parent),
+        out=lambda wc, output: str(Path(output.train).parent),
+    log:
+        "logs/encode/{tok}.log",
+    threads: THREADS
+    shell:
+        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} encode --tokenizer {params.tokenizer} "
+        "--train {input.train} --val {input.val} --spec {params.spec} --out {params.out} > {log} 2>&1"

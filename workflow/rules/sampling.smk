@@ -1,0 +1,43 @@
+# Sampling: one job per guidance scale; Euler ODE with exactly num_steps updates, decoded images.
+
+
+rule sample:
+    input:
+        ema=layout.diffusion_file("{tok}", "{bb}", "ema.safetensors"),
+        tokenizer=layout.tokenizer_file("{tok}", "model.safetensors"),
+        stats=layout.latents_file("{tok}", "stats"),
+    output:
+        samples=layout.samples_file("{tok}", "{bb}", "{cfg}"),
+        trajectories=layout.trajectories_file("{tok}", "{bb}", "{cfg}"),
+    params:
+        spec=as_arg(cfg.sampling_spec(config)),
+        diffusion=lambda wc, input: str(Path(input.ema).parent),
+        tokenizer=lambda wc, input: str(Path(input.tokenizer).parent),
+        latents=lambda wc, input: str(Path(input.stats).parent),
+    log:
+        "logs/sample/{tok}/{bb}/cfg{cfg}.log",
+    threads: THREADS
+    shell:
+        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} sample --diffusion {params.diffusion} "
+        "--tokenizer {params.tokenizer} --latents {params.latents} --spec {params.spec} "
+        "--cfg-scale {wildcards.cfg} --out {output.samples} --trajectories {output.trajectories} > {log} 2>&1"
+
+
+rule sample_untrained:
+    input:
+        tokenizer=layout.tokenizer_file("{tok}", "model.safetensors"),
+        stats=layout.latents_file("{tok}", "stats"),
+    output:
+        layout.untrained_samples_file("{tok}", "{bb}"),
+    params:
+        spec=as_arg(cfg.sampling_spec(config)),
+        backbone=lambda wc: as_arg(cfg.backbone_spec(config, wc.tok, wc.bb)),
+        tokenizer=lambda wc, input: str(Path(input.tokenizer).parent),
+        latents=lambda wc, input: str(Path(input.stats).parent),
+    log:
+        "logs/sample/{tok}/{bb}/untrained.log",
+    threads: THREADS
+    shell:
+        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} sample --untrained --backbone-spec {params.backbone} "
+        "--tokenizer {params.tokenizer} --latents {params.latents} --spec {params.spec} "
+        "--cfg-scale 1.0 --out {output} > {log} 2>&1"

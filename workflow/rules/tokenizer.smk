@@ -1,0 +1,40 @@
+# Tokenizers: training (resumes from its own checkpoints) and reconstruction quality.
+
+
+rule train_tokenizer:
+    input:
+        train=layout.data_split("train"),
+        teacher=layout.teacher_file("model.safetensors"),
+    output:
+        model=layout.tokenizer_file("{tok}", "model.safetensors"),
+        config=layout.tokenizer_file("{tok}", "config.json"),
+    params:
+        launch=launcher,
+        spec=lambda wc: as_arg(cfg.tokenizer_spec(config, wc.tok)),
+        out=lambda wc, output: str(Path(output.model).parent),
+        teacher=lambda wc, input: str(Path(input.teacher).parent),
+    log:
+        "logs/train_tokenizer/{tok}.log",
+    threads: THREADS
+    shell:
+        "OMP_NUM_THREADS={threads} {params.launch} train-tokenizer --spec {params.spec} "
+        "--train {input.train} --teacher {params.teacher} --out {params.out} > {log} 2>&1"
+
+
+rule reconstruction:
+    input:
+        model=layout.tokenizer_file("{tok}", "model.safetensors"),
+        val=layout.data_split("val"),
+        teacher=layout.teacher_file("model.safetensors"),
+    output:
+        layout.reconstruction_rows("{tok}"),
+    params:
+        spec=as_arg(cfg.generation_spec(config)),
+        tokenizer=lambda wc, input: str(Path(input.model).parent),
+        teacher=lambda wc, input: str(Path(input.teacher).parent),
+    log:
+        "logs/reconstruction/{tok}.log",
+    threads: THREADS
+    shell:
+        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} reconstruction --tokenizer {params.tokenizer} "
+        "--data {input.val} --feature-net {params.teacher} --spec {params.spec} --out {output} > {log} 2>&1"

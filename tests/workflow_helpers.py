@@ -1,0 +1,57 @@
+"""Helpers for tests that drive Snakemake as a user does (subprocess, dry-run job tables)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+_ROW = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s+(\d+)$")
+
+
+def run_snakemake(exe: str, workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([exe, *args], cwd=workdir, capture_output=True, text=True, timeout=timeout)
+
+
+def planned_jobs(exe: str, workdir: Path, *args: str) -> dict[str, int]:
+    """{rule: count} of a dry run ({} when there is nothing to be done)."""
+    result = run_snakemake(exe, workdir, "-n", "--cores", "1", "--quiet", "rules", *args, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    counts: dict[str, int] = {}
+    for line in output.splitlines():
+        line = line.strip()
+        if line.startswith("total"):
+            break
+        match = _ROW.match(line)
+        if match and match.group(1) not in ("job", "count"):
+            counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+def expected_full_counts(config: dict) -> dict[str, int]:
+    """The job count per rule of a study from scratch, derived from the config."""
+    n_tok, n_bb = len(config["tokenizers"]), len(config["backbones"])
+    n_cfg = len(config["sampling"]["cfg_scales"])
+    untrained = config["sampling"].get("untrained_baseline", True)
+    counts = {
+        "prepare_data": 1, "train_teacher": 1,
+        "train_tokenizer": n_tok, "reconstruction": n_tok, "encode": n_tok, "latent_metrics": n_tok,
+        "train_diffusion": n_tok * n_bb, "sample": n_tok * n_bb * n_cfg,
+        "generation_metrics": n_tok * n_bb * n_cfg, "trajectory_metrics": n_tok * n_bb * n_cfg,
+        "aggregate": 1, "correlate": 1, "figures": 1, "summary": 1, "all": 1,
+    }
+    if untrained:
+        counts["sample_untrained"] = n_tok * n_bb
+        counts["untrained_generation_metrics"] = n_tok * n_bb
+    return counts
+
+
+def expected_chain_counts(config: dict, retrain_teacher: bool = False) -> dict[str, int]:
+    """Jobs of ONE tokenizer's chain plus the final aggregation."""
+    one = dict(config, tokenizers={"x": None})
+    counts = expected_full_counts(one)
+    counts.pop("prepare_data")
+    if not retrain_teacher:
+        counts.pop("train_teacher")
+    return counts

@@ -79,13 +79,13 @@ def save_tensors(path: PathLike, tensors: Mapping[str, Any], metadata: Mapping[s
     from safetensors.torch import save_file
 
     converted = {}
-    for name, value in tensors.items():
+    for name, value in sorted(tensors.items()):  # sorted: identical inputs give identical bytes
         if isinstance(value, np.ndarray):
             value = torch.from_numpy(np.ascontiguousarray(value))
         require(isinstance(value, torch.Tensor), f"{path}: tensor {name!r} is {type(value).__name__}")
         converted[name] = value.detach().cpu().contiguous()
     with atomic_path(path) as tmp:
-        save_file(converted, str(tmp), metadata=dict(metadata) if metadata else None)
+        save_file(converted, str(tmp), metadata=dict(sorted(metadata.items())) if metadata else None)
 
 
 def load_tensors(path: PathLike, keys: list[str] | None = None) -> dict:

@@ -1,0 +1,63 @@
+"""ImageNet-S segmentation masks (LUSSeg/ImageNet-S, MODELS.md §4.3).
+
+A mask is an RGB PNG at the original image resolution, stored as
+``validation-segmentation/<wnid>/ILSVRC2012_val_XXXXXXXX.png`` beside the val image of the same
+stem. The class id of a pixel is ``R + 256·G``: 0 = other/background, 1000 = ignore (uncertain
+boundary), 1..919 = an ImageNet-S class. Foreground is ``id ∉ {0, 1000}``; ignore pixels are
+marked not valid so that area fractions can exclude them (METRICS.md §0.4).
+
+Masks go through the same ADM center crop as their images, with nearest resampling
+(:func:`diffusability.data.imagenet.adm_center_crop_labels`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import require
+
+BACKGROUND_ID = 0
+IGNORE_ID = 1000
+
+
+def decode_imagenet_s_mask(rgb: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) RGB mask → int32 (H, W) class ids ``R + 256·G`` (B is unused)."""
+    rgb = np.asarray(rgb)
+    require(rgb.ndim == 3 and rgb.shape[-1] in (3, 4) and rgb.dtype == np.uint8,
+            f"ImageNet-S mask: expected uint8 (H, W, 3), got {rgb.dtype} {tuple(rgb.shape)}")
+    return rgb[..., 0].astype(np.int32) + 256 * rgb[..., 1].astype(np.int32)
+
+
+def foreground_and_valid(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int (H, W) ids → (foreground bool (H, W): id ∉ {0, 1000}, valid bool (H, W): id != 1000)."""
+    valid = ids != IGNORE_ID
+    return valid & (ids != BACKGROUND_ID), valid
+
+
+def index_masks(masks_dir: str | os.PathLike) -> dict[str, Path]:
+    """Map file stem → mask path for every ``<wnid>/*.png`` under ``masks_dir``.
+
+    Stems are unique in ImageNet val (``ILSVRC2012_val_XXXXXXXX``); a duplicate is an error
+    because it would make the image ↔ mask join ambiguous.
+    """
+    root = Path(masks_dir)
+    require(root.is_dir(), f"imagenet.masks_dir {root}: not a directory")
+    index: dict[str, Path] = {}
+    for path in sorted(root.glob("*/*.png")):
+        require(path.stem not in index,
+                f"imagenet.masks_dir: two masks share the stem {path.stem!r}: {index.get(path.stem)} and {path}")
+        index[path.stem] = path
+    require(index, f"imagenet.masks_dir {root}: no <wnid>/*.png masks found")
+    return index
+
+
+def read_mask_ids(path: str | os.PathLike) -> np.ndarray:
+    """Read an ImageNet-S PNG and decode it to int32 (H, W) class ids."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        rgb = np.asarray(image.convert("RGB"))
+    return decode_imagenet_s_mask(rgb)

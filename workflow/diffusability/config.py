@@ -145,13 +145,14 @@ def backbone_spec(config: dict, tok: str, bb: str) -> dict:
     """Everything the training of backbone ``bb`` on tokenizer ``tok``'s latents depends on."""
     entry = dict(config["backbones"][bb])
     resolved = {**FAMILY_DEFAULTS[entry["family"]], **entry}
-    return {"name": bb, "tokenizer": tok, "seed": config["seed"],
+    # The same seed for every tokenizer: common random numbers make the comparison fairer.
+    return {"name": bb, "seed": config["seed"],
             "num_classes": config["data"]["n_classes"], **resolved}
 
 
 def sampling_spec(config: dict) -> dict:
     sampling = {k: v for k, v in config["sampling"].items() if k not in ("cfg_scales", "untrained_baseline")}
-    return {"seed": config["seed"], "num_classes": config["data"]["n_classes"], **sampling}
+    return {"seed": config["seed"], **sampling}
 
 
 def generation_spec(config: dict) -> dict:

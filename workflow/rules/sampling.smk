@@ -30,14 +30,13 @@ rule sample_untrained:
     output:
         layout.untrained_samples_file("{tok}", "{bb}"),
     params:
-        spec=as_arg(cfg.sampling_spec(config)),
-        backbone=lambda wc: as_arg(cfg.backbone_spec(config, wc.tok, wc.bb)),
+        spec=lambda wc: as_arg({**cfg.sampling_spec(config), "backbone": cfg.backbone_spec(config, wc.tok, wc.bb)}),
         tokenizer=lambda wc, input: str(Path(input.tokenizer).parent),
         latents=lambda wc, input: str(Path(input.stats).parent),
     log:
         "logs/sample/{tok}/{bb}/untrained.log",
     threads: THREADS
     shell:
-        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} sample --untrained --backbone-spec {params.backbone} "
+        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} sample --untrained "
         "--tokenizer {params.tokenizer} --latents {params.latents} --spec {params.spec} "
         "--cfg-scale 1.0 --out {output} > {log} 2>&1"

@@ -1,0 +1,35 @@
+"""Latent proxy metrics: pure functions on tensors (no file I/O), and their registry.
+
+Modules: ``viv`` (velocity irreducible variance), ``semantic`` (LNC, linear probe), ``spatial``
+(LDS, CDS, SRSS, RMSC), ``spectral`` (SEC), ``uniformity`` (t-SNE density), ``equivariance``,
+``continuity`` (iFID), ``fisher``, ``trajectory``, ``normalization``; ``registry`` maps metric
+names to functions and ``compute_metrics`` returns tidy rows; ``commands`` wires them to files.
+
+Public names are imported lazily so that ``diffusability --help`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "compute_metrics": "registry", "METRICS": "registry", "GROUPS": "registry",
+    "channel_stats": "normalization", "normalize_latents": "normalization",
+    "latent_neighbor_consistency": "semantic", "linear_probe": "semantic",
+    "local_distant_similarity": "spatial", "correlation_decay_slope": "spatial",
+    "semantic_region_self_similarity": "spatial", "rms_spatial_contrast": "spatial",
+    "dct_matrix": "spectral", "spectral_energy_concentration": "spectral",
+    "sample_latent_pixels": "uniformity", "tsne_embedding": "uniformity",
+    "density_statistics": "uniformity", "latent_uniformity": "uniformity",
+    "affine_equivariance": "equivariance",
+    "interpolated_latents": "continuity", "interpolated_fd": "continuity",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,137 @@
+"""The metric registry: names, groups, required inputs, shared computations, tidy rows."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from diffusability.errors import DiffusabilityError
+from diffusability.metrics import registry
+from diffusability.metrics.registry import GROUPS, METRICS, compute_metrics, expand_names
+from diffusability.metrics.spatial import local_distant_similarity
+from diffusability.metrics.spectral import spectral_energy_concentration
+
+EXPECTED_NAMES = ["viv_uniform", "viv_logit_normal", "viv_uniform_per_dim", "viv_logit_normal_per_dim",
+                  "viv_marginal", "lnc", "lds", "cds", "srss", "rmsc", "sec", "uniformity_cv",
+                  "uniformity_gini", "uniformity_entropy"]
+
+
+def data(n=24, c=4, hw=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.nn.functional.avg_pool2d(torch.randn(n, c, hw + 2, hw + 2, generator=g), 3, 1)
+    labels = torch.arange(n) % 4
+    masks = torch.zeros(n, hw, hw, dtype=torch.bool)
+    masks[:, 2:6, 1:5] = True
+    return latents, labels, masks
+
+
+def test_names_directions_and_groups():
+    assert list(METRICS) == EXPECTED_NAMES
+    lower = {"viv_uniform", "viv_logit_normal", "viv_uniform_per_dim", "viv_logit_normal_per_dim",
+             "viv_marginal", "sec", "uniformity_cv", "uniformity_gini"}
+    for name, spec in METRICS.items():
+        assert spec.direction == ("lower" if name in lower else "higher"), name
+    assert GROUPS["viv"] == tuple(EXPECTED_NAMES[:4])
+    assert GROUPS["uniformity"] == ("uniformity_cv", "uniformity_gini", "uniformity_entropy")
+
+
+def test_expand_names_respects_inputs():
+    assert expand_names("all", False, False) == ["lds", "cds", "rmsc", "sec", "uniformity_cv",
+                                                 "uniformity_gini", "uniformity_entropy"]
+    assert "srss" in expand_names(["all"], True, True) and "lnc" in expand_names(["all"], True, False)
+    assert expand_names("viv,lds", True, False) == EXPECTED_NAMES[:4] + ["lds"]
+    with pytest.raises(DiffusabilityError, match="masks"):
+        expand_names(["srss"], True, False)
+    with pytest.raises(DiffusabilityError, match="labels"):
+        expand_names(["viv"], False, True)
+    with pytest.raises(DiffusabilityError, match="unknown"):
+        expand_names(["nope"], True, True)
+
+
+def test_rows_match_direct_calls_and_schema():
+    latents, labels, masks = data()
+    table = compute_metrics(latents, labels, masks, names=["lds", "sec", "srss"],
+                            params={"srss": {"min_fg": 4, "min_bg": 4, "d_neg": 4}, "lds": {"far_dist": 4}})
+    assert list(table.columns) == ["metric", "value", "direction", "params", "n", "seconds"]
+    assert table["value"].dtype == np.float64 and table["n"].dtype == np.int64
+    assert table["seconds"].dtype == np.float64
+    assert list(table["metric"]) == ["lds", "srss", "sec", "sec_r0.25", "sec_r0.5", "sec_r0.75"]
+    row = table.set_index("metric")
+    assert row.loc["lds", "value"] == local_distant_similarity(latents, far_dist=4)["value"]
+    sec = spectral_energy_concentration(latents)
+    assert row.loc["sec", "value"] == sec["value"] == row.loc["sec_r0.5", "value"]
+    assert row.loc["sec_r0.25", "value"] == sec["sweep"][0.25]
+    assert json.loads(row.loc["lds", "params"]) == {"far_dist": 4}
+    assert json.loads(row.loc["srss", "params"]) == {"d_neg": 4, "d_pos": 1, "min_bg": 4, "min_fg": 4}
+    assert set(row["direction"]) <= {"lower", "higher"} and row.loc["sec_r0.75", "direction"] == "lower"
+    assert row.loc["lds", "n"] == 24
+
+
+def test_shared_computation_runs_once(monkeypatch):
+    calls = []
+    original = registry.COMPUTATIONS["uniformity"].run
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setitem(registry.COMPUTATIONS, "uniformity", registry.Computation(
+        "uniformity", counting, registry.COMPUTATIONS["uniformity"].signature_of, frozenset(),
+        registry.COMPUTATIONS["uniformity"].defaults))
+    latents, _, _ = data(n=40)
+    table = compute_metrics(latents, names="uniformity",
+                            params={"uniformity": {"n": 60, "repeats": 1, "perplexity": 5, "max_iter": 250}})
+    assert len(calls) == 1 and list(table["metric"]) == list(GROUPS["uniformity"])
+    assert table["seconds"].nunique() == 1 and (table["n"] == 60).all()
+
+
+def test_refuses_degenerate_inputs():
+    latents, labels, masks = data()
+    with pytest.raises(DiffusabilityError, match="constant"):
+        compute_metrics(torch.ones(4, 2, 4, 4), names=["lds"], params={"lds": {"far_dist": 3}})
+    bad = latents.clone()
+    bad[0, 0, 0, 0] = math.nan
+    with pytest.raises(DiffusabilityError, match="NaN"):
+        compute_metrics(bad, names=["sec"])
+    lonely = labels.clone()
+    lonely[0] = 99
+    with pytest.raises(DiffusabilityError, match="single sample"):
+        compute_metrics(latents, lonely, names=["viv"])
+    with pytest.raises(DiffusabilityError, match="no parameter"):
+        compute_metrics(latents, names=["lds"], params={"lds": {"bogus": 1}})
+    with pytest.raises(DiffusabilityError, match="not a metric"):
+        compute_metrics(latents, names=["lds"], params={"ldz": {"far_dist": 3}})
+    with pytest.raises(DiffusabilityError, match="min_fg"):  # default 64/64 impossible on 8×8
+        compute_metrics(latents, labels, masks, names=["srss"])
+
+
+def test_viv_group_gives_four_rows():
+    pytest.importorskip("diffusability.metrics.viv")
+    latents, labels, _ = data(n=32, c=3, hw=4)
+    table = compute_metrics(latents, labels, names="viv")
+    assert list(table["metric"]) == list(GROUPS["viv"])
+    row = table.set_index("metric")["value"]
+    assert row["viv_uniform_per_dim"] == pytest.approx(row["viv_uniform"] / (3 * 16))
+    assert (table["n"] == 32).all() and table["seconds"].nunique() == 1
+    json.loads(table["params"].iloc[0])  # JSON even with a torch dtype default
+
+
+def test_lnc_records_pooling():
+    latents, labels, masks = data()
+    with_masks = compute_metrics(latents, labels, masks, names=["lnc"])
+    without = compute_metrics(latents, labels, None, names=["lnc"])
+    assert json.loads(with_masks["params"][0])["pooling"] == "foreground"
+    assert json.loads(without["params"][0])["pooling"] == "all tokens"
+    assert isinstance(with_masks, pd.DataFrame)
+
+
+def test_viv_marginal_row():
+    pytest.importorskip("diffusability.metrics.viv")
+    latents, labels, _ = data(n=32, c=3, hw=4)
+    table = compute_metrics(latents, labels, names=["viv_marginal"], params={"viv_marginal": {"draws": 256}})
+    assert list(table["metric"]) == ["viv_marginal"] and table["direction"][0] == "lower"
+    assert math.isfinite(table["value"][0]) and table["value"][0] > 0
+    assert json.loads(table["params"][0])["draws"] == 256

@@ -1,0 +1,165 @@
+"""Tokenizer training: exact resume, outputs, errors, the objective's conventions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from diffusability.errors import DiffusabilityError
+from diffusability.io import read_json, read_parquet
+from diffusability.tokenizers import load_tokenizer, train_tokenizer
+from diffusability.tokenizers.losses import VAEObjective, pyramid_distance
+from diffusability.tokenizers.train import EpochOrder
+
+TINY = dict(image_size=16, base_channels=8, channel_mult=[1, 2], num_res_blocks=1, latent_channels=3,
+            batch_size=4, steps=6, checkpoint_every=3, lr=1e-3)
+
+
+class TinyTeacher(nn.Module):
+    """A random conv net with the domain-net interface (feature_pyramid, feature_map)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 5, 3, padding=1)
+        self.b = nn.Conv2d(5, 7, 3, stride=2, padding=1)
+
+    def feature_pyramid(self, x):
+        first = F.relu(self.a(x))
+        return [first, F.relu(self.b(first))]
+
+    def feature_map(self, x, grid):
+        return F.adaptive_avg_pool2d(self.feature_pyramid(x)[-1], grid)
+
+
+def _images(n=10, size=16, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def _weights(directory):
+    return {k: v.clone() for k, v in load_tokenizer(directory).state_dict().items()}
+
+
+@pytest.mark.parametrize("extra", [
+    dict(regularizer={"name": "lmr", "mask_probabilities": [0.3, 0.3, 0.3]}),
+    dict(regularizer={"name": "eq", "variant": "scale", "probability": 0.7}, disc_weight=0.5, disc_start=2,
+         disc_channels=4, disc_layers=1),
+    dict(regularizer={"name": "mcos+mdms"}, dropout=0.1),
+])
+def test_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_run(tmp_path, extra):
+    spec = {**TINY, **extra}
+    images = _images()
+    teacher = TinyTeacher() if "mcos" in spec["regularizer"]["name"] else None
+    train_tokenizer(images, None, spec, tmp_path / "straight", teacher=teacher)
+    assert train_tokenizer(images, None, spec, tmp_path / "resumed", teacher=teacher, stop_after=3) is None
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
+    train_tokenizer(images, None, spec, tmp_path / "resumed", teacher=teacher)
+    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    log_a = read_parquet(tmp_path / "straight" / "train_log.parquet")
+    log_b = read_parquet(tmp_path / "resumed" / "train_log.parquet")
+    assert list(log_a["step"]) == list(range(1, 7)) == list(log_b["step"])
+    np.testing.assert_array_equal(log_a["loss"].to_numpy(), log_b["loss"].to_numpy())
+    assert {"step", "loss", "nll", "kl", "seconds"} <= set(log_a.columns)
+
+
+def test_outputs_and_load_tokenizer_round_trip(tmp_path):
+    train_tokenizer(_images(), np.arange(10), {**TINY, "steps": 2}, tmp_path)
+    config = read_json(tmp_path / "config.json")
+    assert config["channel_mult"] == [1, 2] and config["steps"] == 2
+    model = load_tokenizer(tmp_path)
+    assert not model.training and model.latent_channels == 3 and model.downsample_factor == 2
+    assert (tmp_path / "checkpoints").is_dir()
+
+
+def test_bad_inputs_are_clear_errors(tmp_path):
+    with pytest.raises(DiffusabilityError, match="unknown key"):
+        train_tokenizer(_images(), None, {**TINY, "learning_rate": 1}, tmp_path)
+    with pytest.raises(DiffusabilityError, match="image_size"):
+        train_tokenizer(_images(size=8), None, TINY, tmp_path)
+    with pytest.raises(DiffusabilityError, match="uint8"):
+        train_tokenizer(_images().astype(np.float32), None, TINY, tmp_path)
+    with pytest.raises(DiffusabilityError, match="teacher"):
+        train_tokenizer(_images(), None, {**TINY, "regularizer": {"name": "repa"}}, tmp_path)
+    with pytest.raises(DiffusabilityError, match="labels"):
+        train_tokenizer(_images(), np.arange(3), TINY, tmp_path)
+    with pytest.raises(DiffusabilityError, match="not found"):
+        load_tokenizer(tmp_path / "nothing")
+
+
+def test_epoch_order_visits_every_image_once_per_epoch():
+    order = EpochOrder(seed=0, count=10, batch_size=3)
+    assert order.batches_per_epoch == 3
+    first = torch.cat([order.indices(s) for s in range(3)])
+    second = torch.cat([order.indices(s) for s in range(3, 6)])
+    assert len(set(first.tolist())) == 9 and len(set(second.tolist())) == 9
+    assert not torch.equal(first, second)
+    assert torch.equal(EpochOrder(0, 10, 3).indices(4), order.indices(4))
+
+
+def test_nll_is_summed_l1_over_pixels_with_logvar_ldm_convention():
+    objective = VAEObjective()
+    target, reconstruction = torch.zeros(2, 3, 4, 4), torch.full((2, 3, 4, 4), 0.5)
+    assert objective.nll(reconstruction, target).item() == pytest.approx(0.5 * 48)
+    with torch.no_grad():
+        objective.logvar.fill_(1.0)
+    # Σ (0.5/e + 1) over 48 elements, averaged over the batch
+    assert objective.nll(reconstruction, target).item() == pytest.approx(48 * (0.5 / np.e + 1.0), rel=1e-6)
+
+
+def test_perceptual_distance_is_broadcast_per_pixel_and_zero_for_identical_images():
+    torch.manual_seed(0)
+    teacher = TinyTeacher()
+    objective = VAEObjective(teacher=teacher, perceptual_weight=2.0)
+    x = torch.rand(2, 3, 8, 8)
+    y = torch.rand(2, 3, 8, 8)
+    assert objective.perceptual_distance(x, x).abs().max().item() < 1e-10
+    distance = pyramid_distance(teacher.feature_pyramid(x), teacher.feature_pyramid(y))
+    # brute force for one image: levels summed, per level Σ_F over unit vectors, mean over positions
+    expected = 0.0
+    for a, b in zip(teacher.feature_pyramid(x[:1]), teacher.feature_pyramid(y[:1])):
+        a = a / (a.norm(dim=1, keepdim=True) + 1e-10)
+        b = b / (b.norm(dim=1, keepdim=True) + 1e-10)
+        expected += ((a - b) ** 2).sum(dim=1).mean().item()
+    assert distance[0].item() == pytest.approx(expected, rel=1e-5)
+    l1 = (x - y).abs().sum(dim=(1, 2, 3))
+    nll = objective.nll(y, x).item()
+    assert nll == pytest.approx(((l1 + 2.0 * distance * 3 * 64).sum() / 2).item(), rel=1e-5)
+
+
+def test_hinge_loss_closed_form_and_gan_switched_on_at_disc_start():
+    from diffusability.tokenizers.losses import PatchDiscriminator, hinge_discriminator_loss
+
+    real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-2.0, 0.0, 1.0])
+    # real: ReLU(1 − r) = [0, 0.5, 2] → mean 5/6; fake: ReLU(1 + f) = [0, 1, 2] → mean 1
+    assert hinge_discriminator_loss(real, fake).item() == pytest.approx(0.5 * (5 / 6 + 1.0))
+    assert PatchDiscriminator(layers=3, channels=8)(torch.zeros(2, 3, 32, 32)).shape == (2, 1, 2, 2)
+    objective = VAEObjective(disc_weight=0.5, disc_start=3, disc_channels=4, disc_layers=1)
+    assert not objective.gan_active(2) and objective.gan_active(3)
+    layer = torch.randn(3, 4, 4, 4, requires_grad=True)
+    reconstruction = F.conv2d(torch.randn(2, 4, 16, 16), layer, padding=1)
+    nll = reconstruction.abs().sum()
+    term, weight = objective.generator_gan_term(reconstruction, nll, layer, step=2)
+    assert term.item() == 0.0 and weight.item() == 0.0
+    term, weight = objective.generator_gan_term(reconstruction, nll, layer, step=3)
+    assert weight.item() > 0 and term.requires_grad
+    assert VAEObjective().discriminator is None  # off by default
+
+
+@pytest.mark.slow
+def test_embedded_default_beats_its_untrained_self(tmp_path):
+    from diffusability.data.shapes import generate_shapes
+    from diffusability.evaluation.reconstruction import mean_psnr, psnr_uint8
+    from diffusability.tokenizers.commands import reconstruct
+    from diffusability.tokenizers.factory import initial_tokenizer
+
+    train = generate_shapes(1000, 32, seed=0)
+    val = generate_shapes(100, 32, seed=1)
+    train_tokenizer(train["images"], train["labels"], {"checkpoint_every": 1000}, tmp_path)
+    trained = mean_psnr(psnr_uint8(val["images"], reconstruct(load_tokenizer(tmp_path), val["images"], 50)))
+    untrained = mean_psnr(psnr_uint8(val["images"], reconstruct(initial_tokenizer({}).eval(), val["images"], 50)))
+    assert trained > untrained + 3.0, (trained, untrained)

@@ -1,0 +1,254 @@
+"""Training of the diffusion transformer on cached, normalised latents (accelerate).
+
+Reproducibility is by construction rather than by saved RNG streams: everything random in
+step k — which latents form the global batch, their noise, times and label drops — is drawn
+from generators keyed by (seed, k) for the WHOLE global batch, and each process takes its slice.
+So the result does not depend on the number of processes or the micro-batch size (up to float
+round-off of the gradient sum), and resuming needs only the step number plus the model, EMA
+and optimizer states (which full-state checkpoints hold, together with the global RNG states).
+
+Output directory: ``ema.safetensors``, ``model.safetensors``, ``config.json``,
+``train_log.parquet``, ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpointing import (capture_rng_state, check_finite, latest_checkpoint, load_checkpoint,
+                             restore_rng_state, save_checkpoint)
+from ..errors import DiffusabilityError, require
+from ..io import load_tensors, provenance, read_json, save_tensors, write_json, write_parquet
+from ..progress import log, progress
+from ..seeding import derive_seed, torch_generator
+from .spec import DiffusionSpec
+from .transformer import DiffusionTransformer, build_backbone
+from .transport import flow_matching_loss, sample_time
+
+#: A step whose loss exceeds this multiple of the running loss average is logged as a spike.
+SPIKE_FACTOR = 3.0
+SPIKE_WARMUP_STEPS = 20
+
+
+def as_spec(spec: DiffusionSpec | dict) -> DiffusionSpec:
+    return spec if isinstance(spec, DiffusionSpec) else DiffusionSpec.from_dict(spec)
+
+
+def init_model(spec: DiffusionSpec | dict, in_channels: int, grid_size: int, num_classes: int) -> DiffusionTransformer:
+    """The freshly initialised backbone of ``spec``; its weights depend only on ``spec.seed``."""
+    spec = as_spec(spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(spec.seed, "diffusion-init"))
+        return build_backbone(spec, in_channels, grid_size, num_classes)
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The data order of one epoch (n,), a function of (seed, epoch) only."""
+    return torch.randperm(n, generator=torch_generator(seed, "diffusion-data-order", epoch))
+
+
+def global_batch_indices(seed: int, step: int, batch_size: int, n: int) -> torch.Tensor:
+    """Dataset indices (batch_size,) of the global batch of ``step``: positions step·B … step·B + B − 1
+    of the endless stream of per-epoch permutations (a batch may straddle two epochs)."""
+    positions = torch.arange(step * batch_size, (step + 1) * batch_size)
+    epochs = positions // n
+    out = torch.empty(batch_size, dtype=torch.long)
+    for epoch in epochs.unique().tolist():
+        chosen = epochs == epoch
+        out[chosen] = epoch_permutation(seed, epoch, n)[positions[chosen] % n]
+    return out
+
+
+def step_randomness(spec: DiffusionSpec, step: int, batch_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """Noise (B, C, H, W), times (B,) and label-drop mask (B,) of the global batch of ``step`` (CPU)."""
+    generator = torch_generator(spec.seed, "diffusion-step", step)
+    t = sample_time(batch_shape[0], spec.time_sampling, generator)
+    noise = torch.randn(batch_shape, generator=generator)
+    drop = torch.rand(batch_shape[0], generator=generator) < spec.label_dropout
+    return {"t": t, "noise": noise, "drop": drop}
+
+
+def check_training_data(latents: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
+    require(isinstance(latents, torch.Tensor) and latents.dim() == 4,
+            f"latents must be a float tensor (N, C, h, w), got {getattr(latents, 'shape', type(latents))}")
+    require(latents.dtype == torch.float32, f"latents must be float32, got {latents.dtype}")
+    require(latents.shape[2] == latents.shape[3], f"latents must be on a square grid, got {tuple(latents.shape)}")
+    require(labels.shape == (latents.shape[0],), f"labels must have shape ({latents.shape[0]},), got {tuple(labels.shape)}")
+    require(labels.dtype == torch.int64, f"labels must be int64, got {labels.dtype}")
+    require(bool(torch.isfinite(latents).all()), "latents contain NaN or Inf values")
+    require(int(labels.min()) >= 0 and int(labels.max()) < num_classes,
+            f"labels must lie in [0, {num_classes}), got range [{int(labels.min())}, {int(labels.max())}]")
+
+
+def _batch_layout(spec: DiffusionSpec, world: int) -> tuple[int, int]:
+    """(micro-batch size, accumulation steps) so that micro × world × accumulation = global batch."""
+    require(spec.batch_size % world == 0,
+            f"batch_size {spec.batch_size} is not divisible by the {world} processes")
+    per_process = spec.batch_size // world
+    micro = spec.micro_batch_size or per_process
+    require(per_process % micro == 0,
+            f"micro_batch_size {micro} does not divide the per-process batch {per_process} "
+            f"(batch_size {spec.batch_size} over {world} processes)")
+    return micro, per_process // micro
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema ← decay·ema + (1 − decay)·model, parameter by parameter (buffers are fixed encodings)."""
+    ema_params = list(ema.parameters())
+    params = [p.detach().to(e.dtype) for e, p in zip(ema_params, model.parameters())]
+    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+
+
+def _check_resume_compatible(state: dict, spec: DiffusionSpec, shape: dict, path: Path) -> None:
+    old, new = state["fingerprint"], {**spec.training_fingerprint(), **shape}
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    require(not changed, f"{path}: checkpoint was written with a different spec/data "
+                         f"({', '.join(f'{k}: {old.get(k)!r} → {new.get(k)!r}' for k in changed)}); "
+                         "delete the checkpoints/ directory to start over")
+
+
+def train_diffusion(latents: torch.Tensor, labels: torch.Tensor, spec: DiffusionSpec | dict, out_dir: str | Path,
+                    num_classes: int, *, stop_after: int | None = None) -> Path:
+    """Train the backbone of ``spec`` on latents (N, C, h, w) float32 (already normalised) with labels (N,) int64.
+
+    Resumes by itself from the newest checkpoint in ``out_dir/checkpoints``. ``stop_after`` ends
+    the call after that step (checkpoint written, no final files): a hook that simulates an
+    interrupted job. Returns ``out_dir``.
+    """
+    from accelerate import Accelerator
+
+    spec = as_spec(spec)
+    out_dir = Path(out_dir)
+    check_training_data(latents, labels, num_classes)
+    n, channels, grid = latents.shape[0], latents.shape[1], latents.shape[2]
+    shape_info = {"in_channels": channels, "grid_size": grid, "num_classes": num_classes, "num_latents": n}
+
+    accelerator = Accelerator(mixed_precision="bf16" if spec.precision == "bf16" else "no")
+    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    micro, accumulation = _batch_layout(spec, world)
+
+    model = init_model(spec, channels, grid, num_classes).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=spec.betas,
+                                  weight_decay=spec.weight_decay, eps=spec.adam_eps)
+    start_step, log_rows, loss_average = 0, [], None
+    checkpoint_dir = out_dir / "checkpoints"
+    resume_path = latest_checkpoint(checkpoint_dir)
+    if resume_path is not None:
+        state = load_checkpoint(resume_path)
+        _check_resume_compatible(state, spec, shape_info, resume_path)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        restore_rng_state(state["rng"])
+        start_step, log_rows, loss_average = state["step"], state["log"], state["loss_average"]
+        require(start_step <= spec.steps, f"{resume_path}: checkpoint is at step {start_step}, beyond "
+                                          f"steps = {spec.steps}")
+        log.info("resuming diffusion training from %s (step %d)", resume_path, start_step)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    null_label = num_classes
+
+    def save_state(step: int) -> None:
+        if accelerator.is_main_process:
+            save_checkpoint(checkpoint_dir, step, {
+                "model": accelerator.unwrap_model(model).state_dict(), "ema": ema.state_dict(),
+                "optimizer": optimizer.state_dict(), "step": step, "rng": capture_rng_state(),
+                "data_order": {"seed": spec.seed, "epoch": step * spec.batch_size // n,
+                               "position": step * spec.batch_size % n},
+                "log": log_rows, "loss_average": loss_average,
+                "fingerprint": {**spec.training_fingerprint(), **shape_info}, "spec": spec.to_dict()})
+        accelerator.wait_for_everyone()
+
+    model.train()
+    bar = progress(range(start_step, spec.steps), total=spec.steps - start_step, desc=f"train {spec.name}",
+                   unit="step", disable=not accelerator.is_local_main_process)
+    for step in bar:
+        started = time.perf_counter()
+        indices = global_batch_indices(spec.seed, step, spec.batch_size, n)
+        draws = step_randomness(spec, step, (spec.batch_size, channels, grid, grid))
+        loss_sum = torch.zeros(2, device=device)  # (objective, mse) summed over micro-batches
+        for round_ in range(accumulation):
+            lo = (round_ * world + rank) * micro
+            part = slice(lo, lo + micro)
+            x1 = latents[indices[part]].to(device)
+            y = labels[indices[part]].masked_fill(draws["drop"][part], null_label).to(device)
+            # Gradients are all-reduced only on the last micro-batch of the step.
+            sync = contextlib.nullcontext() if round_ == accumulation - 1 else accelerator.no_sync(model)
+            with sync:
+                terms = flow_matching_loss(model, x1, y, loss=spec.loss, noise=draws["noise"][part],
+                                           t=draws["t"][part], return_terms=True)
+                accelerator.backward(terms["loss"] / accumulation)
+            loss_sum += torch.stack([terms["loss"].detach(), terms["mse"].detach()]) / accumulation
+        if world > 1:
+            loss_sum = accelerator.reduce(loss_sum, reduction="mean")
+        loss_value, mse_value = loss_sum.tolist()
+        check_finite(loss_value, "diffusion loss", step)
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), spec.grad_clip or float("inf"))
+        grad_norm = float(grad_norm)
+        check_finite(grad_norm, "diffusion gradient norm", step)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        update_ema(ema, accelerator.unwrap_model(model), spec.ema_decay)
+
+        spike = loss_average is not None and step >= SPIKE_WARMUP_STEPS and loss_value > SPIKE_FACTOR * loss_average
+        if spike:
+            log.warning("loss spike at step %d: %.4g vs running average %.4g", step, loss_value, loss_average)
+        loss_average = loss_value if loss_average is None else 0.99 * loss_average + 0.01 * loss_value
+        log_rows.append({"step": step, "loss": loss_value, "mse": mse_value, "grad_norm": grad_norm,
+                         "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started,
+                         "loss_spike": bool(spike)})
+        done = step + 1
+        if done % spec.checkpoint_every == 0 or done == spec.steps or done == stop_after:
+            save_state(done)
+        if done == stop_after:
+            return out_dir
+    if resume_path is not None and start_step == spec.steps:
+        log.info("diffusion training already complete at step %d; rewriting outputs", start_step)
+
+    if accelerator.is_main_process:
+        write_outputs(out_dir, accelerator.unwrap_model(model), ema, spec, shape_info, log_rows)
+    accelerator.wait_for_everyone()
+    return out_dir
+
+
+def write_outputs(out_dir: Path, model: DiffusionTransformer, ema: DiffusionTransformer, spec: DiffusionSpec,
+                  shape_info: dict[str, int], log_rows: list[dict[str, Any]]) -> None:
+    """Final artifacts: weights (safetensors), config.json (spec + data shape), train_log.parquet."""
+    import pandas as pd
+
+    meta = provenance(spec.to_dict())
+    save_tensors(out_dir / "model.safetensors", {k: v.float() for k, v in model.state_dict().items()}, meta)
+    save_tensors(out_dir / "ema.safetensors", {k: v.float() for k, v in ema.state_dict().items()}, meta)
+    columns = ["step", "loss", "mse", "grad_norm", "lr", "seconds", "loss_spike"]
+    write_parquet(pd.DataFrame(log_rows, columns=columns), out_dir / "train_log.parquet", meta)
+    write_json(out_dir / "config.json", {"spec": spec.to_dict(), **shape_info, "steps_done": len(log_rows)})
+
+
+def read_model_config(directory: str | Path) -> tuple[DiffusionSpec, dict[str, int]]:
+    """(spec, {"in_channels", "grid_size", "num_classes"}) from a trained model directory's config.json."""
+    config = read_json(Path(directory) / "config.json")
+    missing = [k for k in ("spec", "in_channels", "grid_size", "num_classes") if k not in config]
+    require(not missing, f"{directory}/config.json: missing keys {missing}")
+    spec = DiffusionSpec.from_dict(config["spec"], source=f"{directory}/config.json spec")
+    return spec, {k: int(config[k]) for k in ("in_channels", "grid_size", "num_classes")}
+
+
+def load_diffusion_model(directory: str | Path, which: str = "ema", device: str | torch.device = "cpu"
+                         ) -> DiffusionTransformer:
+    """The trained model of ``directory`` (``which`` = "ema" or "model") in eval mode, float32."""
+    require(which in ("ema", "model"), f"which must be 'ema' or 'model', got {which!r}")
+    spec, shape = read_model_config(directory)
+    model = build_backbone(spec, shape["in_channels"], shape["grid_size"], shape["num_classes"])
+    weights = load_tensors(Path(directory) / f"{which}.safetensors")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise DiffusabilityError(f"{directory}/{which}.safetensors does not match config.json: {exc}") from exc
+    return model.to(device).eval()

@@ -1,0 +1,148 @@
+"""``diffusability metrics`` (any latent file) and ``diffusability latent-metrics`` (a workflow step).
+
+* ``metrics INPUT --metrics NAME[,NAME…] --out OUT.parquet [--normalize none|per-channel]``:
+  INPUT is ``.npz`` / ``.safetensors`` with ``latents`` float (N, C, H, W), optional ``labels``
+  int (N,) and ``masks`` bool (N, H, W) at latent resolution. ``per-channel`` (default)
+  standardises with the input's own statistics.
+* ``latent-metrics --latents DIR --spec JSON --out OUT.parquet``: DIR holds ``val.safetensors``
+  and ``stats.safetensors`` (train-split mean/std); latents are normalised with those statistics,
+  exactly as the diffusion model sees them. The spec is
+  ``{"enabled": [names…], "params": {metric_or_group: {…}}, "seed": int (optional, provenance only)}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import DiffusabilityError, require
+
+
+def _parse_param(text: str) -> tuple[str, str, object]:
+    """``metric.key=value`` → (metric, key, value); the value is parsed as JSON when it can be."""
+    name_key, sep, raw = text.partition("=")
+    metric, dot, key = name_key.partition(".")
+    if not sep or not dot or not metric or not key:
+        raise argparse.ArgumentTypeError(f"--param {text!r}: expected METRIC.KEY=VALUE, e.g. lnc.k=10")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return metric, key, value
+
+
+def register(subparsers) -> None:
+    """Add the ``metrics`` and ``latent-metrics`` subcommands."""
+    from ..cli import json_spec
+
+    p = subparsers.add_parser("metrics", help="latent proxy metrics of one latent file",
+                              description="Compute latent proxy metrics of one .npz/.safetensors latent file.")
+    p.add_argument("input", help=".npz or .safetensors with latents (N,C,H,W), optional labels (N,), masks (N,H,W)")
+    p.add_argument("--metrics", required=True,
+                   help="comma-separated metric names, groups (viv, uniformity) or 'all'")
+    p.add_argument("--out", required=True, help="output Parquet table")
+    p.add_argument("--normalize", choices=("none", "per-channel"), default="per-channel",
+                   help="per-channel: standardise with the input's own mean/std (default); none: as given")
+    p.add_argument("--param", action="append", type=_parse_param, default=[], metavar="METRIC.KEY=VALUE",
+                   help="metric parameter (repeatable), e.g. lnc.k=10 or uniformity.repeats=1")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.set_defaults(func=run_metrics)
+
+    q = subparsers.add_parser("latent-metrics", help="latent proxy metrics of a tokenizer's validation latents")
+    q.add_argument("--latents", required=True, help="latent directory with val.safetensors and stats.safetensors")
+    q.add_argument("--spec", required=True, type=json_spec,
+                   help='JSON: {"enabled": [names], "params": {metric_or_group: {...}}}')
+    q.add_argument("--out", required=True, help="output Parquet table")
+    q.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    q.set_defaults(func=run_latent_metrics)
+
+
+def read_latent_inputs(arrays: dict, source: str) -> tuple:
+    """Validate ``latents`` / ``labels`` / ``masks`` arrays of a file → torch tensors (labels/masks may be None)."""
+    import numpy as np
+    import torch
+
+    require("latents" in arrays, f"{source}: has no array 'latents' (has {sorted(arrays)})")
+    latents = arrays["latents"]
+    require(np.issubdtype(latents.dtype, np.floating),
+            f"{source}: 'latents' must be float (N, C, H, W), got dtype {latents.dtype}")
+    require(latents.ndim == 4, f"{source}: 'latents' must have shape (N, C, H, W), got {latents.shape}")
+    require(bool(np.isfinite(latents).all()),
+            f"{source}: 'latents' contains {int((~np.isfinite(latents)).sum())} NaN/Inf values")
+    n, _, h, w = latents.shape
+    labels = arrays.get("labels")
+    if labels is not None:
+        require(np.issubdtype(labels.dtype, np.integer),
+                f"{source}: 'labels' must be integer (N,), got dtype {labels.dtype}")
+        require(labels.shape == (n,), f"{source}: 'labels' must have shape ({n},), got {labels.shape}")
+        labels = torch.from_numpy(labels.astype(np.int64))
+    masks = arrays.get("masks")
+    if masks is not None:
+        require(masks.dtype == np.bool_ or (np.issubdtype(masks.dtype, np.integer) and np.isin(masks, (0, 1)).all()),
+                f"{source}: 'masks' must be bool (N, H, W), got dtype {masks.dtype}")
+        require(masks.shape == (n, h, w),
+                f"{source}: 'masks' must have shape {(n, h, w)} (the latent grid), got {masks.shape}")
+        masks = torch.from_numpy(masks.astype(bool))
+    return torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32)), labels, masks
+
+
+def _params_from_flags(flags) -> dict:
+    params: dict = {}
+    for metric, key, value in flags:
+        params.setdefault(metric, {})[key] = value
+    return params
+
+
+def run_metrics(args) -> int:
+    from ..io import load_arrays, provenance, write_parquet
+    from .normalization import channel_stats, normalize_latents
+    from .registry import compute_metrics
+
+    latents, labels, masks = read_latent_inputs(load_arrays(args.input), str(args.input))
+    if args.normalize == "per-channel":
+        mean, std = channel_stats(latents)
+        latents = normalize_latents(latents, mean, std)
+    params = _params_from_flags(args.param)
+    table = compute_metrics(latents, labels, masks, names=args.metrics, params=params, device=args.device)
+    write_parquet(table, args.out, provenance({"input": str(args.input), "metrics": args.metrics,
+                                               "normalize": args.normalize, "params": params}))
+    return 0
+
+
+def _validate_spec(spec: dict) -> tuple[list[str], dict]:
+    enabled = spec.get("enabled")
+    require(isinstance(enabled, list) and enabled and all(isinstance(x, str) for x in enabled),
+            f"--spec: 'enabled' must be a non-empty list of metric names, got {enabled!r}")
+    params = spec.get("params", {}) or {}
+    require(isinstance(params, dict), f"--spec: 'params' must be an object, got {type(params).__name__}")
+    # "seed" (the workflow's global seed) is accepted and recorded in the provenance only: the
+    # stochastic metrics keep their documented seeds (e.g. t-SNE random_state 42) unless set in params
+    unknown = sorted(set(spec) - {"enabled", "params", "seed"})
+    require(not unknown, f"--spec: unknown keys {unknown} (expected 'enabled', 'params', optional 'seed')")
+    return enabled, params
+
+
+def run_latent_metrics(args) -> int:
+    from ..io import load_tensors, provenance, write_parquet
+    from .normalization import normalize_latents
+    from .registry import compute_metrics
+
+    enabled, params = _validate_spec(args.spec)
+    directory = Path(args.latents)
+    require(directory.is_dir(), f"{directory}: latent directory not found")
+    val_path, stats_path = directory / "val.safetensors", directory / "stats.safetensors"
+    val = {k: v.numpy() for k, v in load_tensors(val_path).items()}
+    stats = load_tensors(stats_path, ["mean", "std"])
+    latents, labels, masks = read_latent_inputs(val, str(val_path))
+    channels = latents.shape[1]
+    for key in ("mean", "std"):
+        require(tuple(stats[key].shape) == (channels,),
+                f"{stats_path}: '{key}' must have shape ({channels},), got {tuple(stats[key].shape)}")
+    try:
+        latents = normalize_latents(latents, stats["mean"].float(), stats["std"].float())
+    except DiffusabilityError as exc:
+        raise DiffusabilityError(f"{stats_path}: {exc}") from exc
+    table = compute_metrics(latents, labels, masks, names=enabled, params=params, device=args.device)
+    write_parquet(table, args.out, provenance(args.spec, latents=str(directory)))
+    return 0

@@ -1,0 +1,340 @@
+"""One table of every latent proxy metric: how to compute it, which way is better, what it needs.
+
+A *computation* is one call of a metric function (e.g. the class-conditional VIV spectra, or one
+t-SNE per subset) that may yield several metric values; each *metric* names one value of one
+computation. ``compute_metrics`` runs every needed computation once and returns the tidy rows of
+CONTRIBUTING.md: ``metric, value (float64), direction, params (JSON), n, seconds``.
+
+Parameters are given per metric name, per group name (``viv``, ``uniformity``) or per
+computation name; the recorded ``params`` JSON is the full effective set (defaults included,
+execution-only knobs such as batch sizes left out) so rows of different runs can be compared.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..errors import DiffusabilityError, require
+from ..progress import log, progress
+from .normalization import as_label_tensor, as_latent_tensor, as_mask_tensor
+
+#: keyword arguments that change speed or memory, never the value (kept out of ``params``)
+EXECUTION_ONLY = frozenset({"batch_size", "chunk", "classes_per_batch", "progress"})
+
+
+@dataclass(frozen=True)
+class Computation:
+    """One metric function call; ``run(latents, labels, masks, **params)`` → {metric: (value, n)}."""
+
+    name: str
+    run: Callable[..., dict]
+    signature_of: Callable[[], Callable]   # the underlying public function (for its defaults)
+    requires: frozenset                    # subset of {"labels", "masks"}
+    defaults: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One reported value: its computation, which direction is better, and a short description."""
+
+    name: str
+    computation: str
+    direction: str  # "lower" or "higher"
+    description: str
+
+
+# --------------------------------------------------------------------------- computations
+
+
+def _require_two_per_class(labels: torch.Tensor, metric: str) -> None:
+    counts = torch.bincount(labels - labels.min())
+    present = counts[counts > 0]
+    lonely = int((present < 2).sum())
+    require(lonely == 0, f"labels: {lonely} classes have a single sample; {metric} needs at least 2 "
+                         "samples per class to estimate a within-class covariance")
+
+
+def _run_viv_class_conditional(latents, labels, masks, **params):
+    from . import viv
+
+    _require_two_per_class(labels, "VIV")
+    result = viv.class_conditional_viv(latents, labels, **params)
+    n = latents.shape[0]
+    keys = ("viv_uniform", "viv_logit_normal", "viv_uniform_per_dim", "viv_logit_normal_per_dim")
+    return {key: (result[key], n) for key in keys if key in result}
+
+
+def _run_viv_marginal(latents, labels, masks, **params):
+    from . import viv
+
+    _require_two_per_class(labels, "VIV")
+    result = viv.marginal_viv(latents, labels, **params)
+    return {"viv_marginal": (result["value"], latents.shape[0])}
+
+
+def _run_lnc(latents, labels, masks, **params):
+    from .semantic import latent_neighbor_consistency
+
+    result = latent_neighbor_consistency(latents, labels, masks, **params)
+    return {"lnc": (result["value"], result["n_used"])}
+
+
+def _run_lds(latents, labels, masks, **params):
+    from .spatial import local_distant_similarity
+
+    result = local_distant_similarity(latents, **params)
+    return {"lds": (result["value"], result["n_used"])}
+
+
+def _run_cds(latents, labels, masks, **params):
+    from .spatial import correlation_decay_slope
+
+    result = correlation_decay_slope(latents, **params)
+    return {"cds": (result["value"], result["n_used"])}
+
+
+def _run_srss(latents, labels, masks, **params):
+    from .spatial import semantic_region_self_similarity
+
+    result = semantic_region_self_similarity(latents, masks, **params)
+    return {"srss": (result["value"], result["n_used"])}
+
+
+def _run_rmsc(latents, labels, masks, **params):
+    from .spatial import rms_spatial_contrast
+
+    result = rms_spatial_contrast(latents, **params)
+    return {"rmsc": (result["value"], result["n_used"])}
+
+
+def sec_sweep_name(ratio: float) -> str:
+    """Row name of one SEC sweep value, e.g. ``sec_r0.25``."""
+    return f"sec_r{float(ratio):g}"
+
+
+def _run_sec(latents, labels, masks, **params):
+    from .spectral import spectral_energy_concentration
+
+    result = spectral_energy_concentration(latents, **params)
+    n = latents.shape[0]
+    rows = {"sec": (result["value"], n)}
+    rows.update({sec_sweep_name(r): (v, n) for r, v in result["sweep"].items()})
+    return rows
+
+
+def _run_uniformity(latents, labels, masks, **params):
+    from .uniformity import latent_uniformity
+
+    result = latent_uniformity(latents, **params)
+    n = result["n_points"] * len(result["per_repeat"])
+    return {f"uniformity_{key}": (result[key], n) for key in ("cv", "gini", "entropy")}
+
+
+def _function(module: str, name: str) -> Callable[[], Callable]:
+    def resolve():
+        import importlib
+
+        return getattr(importlib.import_module(f"diffusability.metrics.{module}"), name)
+    return resolve
+
+
+COMPUTATIONS: dict[str, Computation] = {c.name: c for c in (
+    Computation("viv_class_conditional", _run_viv_class_conditional, _function("viv", "class_conditional_viv"),
+                frozenset({"labels"})),
+    Computation("viv_marginal", _run_viv_marginal, _function("viv", "marginal_viv"), frozenset({"labels"})),
+    Computation("lnc", _run_lnc, _function("semantic", "latent_neighbor_consistency"), frozenset({"labels"}),
+                {"k": 5, "similarity": "cosine", "level": "image"}),
+    Computation("lds", _run_lds, _function("spatial", "local_distant_similarity"), frozenset(), {"far_dist": 6}),
+    Computation("cds", _run_cds, _function("spatial", "correlation_decay_slope"), frozenset(), {"dmax": 8}),
+    Computation("srss", _run_srss, _function("spatial", "semantic_region_self_similarity"), frozenset({"masks"}),
+                {"d_pos": 1, "d_neg": 6, "min_fg": 64, "min_bg": 64}),
+    Computation("rmsc", _run_rmsc, _function("spatial", "rms_spatial_contrast"), frozenset()),
+    Computation("sec", _run_sec, _function("spectral", "spectral_energy_concentration"), frozenset(),
+                {"ratios": [0.25, 0.5, 0.75], "ratio": 0.5, "strict": True}),
+    # the paper protocol (10 000 pixels, 10 subsets); about 1-2 min of CPU t-SNE per subset
+    Computation("uniformity", _run_uniformity, _function("uniformity", "latent_uniformity"), frozenset(),
+                {"n": 10_000, "repeats": 10, "seed": 42, "perplexity": 30.0, "max_iter": 1000}),
+)}
+
+METRICS: dict[str, MetricSpec] = {m.name: m for m in (
+    MetricSpec("viv_uniform", "viv_class_conditional", "lower", "class-conditional VIV, t ~ U[0, 1]"),
+    MetricSpec("viv_logit_normal", "viv_class_conditional", "lower", "class-conditional VIV, t ~ LN(0, 1)"),
+    MetricSpec("viv_uniform_per_dim", "viv_class_conditional", "lower", "viv_uniform / D"),
+    MetricSpec("viv_logit_normal_per_dim", "viv_class_conditional", "lower", "viv_logit_normal / D"),
+    MetricSpec("viv_marginal", "viv_marginal", "lower", "marginal (GMM Monte Carlo) VIV"),
+    MetricSpec("lnc", "lnc", "higher", "latent neighbour consistency (FG-pooled kNN label agreement)"),
+    MetricSpec("lds", "lds", "higher", "local-vs-distant token cosine similarity"),
+    MetricSpec("cds", "cds", "higher", "negative slope of token cosine vs grid distance"),
+    MetricSpec("srss", "srss", "higher", "semantic-region self-similarity (FG vs BG)"),
+    MetricSpec("rmsc", "rmsc", "higher", "RMS spatial contrast of unit tokens"),
+    MetricSpec("sec", "sec", "lower", "spectral energy above r = 0.5 of the DCT Manhattan frequency"),
+    MetricSpec("uniformity_cv", "uniformity", "lower", "CV of t-SNE KDE density"),
+    MetricSpec("uniformity_gini", "uniformity", "lower", "Gini of t-SNE KDE density"),
+    MetricSpec("uniformity_entropy", "uniformity", "higher", "normalised entropy of t-SNE KDE density"),
+)}
+
+GROUPS: dict[str, tuple[str, ...]] = {
+    "viv": ("viv_uniform", "viv_logit_normal", "viv_uniform_per_dim", "viv_logit_normal_per_dim"),
+    "uniformity": ("uniformity_cv", "uniformity_gini", "uniformity_entropy"),
+}
+
+
+def metric_direction(name: str) -> str:
+    """"lower" or "higher" for a metric or SEC sweep row name."""
+    if name.startswith("sec_r"):
+        return METRICS["sec"].direction
+    require(name in METRICS, f"metric {name!r} is unknown (known: {sorted(METRICS)})")
+    return METRICS[name].direction
+
+
+def _requirements(name: str) -> frozenset:
+    return COMPUTATIONS[METRICS[name].computation].requires
+
+
+def expand_names(names, have_labels: bool, have_masks: bool) -> list[str]:
+    """Metric names (in table order) for a list of names, groups and ``all``.
+
+    ``all`` keeps only the metrics the given inputs allow; a metric named explicitly (or through
+    a group) whose inputs are missing raises :class:`DiffusabilityError` naming the input.
+    """
+    if isinstance(names, str):
+        names = [part for part in names.split(",")]
+    names = [n.strip() for n in names if n.strip()]
+    require(bool(names), "metrics: no metric names given")
+    wanted: set[str] = set()
+    available = {"labels": have_labels, "masks": have_masks}
+    for name in names:
+        if name == "all":
+            wanted.update(m for m in METRICS if all(available[r] for r in _requirements(m)))
+            continue
+        members = GROUPS.get(name, (name,))
+        for member in members:
+            require(member in METRICS, f"metric {name!r} is unknown (known: {sorted(METRICS)}, groups "
+                                       f"{sorted(GROUPS)} and 'all')")
+            for needed in sorted(_requirements(member)):
+                require(available[needed], f"metric {member!r} needs {needed} (none were given: "
+                                           f"{'FG masks (N, H, W) bool' if needed == 'masks' else 'labels (N,) int'})")
+            wanted.add(member)
+    return [m for m in METRICS if m in wanted]
+
+
+def _parameter_names(function: Callable) -> tuple[set[str], dict, bool]:
+    signature = inspect.signature(function)
+    inputs = {"latents", "labels", "masks"}
+    names, defaults, open_ended = set(), {}, False
+    for parameter in signature.parameters.values():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            open_ended = True
+        elif parameter.name not in inputs and parameter.kind is not inspect.Parameter.VAR_POSITIONAL:
+            names.add(parameter.name)
+            if parameter.default is not inspect.Parameter.empty:
+                defaults[parameter.name] = parameter.default
+    return names, defaults, open_ended
+
+
+def _jsonable(value):
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)  # e.g. a torch.dtype
+
+
+def resolve_params(computation: str, metrics: list[str], params: dict | None) -> tuple[dict, dict]:
+    """Effective keyword arguments of one computation and the JSON-able record of them.
+
+    Order of precedence: function defaults < registry defaults < ``params[computation]`` <
+    ``params[group]`` < ``params[metric]`` (metrics of one computation must agree).
+    """
+    params = params or {}
+    known_keys = set(METRICS) | set(GROUPS) | set(COMPUTATIONS)
+    for key in params:
+        require(key in known_keys, f"params: {key!r} is not a metric, group or computation "
+                                   f"(known: {sorted(known_keys)})")
+        require(isinstance(params[key], dict), f"params[{key!r}]: expected an object of keyword arguments")
+    spec = COMPUTATIONS[computation]
+    accepted, function_defaults, open_ended = _parameter_names(spec.signature_of())
+    merged = {**function_defaults, **spec.defaults, **params.get(computation, {})}
+    for group, members in GROUPS.items():
+        if any(METRICS[m].computation == computation for m in members) and group in params:
+            merged.update(params[group])
+    per_metric = [params[m] for m in metrics if m in params]
+    for a in per_metric:
+        for b in per_metric:
+            clash = {k for k in a.keys() & b.keys() if a[k] != b[k]}
+            require(not clash, f"params: metrics of the computation {computation!r} disagree on {sorted(clash)}")
+        merged.update(a)
+    if not open_ended:
+        unknown = sorted(set(merged) - accepted)
+        require(not unknown, f"params: {computation!r} has no parameter(s) {unknown} "
+                             f"(accepted: {sorted(accepted)})")
+    record = {k: _jsonable(v) for k, v in sorted(merged.items()) if k not in EXECUTION_ONLY}
+    return merged, record
+
+
+def compute_metrics(latents, labels=None, masks=None, names=("all",), params: dict | None = None,
+                    device: str | None = None):
+    """Compute named metrics on (already normalised) latents and return tidy rows.
+
+    Args:
+        latents: (N, C, H, W) float, finite, not constant.
+        labels: (N,) int or None. masks: (N, H, W) bool foreground at latent resolution or None.
+        names: metric names, groups (``viv``, ``uniformity``) and/or ``all``; or a comma string.
+        params: ``{metric | group | computation: {keyword: value}}``.
+        device: where to compute (default: the latents' device).
+    Returns:
+        pandas.DataFrame with columns ``metric`` (str), ``value`` (float64), ``direction``
+        ("lower"/"higher"), ``params`` (JSON str), ``n`` (int64), ``seconds`` (float64: the
+        wall time of the computation that produced the row, shared by its rows).
+    """
+    import pandas as pd
+
+    latents = as_latent_tensor(latents)
+    if device is not None:
+        latents = latents.to(device)
+    n, _, h, w = latents.shape
+    require(bool((latents != latents.reshape(-1)[0]).any()),
+            "latents: all values are equal (constant latents have no measurable structure)")
+    if labels is not None:
+        labels = as_label_tensor(labels, n).to(latents.device)
+    if masks is not None:
+        masks = as_mask_tensor(masks, (n, h, w)).to(latents.device)
+    selected = expand_names(names, labels is not None, masks is not None)
+    by_computation: dict[str, list[str]] = {}
+    for metric in selected:
+        by_computation.setdefault(METRICS[metric].computation, []).append(metric)
+
+    rows = []
+    for computation, metrics in progress(list(by_computation.items()), total=len(by_computation),
+                                         desc="metrics", unit="computation"):
+        kwargs, record = resolve_params(computation, metrics, params)
+        if computation == "lnc":
+            record["pooling"] = "foreground" if masks is not None else "all tokens"
+        started = time.perf_counter()
+        try:
+            results = COMPUTATIONS[computation].run(latents, labels, masks, **kwargs)
+        except TypeError as exc:
+            raise DiffusabilityError(f"{computation}: invalid parameters {kwargs} ({exc})") from exc
+        seconds = time.perf_counter() - started
+        log.info("metrics: %s took %.2f s", computation, seconds)
+        extra = [name for name in results if name.startswith("sec_r")] if computation == "sec" else []
+        for metric in metrics + extra:
+            require(metric in results, f"{computation}: did not return {metric!r}")
+            value, count = results[metric]
+            value = float(value)
+            if not math.isfinite(value):
+                raise DiffusabilityError(f"{metric}: the value is {value} (degenerate latents, labels or masks?)")
+            rows.append({"metric": metric, "value": value, "direction": metric_direction(metric),
+                         "params": json.dumps(record, sort_keys=True), "n": int(count), "seconds": seconds})
+    frame = pd.DataFrame(rows, columns=["metric", "value", "direction", "params", "n", "seconds"])
+    return frame.astype({"metric": str, "value": "float64", "direction": str, "params": str,
+                         "n": "int64", "seconds": "float64"})

@@ -1,0 +1,244 @@
+"""``diffusability train-tokenizer | encode | reconstruction``: the tokenizer stage's commands.
+
+- ``train-tokenizer``: train (or resume) one tokenizer into its directory.
+- ``encode``: fixed-seed posterior samples of the train and val splits, val masks pooled to the
+  latent grid, per-channel mean / unbiased std of the train latents (CONTRIBUTING.md "latents").
+- ``reconstruction``: PSNR / SSIM / rFD (domain-net Fréchet distance) of the trained tokenizer
+  and of its untrained self, as tidy result rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import require
+
+ENCODE_DEFAULTS = {"seed": 0, "batch_size": 256, "mask_pooling": "max", "mask_threshold": 0.5}
+RECONSTRUCTION_DEFAULTS = {"seed": None, "batch_size": 256, "is_splits": 10}
+#: posterior noise is drawn in fixed blocks of images so the latents do not depend on batch_size
+NOISE_BLOCK = 256
+
+
+def register(subparsers) -> None:
+    """Add the tokenizer stage's subcommands to the ``diffusability`` parser."""
+    from ..cli import json_spec
+
+    parser = subparsers.add_parser("train-tokenizer", help="train (or resume) a VAE tokenizer",
+                                   description="Train a tokenizer on a train split; resumes from OUT/checkpoints.")
+    parser.add_argument("--spec", type=json_spec, required=True, help="JSON tokenizer spec (see TokenizerSpec)")
+    parser.add_argument("--train", required=True, help="train split (.safetensors: images uint8 NHWC, labels)")
+    parser.add_argument("--teacher", default=None, help="teacher directory: the domain net, or a local transformers Dinov2/CLIP/ViTMAE "
+                             "(teacher for the perceptual loss and VF/REPA)")
+    parser.add_argument("--out", required=True, help="tokenizer directory")
+    parser.set_defaults(func=run_train_tokenizer)
+
+    parser = subparsers.add_parser("encode", help="encode train/val splits into latents (posterior samples)",
+                                   description="Write train/val latents and per-channel stats of a tokenizer.")
+    parser.add_argument("--tokenizer", required=True, help="tokenizer directory")
+    parser.add_argument("--train", required=True, help="train split (.safetensors)")
+    parser.add_argument("--val", required=True, help="val split (.safetensors, with masks)")
+    parser.add_argument("--spec", type=json_spec, required=True,
+                        help='JSON: {"seed", "batch_size", "mask_pooling": "max"|"fraction", "mask_threshold"}')
+    parser.add_argument("--out", required=True, help="latents directory")
+    parser.set_defaults(func=run_encode)
+
+    parser = subparsers.add_parser("reconstruction", help="PSNR/SSIM/rFD of a tokenizer vs its untrained self",
+                                   description="Reconstruction rows (Parquet) of a tokenizer on a split.")
+    parser.add_argument("--tokenizer", required=True, help="tokenizer directory")
+    parser.add_argument("--data", required=True, help="image split (.safetensors)")
+    parser.add_argument("--feature-net", required=True, help="domain-net directory (features for rFD)")
+    parser.add_argument("--spec", type=json_spec, required=True, help='JSON: {"batch_size"}')
+    parser.add_argument("--out", required=True, help="result rows (.parquet)")
+    parser.set_defaults(func=run_reconstruction)
+
+
+def resolve_spec(spec: Mapping[str, Any] | None, defaults: Mapping[str, Any], what: str) -> dict[str, Any]:
+    spec = dict(spec or {})
+    unknown = sorted(set(spec) - set(defaults))
+    require(not unknown, f"{what} spec: unknown key(s) {unknown}; known keys are {sorted(defaults)}")
+    return {**defaults, **spec}
+
+
+# ----------------------------------------------------------------------------- train-tokenizer
+
+def run_train_tokenizer(args: argparse.Namespace) -> int:
+    from ..io import load_tensors
+    from ..progress import log
+    from .train import train_tokenizer
+
+    split = load_tensors(args.train, ["images", "labels"])
+    teacher = None
+    if args.teacher:
+        from .teachers import load_teacher
+
+        teacher = load_teacher(args.teacher)
+    train_tokenizer(split["images"], split["labels"], args.spec, args.out, teacher=teacher)
+    log.info("train-tokenizer: wrote %s", args.out)
+    return 0
+
+
+# ----------------------------------------------------------------------------- encode
+
+def posterior_noise(seed: int, split: str, start: int, stop: int, shape: tuple[int, ...]):
+    """Standard normal noise (stop − start, *shape) for images [start, stop) of ``split``.
+
+    Block b of NOISE_BLOCK images draws from ``torch_generator(seed, "encode", split, b)``, so an
+    image's noise depends on its index only, never on the encoding batch size.
+    """
+    import torch
+
+    from ..seeding import torch_generator
+
+    pieces = []
+    for block in range(start // NOISE_BLOCK, (stop - 1) // NOISE_BLOCK + 1):
+        noise = torch.randn((NOISE_BLOCK, *shape), generator=torch_generator(seed, "encode", split, block))
+        lo = max(start, block * NOISE_BLOCK) - block * NOISE_BLOCK
+        hi = min(stop, (block + 1) * NOISE_BLOCK) - block * NOISE_BLOCK
+        pieces.append(noise[lo:hi])
+    return torch.cat(pieces)
+
+
+def encode_images(model, images, seed: int, split: str, batch_size: int, sample: bool = True):
+    """uint8 (N,H,W,3) → float32 latents (N,C,h,w): posterior samples (or means if ``sample`` is False)."""
+    import torch
+
+    from ..imaging import to_model_input
+    from ..progress import progress
+
+    count = images.shape[0]
+    require(count >= 1, f"encode: the {split} split is empty")
+    outputs = []
+    with torch.no_grad():
+        for start in progress(range(0, count, batch_size), total=-(-count // batch_size), desc=f"encode {split}"):
+            stop = min(start + batch_size, count)
+            posterior = model.encode(to_model_input(images[start:stop]))
+            latents = posterior.mode()
+            if sample:
+                latents = latents + posterior.std * posterior_noise(seed, split, start, stop, tuple(latents.shape[1:]))
+            outputs.append(latents.float())
+    return torch.cat(outputs)
+
+
+def channel_statistics(latents):
+    """Per-channel mean and unbiased std over (N, h, w) of latents (N,C,h,w): two float32 (C,) tensors."""
+    values = latents.double().transpose(0, 1).reshape(latents.shape[1], -1)
+    require(values.shape[1] >= 2, "encode: need at least 2 latent values per channel for a std")
+    return values.mean(dim=1).float(), values.std(dim=1, unbiased=True).float()
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..data.masks import pool_masks_to_grid
+    from ..io import load_tensors, save_tensors
+    from ..progress import log
+    from .factory import load_tokenizer
+
+    spec = resolve_spec(args.spec, ENCODE_DEFAULTS, "encode")
+    require(spec["mask_pooling"] in ("max", "fraction"),
+            f"encode spec: mask_pooling must be 'max' or 'fraction', got {spec['mask_pooling']!r}")
+    require(int(spec["batch_size"]) >= 1, f"encode spec: batch_size must be ≥ 1, got {spec['batch_size']}")
+    model = load_tokenizer(args.tokenizer)
+    out = Path(args.out)
+    metadata = {"tokenizer": str(args.tokenizer), "posterior": "sample", "seed": str(spec["seed"])}
+    train = load_tensors(args.train, ["images", "labels"])
+    train_latents = encode_images(model, train["images"], spec["seed"], "train", int(spec["batch_size"]))
+    mean, std = channel_statistics(train_latents)
+    val = load_tensors(args.val)
+    for key in ("images", "labels", "masks"):
+        require(key in val, f"{args.val}: has no tensor {key!r} (the val split needs images, labels and masks)")
+    val_latents = encode_images(model, val["images"], spec["seed"], "val", int(spec["batch_size"]))
+    grid = tuple(val_latents.shape[-2:])
+    masks = pool_masks_to_grid(val["masks"], grid, rule=spec["mask_pooling"], threshold=spec["mask_threshold"],
+                               valid=val.get("mask_valid"))
+    masks = torch.as_tensor(masks).bool()
+    save_tensors(out / "train.safetensors", {"latents": train_latents, "labels": train["labels"].long()}, metadata)
+    save_tensors(out / "val.safetensors", {"latents": val_latents, "labels": val["labels"].long(), "masks": masks},
+                 metadata)
+    save_tensors(out / "stats.safetensors", {"mean": mean, "std": std}, metadata)
+    log.info("encode: %d train and %d val latents of shape %s in %s", train_latents.shape[0],
+             val_latents.shape[0], tuple(train_latents.shape[1:]), out)
+    return 0
+
+
+# ----------------------------------------------------------------------------- reconstruction
+
+def reconstruct(model, images, batch_size: int):
+    """uint8 (N,H,W,3) → uint8 reconstructions (N,H,W,3) decoded from the posterior mean."""
+    import torch
+
+    from ..imaging import to_model_input, to_uint8
+
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            x = to_model_input(images[start:start + batch_size])
+            outputs.append(to_uint8(model.decode(model.encode(x).mode())))
+    return torch.cat(outputs)
+
+
+def feature_batches(feature_net, images, batch_size: int):
+    """Domain-net ``features`` (N, F) of uint8 images (N,H,W,3)."""
+    import torch
+
+    from ..imaging import to_model_input
+
+    with torch.no_grad():
+        return torch.cat([feature_net.features(to_model_input(images[s:s + batch_size]))
+                          for s in range(0, images.shape[0], batch_size)])
+
+
+def reconstruction_metrics(model, images, feature_net, batch_size: int, reference_features=None) -> dict[str, float]:
+    """{"psnr", "ssim", "rfd"} of ``model`` on uint8 images (N,H,W,3) (posterior mean)."""
+    from ..evaluation import feature_statistics, frechet_distance
+    from ..evaluation.reconstruction import mean_psnr, psnr_uint8, ssim
+
+    reconstructions = reconstruct(model, images, batch_size)
+    to_unit = lambda batch: batch.permute(0, 3, 1, 2).double() / 255.0  # noqa: E731 - [0, 1] NCHW for SSIM
+    if reference_features is None:
+        reference_features = feature_batches(feature_net, images, batch_size)
+    mu_ref, sigma_ref = feature_statistics(reference_features)
+    mu_rec, sigma_rec = feature_statistics(feature_batches(feature_net, reconstructions, batch_size))
+    return {"psnr": mean_psnr(psnr_uint8(images, reconstructions)),
+            "ssim": float(ssim(to_unit(images), to_unit(reconstructions), data_range=1.0).mean()),
+            "rfd": float(frechet_distance(mu_ref, sigma_ref, mu_rec, sigma_rec))}
+
+
+def run_reconstruction(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    import pandas as pd
+
+    from ..evaluation.domain_net import load_domain_classifier
+    from ..io import load_tensors, provenance, write_parquet
+    from ..progress import log
+    from .factory import initial_tokenizer, load_tokenizer
+
+    spec = resolve_spec(args.spec, RECONSTRUCTION_DEFAULTS, "reconstruction")
+    batch_size = int(spec["batch_size"])
+    images = load_tensors(args.data, ["images"])["images"]
+    require(str(images.dtype) == "torch.uint8" and images.dim() == 4 and images.shape[-1] == 3,
+            f"{args.data}: 'images' must be uint8 (N, H, W, 3), got {images.dtype} {tuple(images.shape)}")
+    feature_net = load_domain_classifier(args.feature_net)
+    trained = load_tokenizer(args.tokenizer)
+    untrained = initial_tokenizer(trained.spec).eval()
+    reference = feature_batches(feature_net, images, batch_size)
+    params = json.dumps({"tokenizer": trained.spec.name, "posterior": "mean", "psnr": "uint8, data range 255",
+                         "ssim": "gaussian 11x11, sigma 1.5, [0, 1], data range 1",
+                         "rfd": "Frechet distance of domain-net features, originals vs reconstructions",
+                         "untrained": "same config.json and seed, before training"}, sort_keys=True)
+    rows = []
+    for suffix, model in (("", trained), ("_untrained", untrained)):
+        started = time.perf_counter()
+        values = reconstruction_metrics(model, images, feature_net, batch_size, reference_features=reference)
+        seconds = time.perf_counter() - started
+        for metric, direction in (("psnr", "higher"), ("ssim", "higher"), ("rfd", "lower")):
+            rows.append({"metric": metric + suffix, "value": float(values[metric]), "direction": direction,
+                         "params": params, "n": int(images.shape[0]), "seconds": seconds})
+    table = pd.DataFrame(rows, columns=["metric", "value", "direction", "params", "n", "seconds"])
+    write_parquet(table, args.out, provenance(trained.spec.to_dict(), tokenizer=str(args.tokenizer)))
+    log.info("reconstruction: %s", {r["metric"]: round(r["value"], 4) for r in rows})
+    return 0

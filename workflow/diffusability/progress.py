@@ -21,7 +21,8 @@ def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, d
     from tqdm.auto import tqdm
 
     interactive = sys.stderr.isatty()
-    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable,
+    # disable=None would switch tqdm off whenever stderr is not a terminal (every rule log).
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=bool(disable),
                 mininterval=0.5 if interactive else 10.0, dynamic_ncols=True,
                 file=sys.stderr, leave=interactive)
 

@@ -164,6 +164,7 @@ def main(argv=None) -> int:
     parser.add_argument("--uniformity-n", type=int, default=10_000)
     parser.add_argument("--uniformity-repeats", type=int, default=1)
     parser.add_argument("--skip-uniformity", action="store_true")
+    parser.add_argument("--skip-viv", action="store_true")
     args = parser.parse_args(argv)
     if args.small:
         n_classes, per_class, channels, n_masked = 100, 20, 8, 600
@@ -191,6 +192,8 @@ def main(argv=None) -> int:
     try:
         from diffusability.metrics import viv
     except ImportError:
+        viv = None
+    if args.skip_viv:
         viv = None
     if viv is not None:
         result, ours_s = timed(viv.class_conditional_viv, z, labels.to(device), progress=False)

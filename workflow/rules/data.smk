@@ -1,12 +1,86 @@
 # Data: the image splits (with labels and foreground masks) and the teacher network.
+#
+# ImageNet: each folder is listed once into a manifest (paths, labels, SHA-256); prepare_data
+# depends on the manifests, so Snakemake never stats or hashes the raw tree. After changing the
+# folders, rebuild the manifests with `snakemake -R imagenet_manifest`. prepare_data holds a split in
+# memory (cap data.n_train / data.n_val); the shards (`snakemake imagenet_shards_all`) are the
+# resumable, memory-mappable route for the full set.
+
+IMAGENET = config["data"]["source"] == "imagenet"
+
+try:
+    cfg.check_imagenet_paths(config)
+except DiffusabilityError as exc:
+    raise WorkflowError(str(exc)) from None
+
+
+def imagenet_manifest_file(split):
+    return f"results/data/imagenet/{split}.manifest.parquet"
+
+
+def imagenet_shards_index(split):
+    return f"results/data/imagenet/shards/{split}/index.json"
+
+
+def imagenet_folder(split):
+    """Quoted image root of a split, and the train folder whose sorted wnids define the labels."""
+    spec = cfg.imagenet_spec(config)
+    return {"root": shlex.quote(spec[f"{split}_dir"]), "train": shlex.quote(spec["train_dir"])}
+
+
+def imagenet_workers(wildcards):
+    """Hashing / decoding processes (data.imagenet.workers): the job's threads."""
+    return cfg.imagenet_spec(config)["workers"]
+
+
+def imagenet_cache_arg(wildcards):
+    cache = cfg.imagenet_spec(config).get("cache_dir")
+    return f"--cache-dir {shlex.quote(cache)}" if cache else ""
+
+
+rule imagenet_manifest:
+    output:
+        imagenet_manifest_file("{split}"),
+    params:
+        root=lambda wc: imagenet_folder(wc.split)["root"],
+        train=lambda wc: imagenet_folder(wc.split)["train"],
+        cache=imagenet_cache_arg,
+    log:
+        "logs/imagenet_manifest/{split}.log",
+    threads: imagenet_workers
+    shell:
+        "{DIFFUSABILITY} imagenet-manifest --image-root {params.root} --train-dir {params.train} "
+        "--workers {threads} {params.cache} --out {output} > {log} 2>&1"
+
+
+rule imagenet_shards:
+    input:
+        imagenet_manifest_file("{split}"),
+    output:
+        imagenet_shards_index("{split}"),
+    params:
+        spec=lambda wc: as_arg(cfg.shards_spec(config)),
+        out=lambda wc, output: str(Path(output[0]).parent),
+    log:
+        "logs/imagenet_shards/{split}.log",
+    threads: imagenet_workers
+    shell:
+        "{DIFFUSABILITY} imagenet-shards --manifest {input} --out-dir {params.out} --spec {params.spec} > {log} 2>&1"
+
+
+rule imagenet_shards_all:
+    input:
+        [imagenet_shards_index(split) for split in ("train", "val")],
 
 
 rule prepare_data:
+    input:
+        manifests=[imagenet_manifest_file(split) for split in ("train", "val")] if IMAGENET else [],
     output:
         train=layout.data_split("train"),
         val=layout.data_split("val"),
     params:
-        spec=as_arg(cfg.data_spec(config)),
+        spec=as_arg(cfg.prepare_data_spec(config)),
     log:
         "logs/prepare_data.log",
     threads: THREADS

@@ -1,40 +1,94 @@
-# Generation metrics of every sample set against the validation images (domain network).
+# Generation metrics of every sample set against the reference images.
+#
+# generation.feature_network: domain (default) — the teacher CNN against the val split;
+# inception — the ADM suite on the FID Inception-v3 (gFID as `fd`, `sfid`, `is` when the weights
+# have the softmax layer, precision/recall) against cached reference statistics: those of the val
+# split, or ADM's VIRTUAL_imagenet256_labeled.npz (generation.reference_statistics), both cached
+# once by `reference_stats` in results/evaluation/reference_stats.npz.
+
+try:
+    REFERENCE = cfg.reference_spec(config)
+    cfg.check_generation_paths(config)
+except DiffusabilityError as exc:
+    raise WorkflowError(str(exc)) from None
+
+INCEPTION = REFERENCE["feature_network"] == "inception"
+REFERENCE_STATS = "results/evaluation/reference_stats.npz"
+
+
+def inception_args():
+    """Quoted --inception-weights [--inception-sha256] of the config."""
+    args = f"--inception-weights {shlex.quote(REFERENCE['inception_weights'])}"
+    if REFERENCE["inception_sha256"]:
+        args += f" --inception-sha256 {REFERENCE['inception_sha256']}"
+    return args
+
+
+def generation_inputs(samples):
+    """Inputs of a generation-metrics job: the samples plus the feature net and its reference."""
+    if INCEPTION:
+        return {"samples": samples, "reference": REFERENCE_STATS, "weights": REFERENCE["inception_weights"]}
+    return {"samples": samples, "val": layout.data_split("val"), "teacher": layout.teacher_file("model.safetensors")}
+
+
+def generation_args(wildcards, input):
+    """--feature-net and reference arguments of a generation-metrics job."""
+    if INCEPTION:
+        return f"--feature-net inception {inception_args()} --reference-stats {input.reference}"
+    return f"--feature-net {Path(input.teacher).parent} --reference {input.val}"
+
+
+if INCEPTION:
+
+    rule reference_stats:
+        input:
+            images=REFERENCE["reference_statistics"] or layout.data_split("val"),
+            weights=REFERENCE["inception_weights"],
+        output:
+            REFERENCE_STATS,
+        params:
+            net=inception_args(),
+            batch=REFERENCE["batch_size"],
+            adopt=f"--statistics-from {shlex.quote(REFERENCE['reference_statistics'])}"
+            if REFERENCE["reference_statistics"] else "",
+        log:
+            "logs/reference_stats.log",
+        threads: THREADS
+        shell:
+            "OMP_NUM_THREADS={threads} {DIFFUSABILITY} reference-stats --images {input.images} --feature-net inception "
+            "{params.net} {params.adopt} --keep-features --batch-size {params.batch} --out {output} > {log} 2>&1"
 
 
 rule generation_metrics:
     input:
-        samples=layout.samples_file("{tok}", "{bb}", "{cfg}"),
-        val=layout.data_split("val"),
-        teacher=layout.teacher_file("model.safetensors"),
+        unpack(lambda wc: generation_inputs(layout.samples_file(wc.tok, wc.bb, wc.cfg))),
     output:
         layout.generation_rows("{tok}", "{bb}", "{cfg}"),
     params:
-        spec=as_arg(cfg.generation_spec(config)),
-        teacher=lambda wc, input: str(Path(input.teacher).parent),
+        spec=as_arg(cfg.generation_metrics_spec(config)),
+        net=generation_args,
     log:
         "logs/generation_metrics/{tok}/{bb}/cfg{cfg}.log",
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {DIFFUSABILITY} generation-metrics --samples {input.samples} "
-        "--reference {input.val} --feature-net {params.teacher} --spec {params.spec} --out {output} > {log} 2>&1"
+        "{params.net} --spec {params.spec} --out {output} > {log} 2>&1"
 
 
 rule untrained_generation_metrics:
     input:
-        samples=layout.untrained_samples_file("{tok}", "{bb}"),
-        val=layout.data_split("val"),
-        teacher=layout.teacher_file("model.safetensors"),
+        unpack(lambda wc: generation_inputs(layout.untrained_samples_file(wc.tok, wc.bb))),
     output:
         layout.untrained_generation_rows("{tok}", "{bb}"),
     params:
-        spec=as_arg(cfg.generation_spec(config)),
-        teacher=lambda wc, input: str(Path(input.teacher).parent),
+        spec=as_arg(cfg.generation_metrics_spec(config)),
+        net=generation_args,
     log:
         "logs/generation_metrics/{tok}/{bb}/untrained.log",
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {DIFFUSABILITY} generation-metrics --samples {input.samples} "
-        "--reference {input.val} --feature-net {params.teacher} --spec {params.spec} --out {output} > {log} 2>&1"
+        "{params.net} --spec {params.spec} --out {output} > {log} 2>&1"
 
 
 rule trajectory_metrics:

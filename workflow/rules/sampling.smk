@@ -8,8 +8,9 @@ rule sample:
         stats=layout.latents_file("{tok}", "stats"),
     output:
         samples=layout.samples_file("{tok}", "{bb}", "{cfg}"),
-        trajectories=layout.trajectories_file("{tok}", "{bb}", "{cfg}"),
+        **({"trajectories": layout.trajectories_file("{tok}", "{bb}", "{cfg}")} if RECORD_TRAJECTORIES else {}),
     params:
+        trajectories=lambda wc, output: f"--trajectories {output.trajectories}" if RECORD_TRAJECTORIES else "",
         spec=as_arg(cfg.sampling_spec(config)),
         diffusion=lambda wc, input: str(Path(input.ema).parent),
         tokenizer=lambda wc, input: str(Path(input.tokenizer).parent),
@@ -20,7 +21,7 @@ rule sample:
     shell:
         "OMP_NUM_THREADS={threads} {DIFFUSABILITY} sample --diffusion {params.diffusion} "
         "--tokenizer {params.tokenizer} --latents {params.latents} --spec {params.spec} "
-        "--cfg-scale {wildcards.cfg} --out {output.samples} --trajectories {output.trajectories} > {log} 2>&1"
+        "--cfg-scale {wildcards.cfg} --out {output.samples} {params.trajectories} > {log} 2>&1"
 
 
 rule sample_untrained:

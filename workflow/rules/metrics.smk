@@ -5,7 +5,7 @@ rule latent_metrics:
     input:
         val=layout.latents_file("{tok}", "val"),
         stats=layout.latents_file("{tok}", "stats"),
-        code=code("metrics/registry.py", "metrics/viv.py", "metrics/semantic.py",
+        code=code("metrics/registry.py", "metrics/normalization.py", "metrics/viv.py", "metrics/semantic.py",
                   "metrics/spatial.py", "metrics/spectral.py", "metrics/uniformity.py"),
     output:
         layout.latent_metric_rows("{tok}"),

@@ -29,7 +29,7 @@ rule reconstruction:
     output:
         layout.reconstruction_rows("{tok}"),
     params:
-        spec=as_arg(cfg.generation_spec(config)),
+        spec=as_arg(cfg.reconstruction_spec(config)),
         tokenizer=lambda wc, input: str(Path(input.model).parent),
         teacher=lambda wc, input: str(Path(input.teacher).parent),
     log:

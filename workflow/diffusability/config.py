@@ -109,6 +109,10 @@ def _check_cross_references(config: dict) -> None:
             raise DiffusabilityError(
                 f"tokenizers.{name}.{key}: a downsampling factor of {factor} does not divide "
                 f"data.image_size {data['image_size']}")
+        teacher = tok.get("teacher")
+        if teacher and teacher not in (config.get("teachers") or {}):
+            known = ", ".join(sorted(config.get("teachers") or {})) or "none defined"
+            raise DiffusabilityError(f"tokenizers.{name}.teacher: {teacher!r} is not a key of `teachers` ({known})")
         if tok["regularizer"]["name"] == "mae" and tok["architecture"] != "vit":
             raise DiffusabilityError(f"tokenizers.{name}.regularizer.name: 'mae' needs architecture 'vit'")
 
@@ -138,8 +142,15 @@ def teacher_spec(config: dict) -> dict:
 def tokenizer_spec(config: dict, name: str) -> dict:
     """Everything the training of tokenizer ``name`` depends on."""
     entry = config["tokenizers"][name]
-    spec = {k: v for k, v in entry.items() if k != "family"}
+    # `family` only groups the analysis; `teacher` travels as a path (see tokenizer_teacher).
+    spec = {k: v for k, v in entry.items() if k not in ("family", "teacher")}
     return {"name": name, "seed": config["seed"], "image_size": config["data"]["image_size"], **spec}
+
+
+def tokenizer_teacher(config: dict, name: str) -> str | None:
+    """The local VFM folder of tokenizer ``name``'s alignment teacher, or None for the domain net."""
+    teacher = config["tokenizers"][name].get("teacher")
+    return config["teachers"][teacher] if teacher else None
 
 
 def encode_spec(config: dict) -> dict:

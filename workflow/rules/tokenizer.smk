@@ -12,7 +12,8 @@ rule train_tokenizer:
         launch=launcher,
         spec=lambda wc: as_arg(cfg.tokenizer_spec(config, wc.tok)),
         out=lambda wc, output: str(Path(output.model).parent),
-        teacher=lambda wc, input: str(Path(input.teacher).parent),
+        # A configured VFM (local folder) replaces the domain network as the alignment teacher.
+        teacher=lambda wc, input: cfg.tokenizer_teacher(config, wc.tok) or str(Path(input.teacher).parent),
     log:
         "logs/train_tokenizer/{tok}.log",
     threads: THREADS

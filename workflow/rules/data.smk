@@ -101,7 +101,7 @@ rule train_teacher:
         out=lambda wc, output: str(Path(output.model).parent),
     log:
         "logs/train_teacher.log",
-    threads: THREADS
+    threads: 2  # alone on the critical path: every tokenizer waits for it
     shell:
         "OMP_NUM_THREADS={threads} {DIFFUSABILITY} train-teacher --spec {params.spec} "
         "--train {input.train} --val {input.val} --out {params.out} > {log} 2>&1"

@@ -132,3 +132,11 @@ def test_figures_and_summary(study, tmp_path):
     text = summarize(t, "fd", {"git_commit": "abc"})
     assert "latent/viv_uniform" in text and "untrained" in text
     json.dumps(text)
+
+
+def test_proportional_duplicates_are_dropped():
+    proxies = pd.DataFrame({"latent/viv": [1.0, 2.0, 4.0], "latent/viv_per_dim": [0.5, 1.0, 2.0],
+                            "latent/other": [1.0, 2.0, 5.0], "latent/negated": [-1.0, -2.0, -4.0]},
+                           index=["a", "b", "c"])
+    kept = corr.drop_proportional_duplicates(proxies)
+    assert list(kept.columns) == ["latent/viv", "latent/other", "latent/negated"]

@@ -33,7 +33,34 @@ def proxy_matrix(metrics: pd.DataFrame, reconstruction: pd.DataFrame) -> pd.Data
         wide.columns = [f"{source}/{c}" for c in wide.columns]
         frames.append(wide)
     require(frames, "no latent or reconstruction metrics to correlate")
-    return pd.concat(frames, axis=1).sort_index()
+    return drop_proportional_duplicates(pd.concat(frames, axis=1).sort_index())
+
+
+def drop_proportional_duplicates(proxies: pd.DataFrame) -> pd.DataFrame:
+    """Drop columns that are a positive multiple of an earlier column on every tokenizer.
+
+    ``viv_uniform_per_dim`` is ``viv_uniform / D`` and ``sec_r0.5`` is ``sec``; when every
+    tokenizer has the same D they carry no information of their own and would only repeat
+    rows in the correlation tables (with several latent sizes they differ and are kept).
+    """
+    kept: list[str] = []
+    for column in proxies.columns:
+        values = proxies[column].to_numpy(float)
+        duplicate = None
+        for other in kept:
+            reference = proxies[other].to_numpy(float)
+            both = np.isfinite(values) & np.isfinite(reference)
+            if not both.any() or (np.isfinite(values) != np.isfinite(reference)).any():
+                continue
+            ratio = values[both] / np.where(reference[both] == 0, np.nan, reference[both])
+            if np.all(np.isfinite(ratio)) and ratio.min() > 0 and np.allclose(ratio, ratio[0], rtol=1e-9, atol=0):
+                duplicate = other
+                break
+        if duplicate is None:
+            kept.append(column)
+        else:
+            log.info("%s is proportional to %s on every tokenizer: not correlated separately", column, duplicate)
+    return proxies[kept]
 
 
 def directions(metrics: pd.DataFrame, reconstruction: pd.DataFrame) -> dict[str, str]:

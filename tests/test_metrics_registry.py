@@ -15,7 +15,7 @@ from diffusability.metrics.spatial import local_distant_similarity
 from diffusability.metrics.spectral import spectral_energy_concentration
 
 EXPECTED_NAMES = ["viv_uniform", "viv_logit_normal", "viv_uniform_per_dim", "viv_logit_normal_per_dim",
-                  "viv_marginal", "lnc", "lds", "cds", "srss", "rmsc", "sec", "uniformity_cv",
+                  "viv_curve", "viv_marginal", "lnc", "lds", "cds", "srss", "rmsc", "sec", "uniformity_cv",
                   "uniformity_gini", "uniformity_entropy"]
 
 
@@ -31,7 +31,7 @@ def data(n=24, c=4, hw=8, seed=0):
 def test_names_directions_and_groups():
     assert list(METRICS) == EXPECTED_NAMES
     lower = {"viv_uniform", "viv_logit_normal", "viv_uniform_per_dim", "viv_logit_normal_per_dim",
-             "viv_marginal", "sec", "uniformity_cv", "uniformity_gini"}
+             "viv_curve", "viv_marginal", "sec", "uniformity_cv", "uniformity_gini"}
     for name, spec in METRICS.items():
         assert spec.direction == ("lower" if name in lower else "higher"), name
     assert GROUPS["viv"] == tuple(EXPECTED_NAMES[:4])
@@ -135,3 +135,61 @@ def test_viv_marginal_row():
     assert list(table["metric"]) == ["viv_marginal"] and table["direction"][0] == "lower"
     assert math.isfinite(table["value"][0]) and table["value"][0] > 0
     assert json.loads(table["params"][0])["draws"] == 256
+
+
+# --------------------------------------------------------------------------- viv_curve rows
+
+
+def exact_diagonal_kronecker_classes(channel_variances, hw=2, per_class=17, n_classes=2, seed=0):
+    """Latents whose per-class sample covariance is exactly diag(channel_variances) ⊗ I_P.
+
+    Each class's n centred samples are √dof times orthonormal columns orthogonal to the all-ones
+    vector (needs n − 1 ≥ D), scaled per channel; the flip-flop (without shrinkage) then sits at its
+    fixed point from the first step, so σ²_irr(t) has the closed form P·Σ_k d_k / (t²d_k + (1−t)²).
+    """
+    d = torch.as_tensor(channel_variances, dtype=torch.float64)
+    c, p = len(d), hw * hw
+    g = torch.Generator().manual_seed(seed)
+    blocks, labels = [], []
+    for k in range(n_classes):
+        design = torch.cat([torch.ones(per_class, 1, dtype=torch.float64),
+                            torch.randn(per_class, c * p, generator=g, dtype=torch.float64)], 1)
+        q = torch.linalg.qr(design).Q[:, 1:]                           # (n, D), orthogonal to ones
+        x = (q * (per_class - 1) ** 0.5).reshape(per_class, c, hw, hw) * d.sqrt()[None, :, None, None]
+        blocks.append(x + 3.0 * k)                                     # class means differ
+        labels.append(torch.full((per_class,), k))
+    return torch.cat(blocks), torch.cat(labels)
+
+
+def test_viv_curve_rows_match_the_closed_form_of_a_diagonal_gaussian():
+    d = [0.25, 1.0, 4.0]
+    latents, labels = exact_diagonal_kronecker_classes(d)
+    frame = compute_metrics(latents, labels, names=["viv_curve"],
+                            params={"viv_class_conditional": {"shrinkage": "none"}})
+    assert set(frame.metric) == {"viv_curve"}
+    assert len(frame) == len(registry.VIV_CURVE_TIMES) == 21
+    times = [json.loads(p)["t"] for p in frame.params]
+    assert times == pytest.approx(np.linspace(0.0, 1.0, 21), abs=1e-12)
+    p = 4
+    # 1e-5: the whitening's Cholesky floor (1e-6 of the mean eigenvalue) moves the fixed point by ~1e-6
+    for t, value in zip(times, frame.value):
+        expected = p * sum(dk / (t ** 2 * dk + (1 - t) ** 2) for dk in d)
+        assert value == pytest.approx(expected, rel=1e-5), t
+    assert frame.value.iloc[0] == pytest.approx(p * sum(d), rel=1e-5)    # t = 0: Σλ
+    assert frame.value.iloc[-1] == pytest.approx(p * len(d), rel=1e-12)  # t = 1: D
+    assert (frame.direction == "lower").all() and (frame.n == len(labels)).all()
+    assert all(json.loads(q)["shrinkage"] == "none" for q in frame.params)
+
+
+def test_viv_curve_is_opt_in_and_leaves_other_viv_rows_unchanged():
+    latents, labels, masks = data()
+    assert "viv_curve" not in expand_names("all", True, True)
+    plain = compute_metrics(latents, labels, names=["viv_uniform"])
+    both = compute_metrics(latents, labels, names=["viv_uniform", "viv_curve"],
+                           params={"viv_curve": {"curve_times": [0.5, 1.0]}})
+    uniform = both[both.metric == "viv_uniform"]
+    assert uniform.value.iloc[0] == plain.value.iloc[0]
+    assert uniform.params.iloc[0] == plain.params.iloc[0]            # the curve grid is not a VIV parameter
+    curve = both[both.metric == "viv_curve"]
+    assert [json.loads(q)["t"] for q in curve.params] == [0.5, 1.0]
+    assert curve.value.iloc[1] == pytest.approx(latents[0].numel(), rel=1e-12)   # σ²_irr(1) = D

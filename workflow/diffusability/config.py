@@ -287,3 +287,31 @@ def reconstruction_spec(config: dict) -> dict:
     """
     generation = config["generation"]
     return {"batch_size": generation["batch_size"], "is_splits": generation["is_splits"]}
+
+
+# --------------------------------------------------------------------------- pretrained tokenizers
+
+#: a regular expression that matches no name: the wildcard constraint of a rule with no tokenizer
+_NO_NAME = "(?!x)x"
+
+
+def pretrained_tokenizer(config: dict, name: str) -> str | None:
+    """The local checkpoint of tokenizer ``name`` (``tokenizers.<name>.pretrained``), or None if it is trained."""
+    return (config["tokenizers"][name] or {}).get("pretrained")
+
+
+def tokenizer_names_pattern(config: dict, pretrained: bool) -> str:
+    """A regex alternation of the pretrained (or the trained) tokenizer names, for ``wildcard_constraints``.
+
+    The import and training rules produce the same files; each is constrained to its own names so
+    the DAG never has to choose between them.
+    """
+    import re
+
+    names = [name for name in config["tokenizers"] if (pretrained_tokenizer(config, name) is not None) == pretrained]
+    return "|".join(re.escape(name) for name in sorted(names)) or _NO_NAME
+
+
+def tokenizer_import_spec(config: dict, name: str) -> dict:
+    """What importing pretrained tokenizer ``name`` depends on besides its checkpoint: name, seed, image size."""
+    return {"name": name, "seed": config["seed"], "image_size": config["data"]["image_size"]}

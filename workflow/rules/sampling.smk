@@ -1,4 +1,7 @@
 # Sampling: one job per guidance scale; Euler ODE with exactly num_steps updates, decoded images.
+# A job given several GPUs (resources gpu > 1, set by the cluster profile) runs under torchrun:
+# fixed index blocks of batch_size are dealt round-robin to the processes, so the images are the
+# same bytes whatever the number of processes.
 
 
 rule sample:
@@ -10,6 +13,7 @@ rule sample:
         samples=layout.samples_file("{tok}", "{bb}", "{cfg}"),
         **({"trajectories": layout.trajectories_file("{tok}", "{bb}", "{cfg}")} if RECORD_TRAJECTORIES else {}),
     params:
+        launch=launcher,
         trajectories=lambda wc, output: f"--trajectories {output.trajectories}" if RECORD_TRAJECTORIES else "",
         spec=as_arg(cfg.sampling_spec(config)),
         diffusion=lambda wc, input: str(Path(input.ema).parent),
@@ -19,7 +23,7 @@ rule sample:
         "logs/sample/{tok}/{bb}/cfg{cfg}.log",
     threads: THREADS
     shell:
-        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} sample --diffusion {params.diffusion} "
+        "OMP_NUM_THREADS={threads} {params.launch} sample --diffusion {params.diffusion} "
         "--tokenizer {params.tokenizer} --latents {params.latents} --spec {params.spec} "
         "--cfg-scale {wildcards.cfg} --out {output.samples} {params.trajectories} > {log} 2>&1"
 
@@ -31,6 +35,7 @@ rule sample_untrained:
     output:
         layout.untrained_samples_file("{tok}", "{bb}"),
     params:
+        launch=launcher,
         spec=lambda wc: as_arg({**cfg.sampling_spec(config), "backbone": cfg.backbone_spec(config, wc.tok, wc.bb)}),
         tokenizer=lambda wc, input: str(Path(input.tokenizer).parent),
         latents=lambda wc, input: str(Path(input.stats).parent),
@@ -38,6 +43,6 @@ rule sample_untrained:
         "logs/sample/{tok}/{bb}/untrained.log",
     threads: THREADS
     shell:
-        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} sample --untrained "
+        "OMP_NUM_THREADS={threads} {params.launch} sample --untrained "
         "--tokenizer {params.tokenizer} --latents {params.latents} --spec {params.spec} "
         "--cfg-scale 1.0 --out {output} > {log} 2>&1"

@@ -1,4 +1,6 @@
-# Tokenizers: training (resumes from its own checkpoints) and reconstruction quality.
+# Tokenizers: training (resumes from its own checkpoints) or import of a pretrained checkpoint
+# (`tokenizers.<name>.pretrained: PATH`), and reconstruction quality. Both producing rules write
+# the same files; the wildcard constraints give each tokenizer name to exactly one of them.
 
 
 rule train_tokenizer:
@@ -8,6 +10,8 @@ rule train_tokenizer:
     output:
         model=layout.tokenizer_file("{tok}", "model.safetensors"),
         config=layout.tokenizer_file("{tok}", "config.json"),
+    wildcard_constraints:
+        tok=cfg.tokenizer_names_pattern(config, pretrained=False),
     params:
         launch=launcher,
         spec=lambda wc: as_arg(cfg.tokenizer_spec(config, wc.tok)),
@@ -20,6 +24,23 @@ rule train_tokenizer:
     shell:
         "OMP_NUM_THREADS={threads} {params.launch} train-tokenizer --spec {params.spec} "
         "--train {input.train} --teacher {params.teacher} --out {params.out} > {log} 2>&1"
+
+
+rule import_tokenizer:
+    output:
+        model=layout.tokenizer_file("{tok}", "model.safetensors"),
+        config=layout.tokenizer_file("{tok}", "config.json"),
+    wildcard_constraints:
+        tok=cfg.tokenizer_names_pattern(config, pretrained=True),
+    params:
+        source=lambda wc: shlex.quote(str(cfg.pretrained_tokenizer(config, wc.tok))),
+        spec=lambda wc: as_arg(cfg.tokenizer_import_spec(config, wc.tok)),
+        out=lambda wc, output: str(Path(output.model).parent),
+    log:
+        "logs/import_tokenizer/{tok}.log",
+    shell:
+        "{DIFFUSABILITY} import-tokenizer --source {params.source} --spec {params.spec} "
+        "--out {params.out} > {log} 2>&1"
 
 
 rule reconstruction:

@@ -28,7 +28,8 @@ def register(subparsers) -> None:
     p.add_argument("--out-regressions", type=Path, required=True)
     p.set_defaults(func=run_correlate)
 
-    p = subparsers.add_parser("figures", help="scatter plots, correlation heat map, trained vs untrained")
+    p = subparsers.add_parser("figures", help="scatter plots, correlation heat map, trained vs untrained, "
+                                                 "trajectory length ratios with VIV(t)")
     p.add_argument("--tables", type=Path, required=True)
     p.add_argument("--spec", type=json_spec, default={})
     p.add_argument("--out-dir", type=Path, required=True)
@@ -98,6 +99,8 @@ def run_figures(args: argparse.Namespace) -> None:
     proxies = corr.proxy_matrix(t["metrics"], t["reconstruction"])
     written = figures.scatter_figures(proxies, t["generation"], t["correlations"], target, args.out_dir)
     written.append(figures.trained_vs_untrained(t["reconstruction"], t["generation"], target, args.out_dir))
+    # ρ_k of the recorded trajectories, with VIV(t) overlaid where the metrics table has it (001's Fig. 10)
+    written += figures.length_ratio_figures(t["generation"], t["metrics"], args.out_dir)
     heatmap = figures.correlation_heatmap(t["correlations"], args.out_dir)
     if heatmap:
         written.append(heatmap)

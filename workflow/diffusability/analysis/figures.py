@@ -4,11 +4,16 @@
   tokenizer (labelled), one panel per (backbone, guidance scale), Pearson r [CI] and p in titles;
 - ``correlation_heatmap.png``: Pearson r of every proxy per (backbone, guidance scale);
 - ``trained_vs_untrained.png``: reconstruction and generation FD of trained models next to
-  their untrained selves — the check that the correlations are computed on signal.
+  their untrained selves — the check that the correlations are computed on signal;
+- ``length_ratio_<tokenizer>.png``: the per-segment length ratio ρ_k of the recorded sampling
+  trajectories (METRICS.md §10, 001's Fig. 10), one panel per backbone and one line per guidance
+  scale, with the tokenizer's VIV(t) curve on a second y-axis when the metrics table has
+  ``viv_curve`` rows (params {"t": …}). Figures never recompute metrics: no rows, no curve.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -115,3 +120,72 @@ def trained_vs_untrained(reconstruction: pd.DataFrame, generation: pd.DataFrame,
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def length_ratio_series(generation: pd.DataFrame) -> pd.DataFrame:
+    """ρ_k rows of trained models: tokenizer, backbone, cfg_scale, segment, t_start, t_end, value (sorted)."""
+    rows = generation[(generation["metric"] == "length_ratio")]
+    if "model" in rows.columns:
+        rows = rows[rows["model"] == "trained"]
+    params = [json.loads(p) for p in rows["params"]]
+    out = pd.DataFrame({
+        "tokenizer": rows["tokenizer"].to_numpy(), "backbone": rows["backbone"].to_numpy(),
+        "cfg_scale": rows["cfg_scale"].to_numpy(float),
+        "segment": [int(p["segment"]) for p in params], "t_start": [float(p["t_start"]) for p in params],
+        "t_end": [float(p["t_end"]) for p in params], "value": rows["value"].to_numpy(float)})
+    return out.sort_values(["tokenizer", "backbone", "cfg_scale", "segment"], ignore_index=True)
+
+
+def viv_curve_series(metrics: pd.DataFrame) -> pd.DataFrame:
+    """VIV(t) rows (metric ``viv_curve``, params {"t": …}): tokenizer, t, value, sorted by t."""
+    rows = metrics[metrics["metric"] == "viv_curve"]
+    times = [float(json.loads(p)["t"]) for p in rows["params"]]
+    out = pd.DataFrame({"tokenizer": rows["tokenizer"].to_numpy(), "t": times, "value": rows["value"].to_numpy(float)})
+    return out.sort_values(["tokenizer", "t"], ignore_index=True)
+
+
+def length_ratio_figure(tokenizer: str, ratios: pd.DataFrame, viv: pd.DataFrame):
+    """The ρ_k figure of one tokenizer (a matplotlib Figure, not saved).
+
+    ``ratios``: this tokenizer's rows of :func:`length_ratio_series`; ``viv``: its rows of
+    :func:`viv_curve_series` (may be empty). ρ_k is drawn at the segment start t_{k−1}, where
+    METRICS.md §10 evaluates the VIV overlay; the dotted line ρ = 1 is the straight constant-speed path.
+    """
+    plt = _pyplot()
+    backbones = sorted(ratios["backbone"].unique())
+    fig, axes = plt.subplots(1, len(backbones), figsize=(4.2 * len(backbones), 3.3), squeeze=False)
+    for ax, backbone in zip(axes[0], backbones):
+        panel = ratios[ratios["backbone"] == backbone]
+        for cfg_scale, line in panel.groupby("cfg_scale"):
+            ax.plot(line["t_start"], line["value"], marker=".", markersize=3, linewidth=1.2,
+                    label=f"ρ_k, cfg {cfg_scale:g}")
+        ax.axhline(1.0, color="0.5", linestyle=":", linewidth=0.8)
+        ax.set_xlabel("t (0 = noise, 1 = data), segment start", fontsize=8)
+        ax.set_ylabel("length ratio ρ_k", fontsize=8)
+        ax.set_title(f"{tokenizer} · {backbone}", fontsize=9)
+        ax.grid(alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        if len(viv):
+            twin = ax.twinx()
+            twin.plot(viv["t"], viv["value"], color="black", linestyle="--", linewidth=1.0, label="VIV(t)")
+            twin.set_ylabel("VIV(t) of the latents", fontsize=8)
+            more_handles, more_labels = twin.get_legend_handles_labels()
+            handles, labels = handles + more_handles, labels + more_labels
+        ax.legend(handles, labels, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def length_ratio_figures(generation: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """``length_ratio_<tokenizer>.png`` for every tokenizer with ρ_k rows; returns the written paths."""
+    plt = _pyplot()
+    ratios = length_ratio_series(generation)
+    viv = viv_curve_series(metrics)
+    written = []
+    for tokenizer, rows in ratios.groupby("tokenizer"):
+        fig = length_ratio_figure(tokenizer, rows, viv[viv["tokenizer"] == tokenizer])
+        path = Path(out_dir) / f"length_ratio_{safe_name(tokenizer)}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written

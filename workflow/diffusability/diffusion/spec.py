@@ -57,6 +57,8 @@ class DiffusionSpec:
     grad_clip: float | None = None
     precision: str = "fp32"
     checkpoint_every: int = 5000
+    flip_augment: bool = False  # draw the horizontally flipped cached latent (latents_flip) with probability 0.5
+    compile: bool = False  # torch.compile the model for training (falls back, with a warning, where unsupported)
     num_classes: int | None = None  # the command requires it; train_diffusion takes it as an argument
     extra: dict = field(default_factory=dict, repr=False)  # never set from JSON; reserved
 
@@ -94,6 +96,9 @@ class DiffusionSpec:
             value = getattr(self, key)
             require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
                     f"{source}: {key} must be a positive integer, got {value!r}")
+        for key in ("flip_augment", "compile", "qk_norm", "use_checkpoint"):
+            require(isinstance(getattr(self, key), bool), f"{source}: {key} must be true or false, got "
+                                                          f"{getattr(self, key)!r}")
         if self.micro_batch_size is not None:
             require(isinstance(self.micro_batch_size, int) and self.micro_batch_size > 0,
                     f"{source}: micro_batch_size must be a positive integer or null, got {self.micro_batch_size!r}")
@@ -116,8 +121,9 @@ class DiffusionSpec:
         return out
 
     def training_fingerprint(self) -> dict[str, Any]:
-        """The keys a resumed run must share with its checkpoint (``steps`` and the checkpoint cadence may change)."""
+        """The keys a resumed run must share with its checkpoint (``steps``, the checkpoint cadence and
+        ``compile``, which changes how the same function is computed, may change)."""
         out = self.to_dict()
-        for key in ("name", "steps", "checkpoint_every"):
+        for key in ("name", "steps", "checkpoint_every", "compile"):
             out.pop(key)
         return out

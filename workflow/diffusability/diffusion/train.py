@@ -34,6 +34,8 @@ from .transport import flow_matching_loss, sample_time
 #: A step whose loss exceeds this multiple of the running loss average is logged as a spike.
 SPIKE_FACTOR = 3.0
 SPIKE_WARMUP_STEPS = 20
+#: Fingerprint keys newer than some checkpoints, with the value that older checkpoints imply.
+ADDED_SPEC_KEYS = {"flip_augment": False}
 
 
 def as_spec(spec: DiffusionSpec | dict) -> DiffusionSpec:
@@ -74,6 +76,33 @@ def step_randomness(spec: DiffusionSpec, step: int, batch_shape: tuple[int, ...]
     return {"t": t, "noise": noise, "drop": drop}
 
 
+def flip_choices(seed: int, step: int, batch_size: int) -> torch.Tensor:
+    """Which samples (batch_size,) bool of the global batch of ``step`` take the flipped latent (p = 0.5).
+
+    A stream of its own keyed by (seed, step), so switching flips on leaves every other draw of the
+    step unchanged, and a resumed run draws the same choices as an uninterrupted one.
+    """
+    return torch.rand(batch_size, generator=torch_generator(seed, "diffusion-flip", step)) < 0.5
+
+
+def compile_for_training(model: torch.nn.Module, enabled: bool):
+    """``torch.compile(model)`` when ``enabled`` and compilation works here, else ``model`` (warning logged).
+
+    A tiny probe compiles first, so a missing C compiler or backend is caught before training; the
+    trainer also falls back to eager if the model's own first compiled call fails.
+    """
+    if not enabled:
+        return model
+    try:
+        probe = torch.compile(lambda x: x * 2.0 + 1.0)
+        require(bool((probe(torch.ones(2)) == 3.0).all()), "torch.compile probe returned a wrong value")
+        return torch.compile(model)
+    except Exception as exc:  # noqa: BLE001 - any backend failure means "not supported here"
+        log.warning("compile: true but torch.compile does not work here (%s: %s); training eagerly",
+                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return model
+
+
 def check_training_data(latents: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
     require(isinstance(latents, torch.Tensor) and latents.dim() == 4,
             f"latents must be a float tensor (N, C, h, w), got {getattr(latents, 'shape', type(latents))}")
@@ -107,7 +136,9 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 
 def _check_resume_compatible(state: dict, spec: DiffusionSpec, shape: dict, path: Path) -> None:
-    old, new = state["fingerprint"], {**spec.training_fingerprint(), **shape}
+    # keys added to the spec after a checkpoint was written count as their default there
+    old = {**{k: v for k, v in ADDED_SPEC_KEYS.items() if k not in state["fingerprint"]}, **state["fingerprint"]}
+    new = {**spec.training_fingerprint(), **shape}
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     require(not changed, f"{path}: checkpoint was written with a different spec/data "
                          f"({', '.join(f'{k}: {old.get(k)!r} → {new.get(k)!r}' for k in changed)}); "
@@ -115,9 +146,13 @@ def _check_resume_compatible(state: dict, spec: DiffusionSpec, shape: dict, path
 
 
 def train_diffusion(latents: torch.Tensor, labels: torch.Tensor, spec: DiffusionSpec | dict, out_dir: str | Path,
-                    num_classes: int, *, stop_after: int | None = None) -> Path:
+                    num_classes: int, *, latents_flip: torch.Tensor | None = None,
+                    stop_after: int | None = None) -> Path:
     """Train the backbone of ``spec`` on latents (N, C, h, w) float32 (already normalised) with labels (N,) int64.
 
+    ``latents_flip`` (N, C, h, w): the latents of the horizontally flipped images, normalised like
+    ``latents``; required when ``spec.flip_augment`` (each draw then takes it with probability 0.5,
+    see :func:`flip_choices`), ignored otherwise.
     Resumes by itself from the newest checkpoint in ``out_dir/checkpoints``. ``stop_after`` ends
     the call after that step (checkpoint written, no final files): a hook that simulates an
     interrupted job. Returns ``out_dir``.
@@ -127,6 +162,16 @@ def train_diffusion(latents: torch.Tensor, labels: torch.Tensor, spec: Diffusion
     spec = as_spec(spec)
     out_dir = Path(out_dir)
     check_training_data(latents, labels, num_classes)
+    if spec.flip_augment:
+        require(latents_flip is not None, "flip_augment is set but no flipped latents were given: the latent "
+                                          "file needs the tensor 'latents_flip' (N, C, h, w)")
+        require(isinstance(latents_flip, torch.Tensor) and latents_flip.shape == latents.shape
+                and latents_flip.dtype == torch.float32,
+                f"latents_flip must be float32 of the latents' shape {tuple(latents.shape)}, got "
+                f"{getattr(latents_flip, 'dtype', type(latents_flip))} {tuple(getattr(latents_flip, 'shape', ()))}")
+        require(bool(torch.isfinite(latents_flip).all()), "latents_flip contain NaN or Inf values")
+    else:
+        latents_flip = None
     n, channels, grid = latents.shape[0], latents.shape[1], latents.shape[2]
     shape_info = {"in_channels": channels, "grid_size": grid, "num_classes": num_classes, "num_latents": n}
 
@@ -153,6 +198,9 @@ def train_diffusion(latents: torch.Tensor, labels: torch.Tensor, spec: Diffusion
                                           f"steps = {spec.steps}")
         log.info("resuming diffusion training from %s (step %d)", resume_path, start_step)
     model, optimizer = accelerator.prepare(model, optimizer)
+    # the compiled wrapper shares its parameters with `model`; only the forward passes go through it
+    forward_model = compile_for_training(model, spec.compile)
+    first_call = True
     null_label = num_classes
 
     def save_state(step: int) -> None:
@@ -173,17 +221,30 @@ def train_diffusion(latents: torch.Tensor, labels: torch.Tensor, spec: Diffusion
         started = time.perf_counter()
         indices = global_batch_indices(spec.seed, step, spec.batch_size, n)
         draws = step_randomness(spec, step, (spec.batch_size, channels, grid, grid))
+        flips = flip_choices(spec.seed, step, spec.batch_size) if latents_flip is not None else None
         loss_sum = torch.zeros(2, device=device)  # (objective, mse) summed over micro-batches
         for round_ in range(accumulation):
             lo = (round_ * world + rank) * micro
             part = slice(lo, lo + micro)
-            x1 = latents[indices[part]].to(device)
+            x1 = latents[indices[part]]
+            if flips is not None:
+                x1 = torch.where(flips[part].reshape(-1, 1, 1, 1), latents_flip[indices[part]], x1)
+            x1 = x1.to(device)
             y = labels[indices[part]].masked_fill(draws["drop"][part], null_label).to(device)
             # Gradients are all-reduced only on the last micro-batch of the step.
             sync = contextlib.nullcontext() if round_ == accumulation - 1 else accelerator.no_sync(model)
             with sync:
-                terms = flow_matching_loss(model, x1, y, loss=spec.loss, noise=draws["noise"][part],
-                                           t=draws["t"][part], return_terms=True)
+                loss_args = dict(loss=spec.loss, noise=draws["noise"][part], t=draws["t"][part], return_terms=True)
+                try:
+                    terms = flow_matching_loss(forward_model, x1, y, **loss_args)
+                except Exception as exc:  # noqa: BLE001 - only a failing first compiled call is caught
+                    if forward_model is model or not first_call:
+                        raise
+                    log.warning("the compiled model failed on its first call (%s); training eagerly",
+                                type(exc).__name__)
+                    forward_model = model
+                    terms = flow_matching_loss(model, x1, y, **loss_args)
+                first_call = False
                 accelerator.backward(terms["loss"] / accumulation)
             loss_sum += torch.stack([terms["loss"].detach(), terms["mse"].detach()]) / accumulation
         if world > 1:

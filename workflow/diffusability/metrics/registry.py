@@ -25,8 +25,15 @@ from ..errors import DiffusabilityError, require
 from ..progress import log, progress
 from .normalization import as_label_tensor, as_latent_tensor, as_mask_tensor
 
-#: keyword arguments that change speed or memory, never the value (kept out of ``params``)
-EXECUTION_ONLY = frozenset({"batch_size", "chunk", "classes_per_batch", "progress"})
+#: keyword arguments that change speed or memory, never the value (kept out of ``params``); the VIV curve
+#: grid is recorded per row as ``{"t": ...}`` instead, so it never changes the params of the other VIV rows
+EXECUTION_ONLY = frozenset({"batch_size", "chunk", "classes_per_batch", "progress", "curve_times"})
+
+#: the default time grid of ``viv_curve`` rows: 21 times 0.0, 0.05, …, 1.0 (t = 0 noise, t = 1 data)
+VIV_CURVE_TIMES = tuple(round(i / 20, 10) for i in range(21))
+
+#: metrics computed only when named: one row per time would otherwise enter every correlation table
+OPT_IN = frozenset({"viv_curve"})
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,12 @@ def _run_viv_class_conditional(latents, labels, masks, **params):
     result = viv.class_conditional_viv(latents, labels, **params)
     n = latents.shape[0]
     keys = ("viv_uniform", "viv_logit_normal", "viv_uniform_per_dim", "viv_logit_normal_per_dim")
-    return {key: (result[key], n) for key in keys if key in result}
+    rows = {key: (result[key], n) for key in keys if key in result}
+    if "curve" in result:
+        # one row per time: (value, n, extra params merged into the row's params JSON)
+        rows["viv_curve"] = [(float(v), n, {"t": float(t)})
+                             for t, v in zip(result["curve"]["t"].tolist(), result["curve"]["value"].tolist())]
+    return rows
 
 
 def _run_viv_marginal(latents, labels, masks, **params):
@@ -168,6 +180,8 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
     MetricSpec("viv_logit_normal", "viv_class_conditional", "lower", "class-conditional VIV, t ~ LN(0, 1)"),
     MetricSpec("viv_uniform_per_dim", "viv_class_conditional", "lower", "viv_uniform / D"),
     MetricSpec("viv_logit_normal_per_dim", "viv_class_conditional", "lower", "viv_logit_normal / D"),
+    MetricSpec("viv_curve", "viv_class_conditional", "lower",
+               "class-averaged σ²_irr(t) of eq. 4, one row per time (params t); only when named"),
     MetricSpec("viv_marginal", "viv_marginal", "lower", "marginal (GMM Monte Carlo) VIV"),
     MetricSpec("lnc", "lnc", "higher", "latent neighbour consistency (FG-pooled kNN label agreement)"),
     MetricSpec("lds", "lds", "higher", "local-vs-distant token cosine similarity"),
@@ -212,7 +226,8 @@ def expand_names(names, have_labels: bool, have_masks: bool) -> list[str]:
     available = {"labels": have_labels, "masks": have_masks}
     for name in names:
         if name == "all":
-            wanted.update(m for m in METRICS if all(available[r] for r in _requirements(m)))
+            wanted.update(m for m in METRICS
+                          if m not in OPT_IN and all(available[r] for r in _requirements(m)))
             continue
         members = GROUPS.get(name, (name,))
         for member in members:
@@ -317,6 +332,8 @@ def compute_metrics(latents, labels=None, masks=None, names=("all",), params: di
     for computation, metrics in progress(list(by_computation.items()), total=len(by_computation),
                                          desc="metrics", unit="computation"):
         kwargs, record = resolve_params(computation, metrics, params)
+        if "viv_curve" in metrics and kwargs.get("curve_times") is None:
+            kwargs["curve_times"] = VIV_CURVE_TIMES   # the function's own default (None) means "no curve"
         if computation == "lnc":
             record["pooling"] = "foreground" if masks is not None else "all tokens"
         started = time.perf_counter()
@@ -329,12 +346,16 @@ def compute_metrics(latents, labels=None, masks=None, names=("all",), params: di
         extra = [name for name in results if name.startswith("sec_r")] if computation == "sec" else []
         for metric in metrics + extra:
             require(metric in results, f"{computation}: did not return {metric!r}")
-            value, count = results[metric]
-            value = float(value)
-            if not math.isfinite(value):
-                raise DiffusabilityError(f"{metric}: the value is {value} (degenerate latents, labels or masks?)")
-            rows.append({"metric": metric, "value": value, "direction": metric_direction(metric),
-                         "params": json.dumps(record, sort_keys=True), "n": int(count), "seconds": seconds})
+            produced = results[metric]
+            # a metric yields one (value, n) or, like viv_curve, a list of (value, n, extra params)
+            for value, count, *extra_params in (produced if isinstance(produced, list) else [produced]):
+                value = float(value)
+                if not math.isfinite(value):
+                    raise DiffusabilityError(f"{metric}: the value is {value} (degenerate latents, labels or masks?)")
+                row_params = {**record, **(extra_params[0] if extra_params else {})}
+                rows.append({"metric": metric, "value": value, "direction": metric_direction(metric),
+                             "params": json.dumps(row_params, sort_keys=True), "n": int(count),
+                             "seconds": seconds})
     frame = pd.DataFrame(rows, columns=["metric", "value", "direction", "params", "n", "seconds"])
     return frame.astype({"metric": str, "value": "float64", "direction": str, "params": str,
                          "n": "int64", "seconds": "float64"})

@@ -111,6 +111,26 @@ def load_sampling_model(args: argparse.Namespace, spec: SamplingSpec, shape: tup
 
 
 def run_sample(args: argparse.Namespace) -> int:
+    """Sample, decode and write the npz; under torchrun the index blocks are shared among the processes."""
+    import torch
+
+    from .sharding import join_process_group
+
+    spec = SamplingSpec.from_dict(args.spec)
+    require(args.cfg_scale >= 0, f"--cfg-scale must be ≥ 0, got {args.cfg_scale}")
+    require(args.trajectories is None or spec.trajectories > 0,
+            "--trajectories was given but the spec asks for trajectories = 0")
+    device = torch.device(spec.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    group = join_process_group(use_cuda=device.type == "cuda")
+    if device.type == "cuda" and group.world_size > 1 and device.index is None:
+        device = torch.device("cuda", group.local_rank)
+    try:
+        return _sample(args, spec, device, group)
+    finally:
+        group.close()
+
+
+def _sample(args: argparse.Namespace, spec: SamplingSpec, device, group) -> int:
     import numpy as np
     import torch
 
@@ -118,13 +138,9 @@ def run_sample(args: argparse.Namespace) -> int:
     from ..imaging import to_uint8
     from ..io import load_tensors, save_npz, save_tensors
     from ..progress import log, progress
-    from .generate import generate_latents
+    from . import generate
+    from .sharding import blocks_of_rank, index_blocks, shard_path
 
-    spec = SamplingSpec.from_dict(args.spec)
-    require(args.cfg_scale >= 0, f"--cfg-scale must be ≥ 0, got {args.cfg_scale}")
-    require(args.trajectories is None or spec.trajectories > 0,
-            "--trajectories was given but the spec asks for trajectories = 0")
-    device = torch.device(spec.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     shape = latent_shape(args.latents)
     stats = load_tensors(args.latents / "stats.safetensors", ["mean", "std"])
     for key in ("mean", "std"):
@@ -139,26 +155,70 @@ def run_sample(args: argparse.Namespace) -> int:
     settings = {**sampler, "guidance_channels": spec.guidance_channels, "seed": spec.seed,
                 "num_samples": spec.num_samples, "which": "untrained" if args.untrained else spec.which,
                 "labels": "uniform random per index", "time_convention": "t=0 noise, t=1 data"}
-    log.info("sampling %d images: %s", spec.num_samples, json.dumps(settings, sort_keys=True))
+    blocks = index_blocks(spec.num_samples, spec.batch_size)
+    mine = blocks_of_rank(len(blocks), group.rank, group.world_size)
+    if group.is_main:
+        log.info("sampling %d images: %s", spec.num_samples, json.dumps(settings, sort_keys=True))
+    log.info("rank %d of %d: %d of %d blocks of %d indices", group.rank, group.world_size, len(mine), len(blocks),
+             spec.batch_size)
     wanted = range(spec.trajectories) if args.trajectories is not None else ()
-    generated = generate_latents(model, spec.seed, range(spec.num_samples), num_classes, shape, spec.batch_size,
-                                 device=device, trajectory_indices=wanted, **sampler)
 
     tokenizer = tokenizers.load_tokenizer(args.tokenizer)
     if hasattr(tokenizer, "to") and callable(tokenizer.to):
         tokenizer = tokenizer.to(device) or tokenizer
     mean, std = stats["mean"].float().reshape(1, -1, 1, 1), stats["std"].float().reshape(1, -1, 1, 1)
-    images = []
-    with torch.no_grad():
-        for start in progress(range(0, spec.num_samples, spec.batch_size), desc="decode", unit="batch"):
-            z = generated["latents"][start:start + spec.batch_size] * std + mean
-            images.append(to_uint8(tokenizer.decode(z.to(device)).cpu()).numpy())
-    save_npz(args.out, arr_0=np.concatenate(images), labels=generated["labels"].numpy(),
-             sampler=np.array([json.dumps(settings, sort_keys=True)]))
-    if args.trajectories is not None:
-        save_tensors(args.trajectories, {"trajectory": generated["trajectory"], "times": generated["times"],
-                                         "labels": generated["labels"][generated["trajectory_index"]],
-                                         "index": generated["trajectory_index"]},
-                     metadata={"sampler": json.dumps(settings, sort_keys=True),
-                               "space": "normalised latents (as the diffusion model sees them)"})
+    parts: list[dict[str, torch.Tensor]] = []
+    for block in progress(mine, total=len(mine), desc=f"sample+decode (rank {group.rank})", unit="batch"):
+        # one block = one sampler batch = one decoder batch, whatever the number of processes
+        part = generate.sample_batch(model, spec.seed, blocks[block], num_classes, shape, device=device,
+                                     trajectory_indices=wanted, **sampler)
+        with torch.no_grad():
+            z = part.pop("latents") * std + mean
+            part["images"] = to_uint8(tokenizer.decode(z.to(device)).cpu())
+        parts.append(part)
+    local = _concat_parts(parts)
+
+    if group.world_size > 1:
+        save_tensors(shard_path(args.out, group.rank, group.world_size), local)
+        group.barrier()
+        if group.is_main:
+            paths = [shard_path(args.out, r, group.world_size) for r in range(group.world_size)]
+            local = _concat_parts([load_tensors(p) for p in paths])
+    if group.is_main:
+        order = torch.argsort(local["index"])
+        require(local["index"][order].tolist() == list(range(spec.num_samples)),
+                "the gathered shards do not cover every sample index exactly once")
+        save_npz(args.out, arr_0=local["images"][order].numpy(), labels=local["labels"][order].numpy(),
+                 sampler=np.array([json.dumps(settings, sort_keys=True)]))
+        if args.trajectories is not None:
+            order = torch.argsort(local["trajectory_index"])
+            index = local["trajectory_index"][order]
+            save_tensors(args.trajectories, {"trajectory": local["trajectory"][:, order], "times": local["times"],
+                                             "labels": local["labels"][torch.argsort(local["index"])][index],
+                                             "index": index},
+                         metadata={"sampler": json.dumps(settings, sort_keys=True),
+                                   "space": "normalised latents (as the diffusion model sees them)"})
+        if group.world_size > 1:
+            for path in paths:
+                path.unlink(missing_ok=True)
+    group.barrier()
     return 0
+
+
+def _concat_parts(parts: list[dict]) -> dict:
+    """Concatenate per-block results: images/labels/index along samples, trajectories along dim 1.
+
+    An empty list (a rank with no block) gives {"index": empty}; such parts are skipped when merging.
+    """
+    import torch
+
+    parts = [p for p in parts if p["index"].numel() > 0]
+    if not parts:
+        return {"index": torch.empty(0, dtype=torch.int64)}
+    out = {key: torch.cat([p[key] for p in parts]) for key in ("images", "labels", "index")}
+    with_trajectory = [p for p in parts if "trajectory" in p]
+    if with_trajectory:
+        out["trajectory"] = torch.cat([p["trajectory"] for p in with_trajectory], dim=1)
+        out["trajectory_index"] = torch.cat([p["trajectory_index"] for p in with_trajectory])
+        out["times"] = with_trajectory[0]["times"]
+    return out

@@ -1,6 +1,7 @@
 """``diffusability train-tokenizer | encode | reconstruction``: the tokenizer stage's commands.
 
 - ``train-tokenizer``: train (or resume) one tokenizer into its directory.
+- ``import-tokenizer``: write a pretrained local checkpoint (diffusers or ours) as a tokenizer directory.
 - ``encode``: fixed-seed posterior samples of the train and val splits, val masks pooled to the
   latent grid, per-channel mean / unbiased std of the train latents (CONTRIBUTING.md "latents").
 - ``reconstruction``: PSNR / SSIM / rFD (domain-net Fréchet distance) of the trained tokenizer
@@ -33,6 +34,15 @@ def register(subparsers) -> None:
                              "(teacher for the perceptual loss and VF/REPA)")
     parser.add_argument("--out", required=True, help="tokenizer directory")
     parser.set_defaults(func=run_train_tokenizer)
+
+    parser = subparsers.add_parser("import-tokenizer", help="import a pretrained tokenizer (no training)",
+                                   description="Write a local diffusers AutoencoderKL folder, or a tokenizer "
+                                               "of our format, as a tokenizer directory.")
+    parser.add_argument("--source", required=True,
+                        help="diffusers AutoencoderKL folder, or config.json + model.safetensors of ours")
+    parser.add_argument("--spec", type=json_spec, required=True, help='JSON: {"name", "seed", "image_size"}')
+    parser.add_argument("--out", required=True, help="tokenizer directory")
+    parser.set_defaults(func=run_import_tokenizer)
 
     parser = subparsers.add_parser("encode", help="encode train/val splits into latents (posterior samples)",
                                    description="Write train/val latents and per-channel stats of a tokenizer.")
@@ -76,6 +86,15 @@ def run_train_tokenizer(args: argparse.Namespace) -> int:
         teacher = load_teacher(args.teacher)
     train_tokenizer(split["images"], split["labels"], args.spec, args.out, teacher=teacher)
     log.info("train-tokenizer: wrote %s", args.out)
+    return 0
+
+
+def run_import_tokenizer(args: argparse.Namespace) -> int:
+    from ..progress import log
+    from .pretrained import import_pretrained_tokenizer
+
+    import_pretrained_tokenizer(args.source, args.spec or {}, args.out)
+    log.info("import-tokenizer: wrote %s from %s", args.out, args.source)
     return 0
 
 

@@ -6,7 +6,8 @@
 The sum (not mean) over pixels is the LDM convention; every other weight's scale depends on it.
 ``d`` is a per-image perceptual distance broadcast onto every pixel; here it is an LPIPS-like
 distance on the frozen teacher's feature pyramid (channel-normalised squared differences, averaged
-spatially, summed over levels, no learned heads). Without a teacher the perceptual term is off.
+spatially, summed over levels, no learned heads), or LPIPS-VGG itself when a ``perceptual_net``
+(``lpips.LPIPSVGG``) is given. Without either the perceptual term is off.
 """
 
 from __future__ import annotations
@@ -106,20 +107,23 @@ class VAEObjective(nn.Module):
     def __init__(self, kl_weight: float = 1e-6, perceptual_weight: float = 1.0,
                  teacher: FeatureTeacher | None = None, learn_logvar: bool = True,
                  disc_weight: float = 0.0, disc_start: int = 5001, disc_layers: int = 3,
-                 disc_channels: int = 64, image_size: int | None = None):
+                 disc_channels: int = 64, image_size: int | None = None,
+                 perceptual_net: nn.Module | None = None):
         super().__init__()
         self.image_size = image_size
         self.kl_weight = kl_weight
         self.perceptual_weight = perceptual_weight
         self.logvar = nn.Parameter(torch.zeros(()), requires_grad=learn_logvar)
         self.__dict__["teacher"] = teacher  # bypass nn.Module registration on purpose
+        # frozen LPIPS network (x, y) → (N,); like the teacher, kept out of the state dict
+        self.__dict__["perceptual_net"] = perceptual_net
         self.disc_weight = disc_weight
         self.disc_start = disc_start
         self.discriminator = PatchDiscriminator(disc_layers, disc_channels) if disc_weight > 0 else None
 
     @property
     def uses_perceptual(self) -> bool:
-        return self.teacher is not None and self.perceptual_weight > 0
+        return (self.teacher is not None or self.perceptual_net is not None) and self.perceptual_weight > 0
 
     def perceptual_distance(self, target: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
         """Per-image perceptual distance (N,) between target and reconstruction (both (N,3,H,W)).
@@ -131,6 +135,8 @@ class VAEObjective(nn.Module):
             size = (self.image_size, self.image_size)
             target = F.interpolate(target, size=size, mode="bilinear", align_corners=False)
             reconstruction = F.interpolate(reconstruction, size=size, mode="bilinear", align_corners=False)
+        if self.perceptual_net is not None:
+            return self.perceptual_net(target.detach(), reconstruction)
         with torch.no_grad():
             reference = [f.detach() for f in self.teacher.feature_pyramid(target)]
         return pyramid_distance(reference, self.teacher.feature_pyramid(reconstruction))

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from ..errors import DiffusabilityError, require
 
 ARCHITECTURES = ("conv", "vit")
+PERCEPTUAL = ("teacher", "lpips")
 
 
 @dataclass
@@ -38,6 +39,9 @@ class TokenizerSpec:
     vit_heads: int = 4
     kl_weight: float = 1e-6
     perceptual_weight: float = 1.0
+    # "teacher": head-less distance on the teacher's features; "lpips": LPIPS-VGG from lpips_weights
+    perceptual: str = "teacher"
+    lpips_weights: str | None = None
     learn_logvar: bool = True
     # PatchGAN (MODELS.md §1.2); disc_weight 0 switches the discriminator off entirely.
     disc_weight: float = 0.0
@@ -47,6 +51,8 @@ class TokenizerSpec:
     # the CPU budget of the embedded default: ≈ 0.12–0.4 s per step on 2 shared cores (see the report)
     steps: int = 300
     batch_size: int = 16
+    # images per forward/backward on one process; None = the process's whole share of batch_size
+    micro_batch_size: int | None = None
     lr: float = 1e-3
     betas: tuple[float, float] = (0.5, 0.9)
     checkpoint_every: int = 100
@@ -86,6 +92,12 @@ class TokenizerSpec:
         factor = 2 ** (len(self.channel_mult) - 1) if self.architecture == "conv" else self.patch_size
         require(self.image_size % factor == 0,
                 f"tokenizer spec: image_size {self.image_size} not divisible by the downsample factor {factor}")
+        require(self.micro_batch_size is None or (isinstance(self.micro_batch_size, int) and self.micro_batch_size >= 1),
+                f"tokenizer spec: 'micro_batch_size' must be a positive integer or null, got {self.micro_batch_size!r}")
+        require(self.perceptual in PERCEPTUAL,
+                f"tokenizer spec: perceptual {self.perceptual!r} not supported (expected one of {PERCEPTUAL})")
+        require(self.perceptual != "lpips" or (isinstance(self.lpips_weights, str) and self.lpips_weights),
+                "tokenizer spec: perceptual 'lpips' needs 'lpips_weights' (the path of the LPIPS-VGG weights file)")
         require(self.lr > 0, f"tokenizer spec: 'lr' must be positive, got {self.lr}")
         require(len(self.betas) == 2, f"tokenizer spec: 'betas' must have 2 entries, got {self.betas}")
 

@@ -25,6 +25,7 @@ from ..progress import log, progress
 from ..seeding import torch_generator
 from .factory import CONFIG_FILE, WEIGHTS_FILE, initial_tokenizer
 from .losses import VAEObjective
+from .distributed import BatchLayout, ProcessGroup
 from .regularizers import RegularizerContext, build_regularizer, regularizer_needs_teacher
 from .spec import TokenizerSpec, as_spec
 
@@ -79,8 +80,9 @@ def prepare_teacher(teacher: Any) -> Any:
 class TokenizerTrainer:
     """Holds the model, objective, regularizer and optimizers of one run; one call per step."""
 
-    def __init__(self, spec: TokenizerSpec, teacher: Any = None):
+    def __init__(self, spec: TokenizerSpec, teacher: Any = None, group: ProcessGroup | None = None):
         self.spec = spec
+        self.group = group or ProcessGroup()
         self.model = initial_tokenizer(spec)
         self.teacher = prepare_teacher(teacher)
         self.grid = self.model.latent_grid(spec.image_size)
@@ -96,11 +98,16 @@ class TokenizerTrainer:
         require(not getattr(self.regularizer, "needs_token_masking", False) or spec.architecture == "vit",
                 f"regularizer {spec.regularizer['name']!r} masks encoder tokens: it needs architecture 'vit', "
                 f"not {spec.architecture!r}")
+        self.perceptual_net = None
+        if spec.perceptual == "lpips" and spec.perceptual_weight > 0:
+            from .lpips import load_lpips_vgg
+
+            self.perceptual_net = load_lpips_vgg(spec.lpips_weights)
         self.objective = VAEObjective(kl_weight=spec.kl_weight, perceptual_weight=spec.perceptual_weight,
                                       teacher=self.teacher, learn_logvar=spec.learn_logvar,
                                       disc_weight=spec.disc_weight, disc_start=spec.disc_start,
                                       disc_layers=spec.disc_layers, disc_channels=spec.disc_channels,
-                                      image_size=spec.image_size)
+                                      image_size=spec.image_size, perceptual_net=self.perceptual_net)
         trainable = list(self.model.parameters()) + list(self.regularizer.parameters())
         if spec.learn_logvar:
             trainable.append(self.objective.logvar)
@@ -178,15 +185,84 @@ class TokenizerTrainer:
         self.step += 1
         return row
 
+    # -- one step over micro-batches and processes -----------------------------------------
+    def _generator_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def train_step_sharded(self, batch: torch.Tensor, layout: BatchLayout) -> dict[str, float]:
+        """One update on the global batch (B,H,W,3) uint8, computed as this process's micro-batches.
+
+        Every process draws the posterior noise of the whole global batch from the shared trainer
+        generator and uses its own slice, so a micro-batch's noise does not depend on the layout;
+        regularizer draws come from a generator named by (step, global micro-batch index). With the
+        GAN on, the adaptive weight and the discriminator's BatchNorm see micro-batches, so the
+        result then depends on the micro-batch size (as in every accumulating LDM trainer).
+        """
+        step, scale = self.step, layout.loss_scale
+        share = layout.micro_batch / layout.global_batch
+        side = self.grid
+        noise = torch.randn((layout.global_batch, self.spec.latent_channels, *side), generator=self.generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        totals = {"loss": 0.0, "nll": 0.0, "kl": 0.0, "regularizer": 0.0, "l1": 0.0, "gan": 0.0, "gan_weight": 0.0}
+        kept = []
+        for index, part in layout.my_micro_batches():
+            generator = torch_generator(self.spec.seed, "tokenizer-train-micro", step, index)
+            x = to_model_input(batch[part])
+            posterior = self.regularizer.encode(self.model, x, generator)
+            latents = posterior.mean + posterior.std * noise[part]
+            reconstruction = self.model.decode(self.regularizer.latents_for_decoding(latents, generator))
+            nll = self.objective.nll(reconstruction, x)
+            kl = posterior.kl().mean()
+            gan_term, gan_weight = self.objective.generator_gan_term(reconstruction, nll,
+                                                                     self.model.decoder_last_layer(), step)
+            teacher_features = None
+            if self.regularizer.needs_teacher:
+                with torch.no_grad():
+                    teacher_features = self.teacher.feature_map(x, self.grid)
+            context = RegularizerContext(images=x, posterior=posterior, latents=latents, model=self.model,
+                                         step=step, nll=nll, teacher_features=teacher_features,
+                                         reconstruction_nll=self.objective.nll, generator=generator)
+            reg_loss = self.regularizer.loss(context)
+            loss = nll + self.spec.kl_weight * kl + gan_term + reg_loss
+            checkpointing.check_finite(float(loss.detach()), "tokenizer loss", step)
+            (loss * scale).backward()
+            kept.append((x, reconstruction.detach()))
+            for key, value in (("loss", loss), ("nll", nll), ("kl", kl), ("regularizer", reg_loss),
+                               ("l1", (x - reconstruction).abs().mean()), ("gan", gan_term), ("gan_weight", gan_weight)):
+                totals[key] += share * float(value.detach())
+        self.group.average_gradients(self._generator_parameters())
+        self.optimizer.step()
+        if self.objective.gan_active(step):
+            self.disc_optimizer.zero_grad(set_to_none=True)
+            disc_total = 0.0
+            for x, reconstruction in kept:
+                d_loss = self.objective.discriminator_loss(x, reconstruction)
+                checkpointing.check_finite(float(d_loss.detach()), "discriminator loss", step)
+                (d_loss * scale).backward()
+                disc_total += share * float(d_loss.detach())
+            self.group.average_gradients(self.objective.discriminator.parameters())
+            self.disc_optimizer.step()
+            totals["disc"] = disc_total
+        else:
+            totals.pop("gan"), totals.pop("gan_weight")
+        # the shares of all processes add up to the global-batch mean
+        row = dict(zip(totals, self.group.sum_values(list(totals.values()))))
+        row = {"step": step + 1, **row, "logvar": float(self.objective.logvar.detach())}
+        row.update(self.regularizer.last_logs)
+        self.step += 1
+        return row
+
 
 def train_tokenizer(images: Any, labels: Any, spec: TokenizerSpec | Mapping[str, Any] | None,
                     out_dir: str | Path, teacher: Any = None, stop_after: int | None = None) -> Path | None:
-    """Train a tokenizer on uint8 (N,S,S,3) images; write ``model.safetensors``, ``config.json``,
+    """Train a tokenizer on uint8 (N,S,S,3) images (one process, or every process of a torchrun job); write ``model.safetensors``, ``config.json``,
     ``train_log.parquet`` (and ``checkpoints/``) into ``out_dir``; return ``out_dir``.
 
     Resumes from the newest checkpoint in ``out_dir/checkpoints`` by itself. ``stop_after`` ends the
     run after that many steps without writing the final files (returns None): it simulates a job
-    killed after its checkpoint, for tests.
+    killed after its checkpoint, for tests. The spec's ``batch_size`` is the global batch; it is met
+    on any number of processes by gradient accumulation over ``micro_batch_size`` (see distributed.py).
+    Only process 0 writes checkpoints and outputs.
     """
     spec = as_spec(spec)
     images, labels = validate_images(images, labels, spec.image_size)
@@ -197,7 +273,10 @@ def train_tokenizer(images: Any, labels: Any, spec: TokenizerSpec | Mapping[str,
         log.warning("train_tokenizer: only %d images, batch size lowered from %d", count, spec.batch_size)
     out_dir = Path(out_dir)
     checkpoint_dir = out_dir / CHECKPOINT_DIR
-    trainer = TokenizerTrainer(spec, teacher)
+    group = ProcessGroup()
+    micro = spec.micro_batch_size or batch_size // group.world_size
+    layout = BatchLayout(batch_size, micro, group.world_size, group.rank)
+    trainer = TokenizerTrainer(spec, teacher, group)
     latest = checkpointing.latest_checkpoint(checkpoint_dir)
     if latest is not None:
         trainer.load_state(checkpointing.load_checkpoint(latest))
@@ -210,16 +289,22 @@ def train_tokenizer(images: Any, labels: Any, spec: TokenizerSpec | Mapping[str,
             bar.close()
             return None
         started = time.perf_counter()
-        row = trainer.train_step(to_model_input(images[order.indices(trainer.step)]))
+        batch = images[order.indices(trainer.step)]
+        if layout.total_micro_batches == 1:  # one process, one micro-batch: the plain step
+            row = trainer.train_step(to_model_input(batch))
+        else:
+            row = trainer.train_step_sharded(batch, layout)
         trainer.seconds += time.perf_counter() - started
         row["seconds"] = trainer.seconds
         trainer.log_rows.append(row)
         bar.update(1)
         bar.set_postfix(loss=f"{row['loss']:.4g}", l1=f"{row['l1']:.3f}")
-        if trainer.step % spec.checkpoint_every == 0 or trainer.step == spec.steps:
+        if group.is_main and (trainer.step % spec.checkpoint_every == 0 or trainer.step == spec.steps):
             checkpointing.save_checkpoint(checkpoint_dir, trainer.step, trainer.state())
     bar.close()
-    write_outputs(trainer, out_dir)
+    if group.is_main:
+        write_outputs(trainer, out_dir)
+    group.barrier()
     return out_dir
 
 

@@ -28,13 +28,21 @@ SMALL = dict(name="small", depth=3, width=96, heads=4, batch_size=64, lr=1e-3, b
 
 
 def toy_latents(n: int, classes: int, channels: int = 4, grid: int = 8, seed: int = 0):
-    """Class-conditional Gaussians with a smooth per-class spatial pattern, normalised per channel."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, classes, (n,), generator=g)
+    """Class-conditional Gaussians with a smooth per-class spatial pattern, normalised per channel.
+
+    The class patterns and the normalisation are fixed (one distribution); ``seed`` only draws the
+    samples, so a held-out set (another seed) comes from the distribution the model was trained on.
+    """
+    g = torch.Generator().manual_seed(0)
     patterns = torch.randn(classes, channels, 2, 2, generator=g)
     patterns = torch.nn.functional.interpolate(patterns, size=(grid, grid), mode="bilinear", align_corners=False)
+    g = torch.Generator().manual_seed(1000 + seed)
+    labels = torch.randint(0, classes, (n,), generator=g)
     latents = patterns[labels] * 1.5 + 0.5 * torch.randn(n, channels, grid, grid, generator=g)
-    mean, std = latents.mean(dim=(0, 2, 3), keepdim=True), latents.std(dim=(0, 2, 3), keepdim=True)
+    # per-channel moments of the distribution itself (uniform classes), not of this draw
+    mean = patterns.mean(dim=(0, 2, 3), keepdim=True) * 1.5
+    second = (patterns * 1.5).pow(2).mean(dim=(0, 2, 3), keepdim=True) + 0.25
+    std = (second - mean.pow(2)).sqrt()
     return ((latents - mean) / std).float(), labels
 
 

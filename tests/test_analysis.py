@@ -140,3 +140,13 @@ def test_proportional_duplicates_are_dropped():
                            index=["a", "b", "c"])
     kept = corr.drop_proportional_duplicates(proxies)
     assert list(kept.columns) == ["latent/viv", "latent/other", "latent/negated"]
+
+
+def test_curves_are_not_proxies(study):
+    t, *_ = study
+    curve = pd.DataFrame([{"tokenizer": tok, "metric": "viv_curve", "value": float(i), "direction": "lower",
+                           "params": json.dumps({"t": i / 4}), "n": 10, "seconds": 0.0}
+                          for tok in TOKS for i in range(5)])
+    metrics = pd.concat([t["metrics"], curve], ignore_index=True)
+    proxies = corr.proxy_matrix(metrics, t["reconstruction"])
+    assert "latent/viv_curve" not in proxies.columns and "latent/viv_uniform" in proxies.columns

@@ -90,3 +90,46 @@ def test_latent_uniformity_composes_the_protocol():
         assert result[key] == pytest.approx(np.mean([m[key] for m in manual]), rel=1e-9)
         assert 0 <= result[key] <= (1 if key != "cv" else math.inf)
     assert result["per_repeat"][0] != result["per_repeat"][1]  # different subsets
+
+
+def test_unknown_backend_is_rejected():
+    noise = torch.randn(60, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(DiffusabilityError, match="backend must be one of"):
+        latent_uniformity(noise, n=50, repeats=1, perplexity=5, max_iter=300, backend="tsnecuda")
+
+
+def _blobs(per_blob=80, dim=8, seed=3):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 20, size=(3, dim))
+    points = np.concatenate([c + rng.normal(0, 1, size=(per_blob, dim)) for c in centres])
+    return points, np.repeat(np.arange(3), per_blob)
+
+
+@pytest.mark.parametrize("backend", ["sklearn", "opentsne"])
+def test_both_backends_keep_separated_clusters_apart(backend):
+    """Invariant of any t-SNE: well-separated blobs stay separated (nearest embedded neighbour in the same blob)."""
+    if backend == "opentsne":
+        pytest.importorskip("openTSNE")
+    from diffusability.metrics.uniformity import tsne_embedding
+
+    points, blob = _blobs()
+    embedding = tsne_embedding(points, perplexity=15, max_iter=300, seed=0, backend=backend)
+    assert embedding.shape == (len(points), 2) and np.isfinite(embedding).all()
+    distances = ((embedding[:, None] - embedding[None]) ** 2).sum(-1)
+    np.fill_diagonal(distances, np.inf)
+    assert (blob[distances.argmin(1)] == blob).mean() >= 0.99
+
+
+def test_opentsne_backend_composes_the_same_protocol_and_is_seeded():
+    pytest.importorskip("openTSNE")
+    from diffusability.metrics.uniformity import tsne_embedding
+
+    noise = torch.randn(300, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    result = latent_uniformity(noise, n=100, repeats=1, seed=7, perplexity=10, max_iter=260, backend="opentsne")
+    manual = [density_statistics(tsne_embedding(sample_latent_pixels(noise, 100, seed=(7, r)), 10, 260, 7,
+                                                backend="opentsne")) for r in range(1)]
+    for key in ("cv", "gini", "entropy"):
+        assert result[key] == pytest.approx(np.mean([m[key] for m in manual]), rel=1e-9)
+    with pytest.raises(DiffusabilityError, match="early-exaggeration"):
+        tsne_embedding(np.random.default_rng(0).normal(size=(60, 3)), perplexity=5, max_iter=250,
+                       backend="opentsne")

@@ -22,10 +22,20 @@ log = logging.getLogger("diffusability.analysis")
 ALL_FAMILIES = "all"
 
 
+def scalar_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows of metrics with one value per tokenizer; curves (e.g. ``viv_curve``, one row per t) are left out."""
+    if table.empty:
+        return table
+    per_tokenizer = table.groupby(["tokenizer", "metric"]).size().groupby("metric").max()
+    curves = set(per_tokenizer[per_tokenizer > 1].index)
+    return table[~table["metric"].isin(curves)]
+
+
 def proxy_matrix(metrics: pd.DataFrame, reconstruction: pd.DataFrame) -> pd.DataFrame:
-    """Wide table: one row per tokenizer, one column per proxy (``source/metric``)."""
+    """Wide table: one row per tokenizer, one column per scalar proxy (``source/metric``)."""
     frames = []
     for source, table in (("latent", metrics), ("reconstruction", reconstruction)):
+        table = scalar_rows(table)
         if table.empty:
             continue
         table = table[~table["metric"].str.endswith("_untrained")]

@@ -44,6 +44,9 @@ def summarize(tables: dict[str, pd.DataFrame], target: str, provenance: dict[str
     lines += [markdown_table(wide.reset_index()), ""]
 
     lines += ["## Latent metrics (validation latents, normalised as the diffusion model sees them)", ""]
+    from .correlations import scalar_rows
+
+    metrics = scalar_rows(metrics)
     lat = metrics.pivot_table(index="metric", columns="tokenizer", values="value", aggfunc="first")
     direction = metrics.groupby("metric")["direction"].first()
     lat.insert(0, "better", direction.reindex(lat.index))

@@ -27,7 +27,7 @@ from .normalization import as_label_tensor, as_latent_tensor, as_mask_tensor
 
 #: keyword arguments that change speed or memory, never the value (kept out of ``params``); the VIV curve
 #: grid is recorded per row as ``{"t": ...}`` instead, so it never changes the params of the other VIV rows
-EXECUTION_ONLY = frozenset({"batch_size", "chunk", "classes_per_batch", "progress", "curve_times"})
+EXECUTION_ONLY = frozenset({"batch_size", "chunk", "classes_per_batch", "progress", "curve_times", "n_jobs"})
 
 #: the default time grid of ``viv_curve`` rows: 21 times 0.0, 0.05, …, 1.0 (t = 0 noise, t = 1 data)
 VIV_CURVE_TIMES = tuple(round(i / 20, 10) for i in range(21))
@@ -172,7 +172,8 @@ COMPUTATIONS: dict[str, Computation] = {c.name: c for c in (
                 {"ratios": [0.25, 0.5, 0.75], "ratio": 0.5, "strict": True}),
     # the paper protocol (10 000 pixels, 10 subsets); about 1-2 min of CPU t-SNE per subset
     Computation("uniformity", _run_uniformity, _function("uniformity", "latent_uniformity"), frozenset(),
-                {"n": 10_000, "repeats": 10, "seed": 42, "perplexity": 30.0, "max_iter": 1000}),
+                {"n": 10_000, "repeats": 10, "seed": 42, "perplexity": 30.0, "max_iter": 1000,
+                 "backend": "sklearn"}),
 )}
 
 METRICS: dict[str, MetricSpec] = {m.name: m for m in (

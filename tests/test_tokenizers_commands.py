@@ -71,6 +71,22 @@ def test_encode_writes_latents_masks_and_channel_stats(stage):
     assert not torch.allclose(train["latents"], posterior.mean)
 
 
+def test_encode_writes_mirrored_latents_on_request(stage):
+    from diffusability.tokenizers.commands import encode_images
+
+    args = ["encode", "--tokenizer", str(stage / "tok"), "--train", str(stage / "train.safetensors"),
+            "--val", str(stage / "val.safetensors"), "--out", str(stage / "flip")]
+    assert main(args + ["--spec", json.dumps({"seed": 3, "batch_size": 5, "flip": True})]) == 0
+    train = load_tensors(stage / "flip" / "train.safetensors")
+    images = load_tensors(stage / "train.safetensors")["images"]
+    model = load_tokenizer(stage / "tok")
+    expected = encode_images(model, images.flip(2), 3, "train_flip", 5)
+    assert torch.equal(train["latents_flip"], expected)
+    assert not torch.allclose(train["latents_flip"], train["latents"])
+    # the mirrored images are really mirrored: their pixels are the originals reversed along W
+    assert torch.equal(images.flip(2)[:, :, 0], images[:, :, -1])
+
+
 def test_encode_rejects_unknown_spec_keys(stage, capsys):
     code = main(["encode", "--tokenizer", str(stage / "tok"), "--train", str(stage / "train.safetensors"),
                  "--val", str(stage / "val.safetensors"), "--out", str(stage / "bad"),

@@ -96,6 +96,10 @@ def validate_config(config: dict) -> dict:
 
 
 def _check_cross_references(config: dict) -> None:
+    flipping = [bb for bb, entry in config["backbones"].items() if entry.get("flip_augment")]
+    if flipping and not config["encode"].get("flip"):
+        raise DiffusabilityError(f"backbones.{flipping[0]}.flip_augment needs encode.flip: true "
+                                 "(the mirrored training latents are written by the encode step)")
     data = config["data"]
     if data["source"] == "imagenet":
         paths = data.get("imagenet") or {}

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from ..errors import require
 
-ENCODE_DEFAULTS = {"seed": 0, "batch_size": 256, "mask_pooling": "max", "mask_threshold": 0.5}
+ENCODE_DEFAULTS = {"seed": 0, "batch_size": 256, "mask_pooling": "max", "mask_threshold": 0.5, "flip": False}
 RECONSTRUCTION_DEFAULTS = {"seed": None, "batch_size": 256, "is_splits": 10}
 #: posterior noise is drawn in fixed blocks of images so the latents do not depend on batch_size
 NOISE_BLOCK = 256
@@ -173,7 +173,14 @@ def run_encode(args: argparse.Namespace) -> int:
     masks = pool_masks_to_grid(val["masks"], grid, rule=spec["mask_pooling"], threshold=spec["mask_threshold"],
                                valid=val.get("mask_valid"))
     masks = torch.as_tensor(masks).bool()
-    save_tensors(out / "train.safetensors", {"latents": train_latents, "labels": train["labels"].long()}, metadata)
+    train_tensors = {"latents": train_latents, "labels": train["labels"].long()}
+    if spec["flip"]:
+        # LightningDiT's cache: each training image also encoded mirrored (its own noise stream);
+        # the statistics stay those of the unflipped copy.
+        mirrored = torch.as_tensor(train["images"]).flip(2)  # (N, H, W, 3): W is axis 2
+        train_tensors["latents_flip"] = encode_images(model, mirrored, spec["seed"], "train_flip",
+                                                      int(spec["batch_size"]))
+    save_tensors(out / "train.safetensors", train_tensors, metadata)
     save_tensors(out / "val.safetensors", {"latents": val_latents, "labels": val["labels"].long(), "masks": masks},
                  metadata)
     save_tensors(out / "stats.safetensors", {"mean": mean, "std": std}, metadata)

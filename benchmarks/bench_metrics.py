@@ -253,7 +253,8 @@ def main(argv=None) -> int:
         for backend in [b.strip() for b in args.uniformity_backends.split(",") if b.strip()]:
             try:
                 result, ours_s = timed(latent_uniformity, latents, n=args.uniformity_n,
-                                       repeats=args.uniformity_repeats, backend=backend)
+                                       repeats=args.uniformity_repeats, backend=backend,
+                                       n_jobs=torch.get_num_threads())
             except Exception as exc:  # e.g. openTSNE not installed: say so in the table
                 print(f"  uniformity[{backend}] skipped: {exc}", flush=True)
                 continue

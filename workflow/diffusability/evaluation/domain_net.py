@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DiffusabilityError, require
+from ..errors import DiffusabilityError, reject_unknown_keys, require
 
 BASE_GRID = 16  # side of the first feature map, whatever the image size
 
@@ -168,8 +168,7 @@ class DomainNetSpec:
     def from_dict(cls, spec: dict | None) -> "DomainNetSpec":
         spec = dict(spec or {})
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(spec) - known)
-        require(not unknown, f"teacher spec: unknown key(s) {unknown}; known keys are {sorted(known)}")
+        reject_unknown_keys(spec, known, "teacher spec")
         result = cls(**spec)
         for name in ("steps", "batch_size", "width", "eval_batch_size"):
             value = getattr(result, name)

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from ..errors import require
+from ..errors import reject_unknown_keys, require
 from .frechet import feature_statistics, frechet_distance
 from .inception_score import inception_score
 
@@ -37,8 +37,7 @@ class GenerationSpec:
     def from_dict(cls, spec: dict | None) -> "GenerationSpec":
         spec = dict(spec or {})
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(spec) - known)
-        require(not unknown, f"generation spec: unknown key(s) {unknown}; known keys are {sorted(known)}")
+        reject_unknown_keys(spec, known, "generation spec")
         result = cls(**spec)
         for name in known:
             value = getattr(result, name)

@@ -9,7 +9,6 @@ aggregation when a tokenizer is added; only that chain when one tokenizer's para
 from __future__ import annotations
 
 import copy
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -85,28 +84,29 @@ def test_nothing_to_do_when_nothing_changed(smoke_run, snakemake_exe):
     assert planned_jobs(snakemake_exe, work) == {}
 
 
-def test_adding_a_tokenizer_reruns_only_its_chain(smoke_run, snakemake_exe, tmp_path):
+def _planned_after_editing(work, snakemake_exe, changed: dict) -> dict[str, int]:
+    """The dry-run job table with ``changed`` as the config; the original config is restored after."""
+    path = work / "config" / "config.yaml"
+    original = path.read_text()
+    try:
+        path.write_text(yaml.safe_dump(changed, sort_keys=False))
+        return planned_jobs(snakemake_exe, work)
+    finally:
+        path.write_text(original)
+
+
+def test_adding_a_tokenizer_reruns_only_its_chain(smoke_run, snakemake_exe):
     work, config = smoke_run
     changed = copy.deepcopy(config)
     changed["tokenizers"]["kl-1e-2"] = dict(config["tokenizers"]["baseline"], kl_weight=1e-2)
-    original = (work / "config" / "config.yaml").read_text()
-    try:
-        (work / "config" / "config.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
-        assert planned_jobs(snakemake_exe, work) == expected_chain_counts(config)
-    finally:
-        (work / "config" / "config.yaml").write_text(original)
+    assert _planned_after_editing(work, snakemake_exe, changed) == expected_chain_counts(config)
 
 
 def test_changing_one_tokenizer_reruns_only_its_chain(smoke_run, snakemake_exe):
     work, config = smoke_run
     changed = copy.deepcopy(config)
     changed["tokenizers"]["mcos"]["lr"] = 0.002
-    original = (work / "config" / "config.yaml").read_text()
-    try:
-        (work / "config" / "config.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
-        assert planned_jobs(snakemake_exe, work) == expected_chain_counts(config)
-    finally:
-        (work / "config" / "config.yaml").write_text(original)
+    assert _planned_after_editing(work, snakemake_exe, changed) == expected_chain_counts(config)
 
 
 def test_html_report(smoke_run, snakemake_exe):

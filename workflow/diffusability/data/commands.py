@@ -43,8 +43,8 @@ def register(subparsers) -> None:
     parser.add_argument("--manifest", required=True, help="manifest (.parquet) from imagenet-manifest")
     parser.add_argument("--out-dir", required=True, help="shard directory (index.json written last)")
     parser.add_argument("--spec", type=json_spec, required=True,
-                        help='JSON: {"image_size": int, "shard_size": int, "workers": int, '
-                             '"max_bad_fraction": float}')
+                        help='JSON: {"image_size", "shard_size", "workers", "max_bad_fraction", "split", "seed", '
+                             '"n_classes", "n_images" (0 = all), "masks_dir", "mask_categories", "only_masked"}')
     parser.set_defaults(func=run_imagenet_shards)
 
 
@@ -87,7 +87,10 @@ def run_prepare_data(args: argparse.Namespace) -> int:
     return 0
 
 
-SHARD_SPEC_DEFAULTS = {"image_size": 256, "shard_size": 1000, "workers": 1, "max_bad_fraction": 0.001}
+#: Keys of the ``imagenet-shards`` spec and their defaults (config.shards_spec writes them per split).
+SHARD_SPEC_DEFAULTS = {"image_size": 256, "shard_size": 1000, "workers": 1, "max_bad_fraction": 0.001,
+                       "split": "train", "seed": 0, "n_classes": None, "n_images": 0, "masks_dir": None,
+                       "mask_categories": None, "only_masked": False}
 
 
 def run_imagenet_manifest(args: argparse.Namespace) -> int:
@@ -103,21 +106,35 @@ def run_imagenet_manifest(args: argparse.Namespace) -> int:
 
 
 def run_imagenet_shards(args: argparse.Namespace) -> int:
-    from ..errors import require
-    from .shards import read_manifest, write_shards
+    from ..errors import reject_unknown_keys, require
+    from .shards import read_manifest, select_rows, write_shards
 
     spec = dict(args.spec)
-    for key in spec:
-        require(key in SHARD_SPEC_DEFAULTS,
-                f"imagenet-shards spec: unknown key {key!r} (expected keys: {sorted(SHARD_SPEC_DEFAULTS)})")
+    reject_unknown_keys(spec, SHARD_SPEC_DEFAULTS, "imagenet-shards spec")
     values = {**SHARD_SPEC_DEFAULTS, **spec}
     for key in ("image_size", "shard_size", "workers"):
         require(isinstance(values[key], int) and values[key] >= 1,
                 f"imagenet-shards spec key {key!r}: expected an integer >= 1, got {values[key]!r}")
+    require(isinstance(values["n_images"], int) and values["n_images"] >= 0,
+            f"imagenet-shards spec key 'n_images': expected an integer >= 0 (0 = all), got {values['n_images']!r}")
     fraction = values["max_bad_fraction"]
     require(isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 <= fraction <= 1,
             f"imagenet-shards spec key 'max_bad_fraction': expected a number in [0, 1], got {fraction!r}")
-    index = write_shards(read_manifest(args.manifest), args.out_dir, **values)
+    require(not values["only_masked"] or values["masks_dir"],
+            "imagenet-shards spec: only_masked needs masks_dir")
+    manifest = read_manifest(args.manifest)
+    keep_stems = None
+    if values["only_masked"]:
+        from .imagenet_s import index_masks
+
+        keep_stems = set(index_masks(values["masks_dir"]))
+    chosen = select_rows(manifest, n_classes=values["n_classes"], n_images=values["n_images"],
+                         seed=values["seed"], name=f"n_{values['split']}",  # the subset prepare-data picks
+                         keep_stems=keep_stems)
+    log.info("imagenet-shards: %d of %d manifest rows selected", len(chosen), len(manifest))
+    index = write_shards(chosen, args.out_dir, image_size=values["image_size"], shard_size=values["shard_size"],
+                         workers=values["workers"], max_bad_fraction=fraction, masks_dir=values["masks_dir"],
+                         mask_categories=values["mask_categories"], n_classes=values["n_classes"])
     log.info("shards: %d images in %d shards (%d unreadable skipped)", index["n_images"], index["n_shards"],
              len(index["bad"]))
     return 0

@@ -135,18 +135,25 @@ def load_center_cropped(path: str | os.PathLike, size: int) -> np.ndarray:
     return np.asarray(adm_center_crop(rgb, size), dtype=np.uint8)
 
 
-def _load_mask(mask_path: Path, image_path: str, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """ImageNet-S mask of one image → (foreground, valid) bool (size, size), aligned with the crop."""
+def load_cropped_mask_ids(mask_path: str | os.PathLike, image_path: str, size: int) -> np.ndarray:
+    """ImageNet-S class ids of one image's mask → int32 (size, size), aligned with the image's crop."""
     from PIL import Image
 
-    from .imagenet_s import foreground_and_valid, read_mask_ids
+    from .imagenet_s import read_mask_ids
 
     ids = read_mask_ids(mask_path)
     with Image.open(image_path) as image:
         width, height = image.size
     if ids.shape != (height, width):
         raise ValueError(f"mask {mask_path} is {ids.shape[1]}x{ids.shape[0]}, image is {width}x{height}")
-    return foreground_and_valid(adm_center_crop_labels(ids, size))
+    return adm_center_crop_labels(ids, size)
+
+
+def _load_mask(mask_path: Path, image_path: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """ImageNet-S mask of one image → (foreground, valid) bool (size, size), aligned with the crop."""
+    from .imagenet_s import foreground_and_valid
+
+    return foreground_and_valid(load_cropped_mask_ids(mask_path, image_path, size))
 
 
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError)  # PIL raises these for truncated/invalid files

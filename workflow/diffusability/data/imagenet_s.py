@@ -61,3 +61,46 @@ def read_mask_ids(path: str | os.PathLike) -> np.ndarray:
     with Image.open(path) as image:
         rgb = np.asarray(image.convert("RGB"))
     return decode_imagenet_s_mask(rgb)
+
+
+def read_categories(path: str | os.PathLike) -> list[str]:
+    """The wnids of an ImageNet-S variant in class-id order (id k ↔ line k, from 1).
+
+    The file is the variant's category list of the LUSSeg/ImageNet-S repository (e.g.
+    ``data/categories/ImageNetS_categories_im919.txt``): one wnid per line, the first word of a line
+    being the wnid. It cannot be derived from the mask folders, because ImageNet-S919 merges five
+    pairs of ImageNet classes (e.g. n04356056 → n04355933) whose images keep their own folders.
+    """
+    path = Path(path)
+    require(path.is_file(), f"imagenet.mask_categories {path}: file not found")
+    wnids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    require(wnids, f"imagenet.mask_categories {path}: no wnids")
+    bad = [w for w in wnids if not (w.startswith("n") and w[1:].isdigit())]
+    require(not bad, f"imagenet.mask_categories {path}: not wnids: {bad[:3]}")
+    require(len(set(wnids)) == len(wnids), f"imagenet.mask_categories {path}: duplicate wnids")
+    return wnids
+
+
+def class_id_to_label(categories: list[str], label_of: dict[str, int]) -> np.ndarray:
+    """int64 lookup (IGNORE_ID + 1,): ImageNet-S class id → ImageNet-1k label, −1 for 0, 1000 and unused ids.
+
+    ``label_of`` maps a wnid to its ImageNet-1k label (positions in the sorted train wnids). An
+    ImageNet-S category whose wnid is not among ``label_of`` (a class outside the study) maps to −1.
+    """
+    require(len(categories) < IGNORE_ID,
+            f"ImageNet-S categories: {len(categories)} classes leave no room below the ignore id {IGNORE_ID}")
+    lookup = np.full(IGNORE_ID + 1, -1, dtype=np.int64)
+    for class_id, wnid in enumerate(categories, start=1):
+        lookup[class_id] = label_of.get(wnid, -1)
+    return lookup
+
+
+def dominant_label(ids: np.ndarray, lookup: np.ndarray) -> int:
+    """ImageNet-1k label of the most frequent ImageNet-S class among the foreground pixels of int
+    (H, W) ``ids``; −1 when no pixel is foreground or the class maps to no label."""
+    foreground = ids[(ids != BACKGROUND_ID) & (ids != IGNORE_ID)]
+    if foreground.size == 0:
+        return -1
+    require(int(foreground.max()) < len(lookup), f"ImageNet-S mask: class id {int(foreground.max())} out of range")
+    counts = np.bincount(foreground, minlength=1)
+    return int(lookup[int(np.argmax(counts))])

@@ -74,7 +74,7 @@ def _map(function, items: list, workers: int, desc: str) -> list:
 
 @dataclass(frozen=True)
 class ShardJob:
-    """One shard's work: its index, rows of the manifest, and the crop size."""
+    """One shard's work: its index, rows of the (selected) manifest, and the crop size."""
 
     index: int
     rows: np.ndarray     # int64 (n,) manifest row numbers
@@ -82,13 +82,21 @@ class ShardJob:
     labels: np.ndarray   # int64 (n,)
     image_size: int
     out_dir: str
+    mask_paths: list[str | None] | None = None  # ImageNet-S mask per image (None: no mask), or no masks at all
+    mask_lookup: np.ndarray | None = None       # ImageNet-S class id → ImageNet-1k label (imagenet_s.class_id_to_label)
+
+
+#: Per-image arrays of a shard; the mask arrays exist only in shards written with masks.
+ARRAY_KINDS = ("images", "labels", "rows")
+MASK_KINDS = ("masks", "mask_valid", "mask_label")
 
 
 def shard_names(out_dir: str | os.PathLike, index: int) -> dict[str, Path]:
-    """Paths of one shard's files."""
+    """Paths of one shard's files (every kind; the mask kinds are used only when the shard has masks)."""
     out = Path(out_dir)
-    return {kind: out / f"{kind}-{index:05d}.{'json' if kind == 'shard' else 'npy'}"
-            for kind in ("images", "labels", "rows", "shard")}
+    names = {kind: out / f"{kind}-{index:05d}.npy" for kind in ARRAY_KINDS + MASK_KINDS}
+    names["shard"] = out / f"shard-{index:05d}.json"
+    return names
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -98,47 +106,97 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def process_shard(job: ShardJob) -> dict:
-    """Decode, crop and write one shard; returns its completion record (also its marker)."""
-    from .imagenet import load_center_cropped
+    """Decode, crop and write one shard; returns its completion record (also its marker).
 
-    n = len(job.paths)
-    images = np.zeros((n, job.image_size, job.image_size, 3), dtype=np.uint8)
+    With masks: ``masks`` / ``mask_valid`` bool (n, S, S) (foreground; not "ignore") and
+    ``mask_label`` int64 (n,), the ImageNet-1k label of the mask's dominant ImageNet-S class (−1 when
+    unknown). An image without a mask gets all-False masks and label −1 (nothing known).
+    """
+    from .imagenet import load_center_cropped, load_cropped_mask_ids
+    from .imagenet_s import dominant_label, foreground_and_valid
+
+    n, size = len(job.paths), job.image_size
+    with_masks = job.mask_paths is not None
+    images = np.zeros((n, size, size, 3), dtype=np.uint8)
+    masks = np.zeros((n, size, size) if with_masks else (0,), dtype=bool)
+    valid = np.zeros_like(masks)
+    mask_label = np.full(n, -1, dtype=np.int64)
     keep = np.ones(n, dtype=bool)
     bad = []
     for i, path in enumerate(job.paths):
         try:
-            images[i] = load_center_cropped(path, job.image_size)
+            images[i] = load_center_cropped(path, size)
+            if with_masks and job.mask_paths[i] is not None:
+                ids = load_cropped_mask_ids(job.mask_paths[i], path, size)
+                masks[i], valid[i] = foreground_and_valid(ids)
+                if job.mask_lookup is not None:
+                    mask_label[i] = dominant_label(ids, job.mask_lookup)
         except (OSError, SyntaxError, ValueError) as exc:
             keep[i] = False
             bad.append({"path": path, "reason": f"{type(exc).__name__}: {exc}"})
     names = shard_names(job.out_dir, job.index)
-    _save_npy(names["images"], images[keep])
-    _save_npy(names["labels"], job.labels[keep])
-    _save_npy(names["rows"], job.rows[keep])
+    arrays = {"images": images[keep], "labels": job.labels[keep], "rows": job.rows[keep]}
+    if with_masks:
+        arrays.update(masks=masks[keep], mask_valid=valid[keep], mask_label=mask_label[keep])
+    for kind, array in arrays.items():
+        _save_npy(names[kind], array)
+    kept_labels = job.labels[keep]
+    known = mask_label[keep] >= 0
     record = {"index": job.index, "first_row": int(job.rows[0]) if n else 0, "n_rows": n,
-              "n_images": int(keep.sum()), "image_size": job.image_size, "bad": bad}
+              "n_images": int(keep.sum()), "image_size": size, "masks": with_masks,
+              "n_masked": int(sum(p is not None for p, k in zip(job.mask_paths, keep) if k)) if with_masks else 0,
+              "mask_label_known": int(known.sum()),
+              "mask_label_agrees": int((mask_label[keep][known] == kept_labels[known]).sum()),
+              "bad": bad}
     write_json(names["shard"], record)  # written last: its presence means the shard is complete
     return record
 
 
 def _shard_is_complete(job: ShardJob) -> bool:
     names = shard_names(job.out_dir, job.index)
-    if not all(p.is_file() for p in names.values()):
+    kinds = ARRAY_KINDS + (MASK_KINDS if job.mask_paths is not None else ()) + ("shard",)
+    if not all(names[kind].is_file() for kind in kinds):
         return False
     try:
         record = read_json(names["shard"])
     except DiffusabilityError:
         return False
     return (record.get("n_rows") == len(job.rows) and record.get("image_size") == job.image_size
-            and record.get("first_row") == (int(job.rows[0]) if len(job.rows) else 0))
+            and record.get("first_row") == (int(job.rows[0]) if len(job.rows) else 0)
+            and bool(record.get("masks", False)) == (job.mask_paths is not None))
+
+
+def select_rows(manifest, *, n_classes: int | None = None, n_images: int = 0, seed: int = 0, name: str = "images",
+                keep_stems=None):
+    """The manifest rows a split uses, in manifest order (its row numbers kept as the index).
+
+    ``n_classes``: keep labels below it (the first classes of the sorted train wnids);
+    ``keep_stems``: keep only files whose stem is in it (e.g. the val images with an ImageNet-S mask);
+    ``n_images`` > 0: then a seeded random subset of that many rows (``imagenet.select_subset``).
+    """
+    from .imagenet import select_subset
+
+    chosen = manifest
+    if n_classes is not None:
+        chosen = chosen[chosen["label"] < n_classes]
+    if keep_stems is not None:
+        stems = chosen["path"].map(lambda p: Path(p).stem)
+        chosen = chosen[stems.isin(keep_stems)]
+        require(len(chosen), f"{name}: no image has a mask among the {len(keep_stems)} masks")
+    return chosen.iloc[select_subset(n_images, len(chosen), seed, name)]
 
 
 def write_shards(manifest, out_dir: str | os.PathLike, *, image_size: int, shard_size: int = 1000,
-                 workers: int = 1, max_bad_fraction: float = 0.001) -> dict:
-    """Write (or complete) the shards of ``manifest`` (a DataFrame with ``path``, ``label``).
+                 workers: int = 1, max_bad_fraction: float = 0.001, masks_dir: str | None = None,
+                 mask_categories: str | None = None, n_classes: int | None = None) -> dict:
+    """Write (or complete) the shards of ``manifest`` (a DataFrame with ``path``, ``label``, and ``wnid``
+    when masks are mapped to labels; its index gives the rows recorded in the shards).
 
-    Returns the index written to ``out_dir/index.json``: shard counts, image totals and the
-    unreadable files. Raises if unreadable files exceed ``max_bad_fraction`` of the manifest
+    With ``masks_dir`` (ImageNet-S ``validation-segmentation``) each shard also holds the aligned
+    masks of its images; with ``mask_categories`` (the variant's wnid list) each mask's dominant
+    class is mapped to an ImageNet-1k label and the agreement with the folder label is counted.
+    Returns the index written to ``out_dir/index.json``: shard counts, image totals, mask counts and
+    the unreadable files. Raises if unreadable files exceed ``max_bad_fraction`` of the manifest
     (the shards already written stay, so fixing the data and rerunning redoes nothing else).
     """
     require(image_size > 0 and shard_size > 0 and workers > 0,
@@ -150,11 +208,26 @@ def write_shards(manifest, out_dir: str | os.PathLike, *, image_size: int, shard
     out.mkdir(parents=True, exist_ok=True)
     paths = manifest["path"].tolist()
     labels = manifest["label"].to_numpy(dtype=np.int64)
-    jobs = [ShardJob(k, np.arange(start, min(start + shard_size, len(paths)), dtype=np.int64),
-                     paths[start:start + shard_size], labels[start:start + shard_size], image_size, str(out))
+    rows = np.asarray(manifest.index, dtype=np.int64)
+    mask_paths, lookup = None, None
+    if masks_dir is not None:
+        from .imagenet_s import index_masks
+
+        by_stem = index_masks(masks_dir)
+        mask_paths = [str(by_stem[Path(p).stem]) if Path(p).stem in by_stem else None for p in paths]
+        if mask_categories is not None:
+            from .imagenet_s import class_id_to_label, read_categories
+
+            require("wnid" in manifest.columns, "manifest: missing column 'wnid' (needed to map mask classes)")
+            lookup = class_id_to_label(read_categories(mask_categories),
+                                       dict(zip(manifest["wnid"], manifest["label"].astype(int))))
+    jobs = [ShardJob(k, rows[start:start + shard_size], paths[start:start + shard_size],
+                     labels[start:start + shard_size], image_size, str(out),
+                     mask_paths[start:start + shard_size] if mask_paths is not None else None, lookup)
             for k, start in enumerate(range(0, len(paths), shard_size))]
     todo = [job for job in jobs if not _shard_is_complete(job)]
-    log.info("shards: %d of %d to write (%d images each, %d workers)", len(todo), len(jobs), shard_size, workers)
+    log.info("shards: %d of %d to write (%d images each, %d workers%s)", len(todo), len(jobs), shard_size, workers,
+             ", with ImageNet-S masks" if mask_paths is not None else "")
     _map(process_shard, todo, workers, desc="shards")
 
     records = [read_json(shard_names(out, job.index)["shard"]) for job in jobs]
@@ -168,44 +241,120 @@ def write_shards(manifest, out_dir: str | os.PathLike, *, image_size: int, shard
                                  f"max_bad_fraction {max_bad_fraction:.4%}): {listed}")
     index = {"image_size": image_size, "shard_size": shard_size, "n_rows": total,
              "n_images": sum(r["n_images"] for r in records), "n_shards": len(jobs),
+             "n_classes": int(n_classes) if n_classes is not None else int(labels.max() + 1 if total else 0),
+             "masks": mask_paths is not None,
+             "n_masked": sum(r.get("n_masked", 0) for r in records),
+             "mask_label_known": sum(r.get("mask_label_known", 0) for r in records),
+             "mask_label_agrees": sum(r.get("mask_label_agrees", 0) for r in records),
              "shards": [{"index": r["index"], "n_images": r["n_images"]} for r in records], "bad": bad}
+    if index["mask_label_known"]:
+        log.info("ImageNet-S: %d masked images; the dominant mask class agrees with the folder label for %d of %d",
+                 index["n_masked"], index["mask_label_agrees"], index["mask_label_known"])
     write_json(out / "index.json", index)
     return index
 
 
-class ShardedImages:
-    """Read-only, memory-mapped view of a shard directory; global indexing over all shards.
+class ConcatenatedArrays:
+    """Read-only global indexing over arrays (memory-mapped shards) that share their trailing shape.
 
-    ``images[i]`` → uint8 (H, W, 3) and ``labels`` → int64 (N,) (loaded in memory: small).
+    ``x[i]`` → one item; ``x[a:b]`` → the items of a contiguous range (one read per shard);
+    ``x[indices]`` (int array / list / tensor) → the gathered items in the given order.
+    """
+
+    def __init__(self, arrays: list[np.ndarray], trailing: tuple[int, ...], dtype):
+        self.arrays = arrays
+        self.dtype = np.dtype(dtype)
+        self._offsets = np.cumsum([0] + [len(a) for a in arrays])
+        self.shape = (int(self._offsets[-1]), *trailing)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _empty(self) -> np.ndarray:
+        return np.zeros((0, *self.shape[1:]), dtype=self.dtype)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                return self[np.arange(start, stop, step)]
+            pieces = []
+            for shard, array in enumerate(self.arrays):
+                lo, hi = max(start, self._offsets[shard]), min(stop, self._offsets[shard + 1])
+                if lo < hi:
+                    pieces.append(np.asarray(array[lo - self._offsets[shard]:hi - self._offsets[shard]]))
+            return np.concatenate(pieces) if pieces else self._empty()
+        if np.ndim(key) == 0:
+            i = int(key)
+            require(-len(self) <= i < len(self), f"index {i} out of range for {len(self)} items")
+            i %= len(self)
+            shard = int(np.searchsorted(self._offsets, i, side="right") - 1)
+            return np.asarray(self.arrays[shard][i - self._offsets[shard]])
+        indices = np.asarray(key.cpu() if hasattr(key, "cpu") else key, dtype=np.int64).reshape(-1)
+        if not len(indices):
+            return self._empty()
+        require(indices.min() >= -len(self) and indices.max() < len(self),
+                f"indices out of range for {len(self)} items")
+        indices = indices % len(self)
+        out = np.empty((len(indices), *self.shape[1:]), dtype=self.dtype)
+        shard_of = np.searchsorted(self._offsets, indices, side="right") - 1
+        for shard in np.unique(shard_of):
+            where = np.nonzero(shard_of == shard)[0]
+            local = indices[where] - self._offsets[shard]
+            order = np.argsort(local, kind="stable")  # ascending reads are kinder to a memory map
+            out[where[order]] = self.arrays[shard][local[order]]
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        array = self[0:len(self)]
+        return array.astype(dtype) if dtype is not None else array
+
+
+class ShardedImages:
+    """Read-only, memory-mapped view of a shard directory (``index.json`` and its shards).
+
+    ``images`` → uint8 (N, S, S, 3) and, when written with masks, ``masks`` / ``mask_valid`` bool
+    (N, S, S): :class:`ConcatenatedArrays`, read lazily. ``labels`` int64 (N,) and ``mask_label``
+    int64 (N,) are loaded in memory (small). ``images[i]`` / ``batch(indices)`` kept for convenience.
     """
 
     def __init__(self, directory: str | os.PathLike):
         directory = Path(directory)
-        index = read_json(directory / "index.json")
-        self.image_size = int(index["image_size"])
-        self.images = [np.load(shard_names(directory, s["index"])["images"], mmap_mode="r")
-                       for s in index["shards"]]
-        for s, array in zip(index["shards"], self.images):
-            require(array.shape == (s["n_images"], self.image_size, self.image_size, 3) and array.dtype == np.uint8,
-                    f"{directory}: shard {s['index']} has {array.dtype} {array.shape}, index.json says "
-                    f"{s['n_images']} images of {self.image_size}px")
-        self.labels = np.concatenate([np.load(shard_names(directory, s["index"])["labels"])
-                                      for s in index["shards"]]) if index["shards"] else np.zeros(0, np.int64)
-        self._offsets = np.cumsum([0] + [len(a) for a in self.images])
+        if directory.name == "index.json":
+            directory = directory.parent
+        self.directory = directory
+        self.index = index = read_json(directory / "index.json")
+        self.image_size = size = int(index["image_size"])
+        self.n_classes = int(index.get("n_classes", 0))
+        self.has_masks = bool(index.get("masks", False))
+        shards = index["shards"]
+
+        def load(kind: str, shape: tuple[int, ...], dtype, mmap: bool = True) -> list[np.ndarray]:
+            arrays = [np.load(shard_names(directory, s["index"])[kind], mmap_mode="r" if mmap else None)
+                      for s in shards]
+            for s, array in zip(shards, arrays):
+                require(array.shape == (s["n_images"], *shape) and array.dtype == dtype,
+                        f"{directory}: shard {s['index']} {kind} is {array.dtype} {array.shape}, index.json says "
+                        f"{s['n_images']} items of {np.dtype(dtype)} {shape}")
+            return arrays
+
+        self.images = ConcatenatedArrays(load("images", (size, size, 3), np.uint8), (size, size, 3), np.uint8)
+        self.labels = ConcatenatedArrays(load("labels", (), np.int64, mmap=False), (), np.int64)[:]
+        self.masks = self.mask_valid = self.mask_label = None
+        if self.has_masks:
+            self.masks = ConcatenatedArrays(load("masks", (size, size), np.bool_), (size, size), np.bool_)
+            self.mask_valid = ConcatenatedArrays(load("mask_valid", (size, size), np.bool_), (size, size), np.bool_)
+            self.mask_label = ConcatenatedArrays(load("mask_label", (), np.int64, mmap=False), (), np.int64)[:]
 
     def __len__(self) -> int:
-        return int(self._offsets[-1])
+        return len(self.images)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        require(-len(self) <= i < len(self), f"ShardedImages: index {i} out of range for {len(self)} images")
-        i = int(i) % len(self)
-        shard = int(np.searchsorted(self._offsets, i, side="right") - 1)
-        return np.asarray(self.images[shard][i - self._offsets[shard]])
+        return self.images[int(i)]
 
     def batch(self, indices) -> np.ndarray:
-        """uint8 (len(indices), H, W, 3) gathered across shards."""
-        return np.stack([self[i] for i in indices]) if len(indices) else \
-            np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
+        """uint8 (len(indices), S, S, 3) gathered across shards."""
+        return self.images[np.asarray(indices, dtype=np.int64)]
 
 
 def save_manifest(manifest, path: str | os.PathLike, image_root: str) -> None:

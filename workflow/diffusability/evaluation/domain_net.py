@@ -195,7 +195,11 @@ def _augment(batch: torch.Tensor, spec: DomainNetSpec, generator: torch.Generato
 
 
 def _check_images(images, labels, name: str) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = np.asarray(images), np.asarray(labels)
+    from ..data.shards import ConcatenatedArrays
+
+    if not isinstance(images, ConcatenatedArrays):  # memory-mapped shards stay lazy (gathered per batch)
+        images = np.asarray(images)
+    labels = np.asarray(labels)
     require(images.dtype == np.uint8 and images.ndim == 4 and images.shape[-1] == 3,
             f"{name} images: expected uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
     require(labels.shape == (images.shape[0],),
@@ -266,14 +270,13 @@ def train_domain_classifier(images, labels, spec: dict | DomainNetSpec | None, o
 
     order_generator = torch_generator(spec.seed, "domain_net", "batches")
     augment_generator = torch_generator(spec.seed, "domain_net", "augment")
-    all_images = torch.from_numpy(images)
     all_targets = torch.from_numpy(labels)
     rows, start = [], time.perf_counter()
     model.train()
     bar = progress(range(spec.steps), total=spec.steps, desc="train domain net", unit="step")
     for step in bar:
         index = torch.randint(0, len(images), (min(spec.batch_size, len(images)),), generator=order_generator)
-        batch = _augment(to_model_input(all_images[index]), spec, augment_generator)
+        batch = _augment(to_model_input(images[index.numpy()]), spec, augment_generator)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step)
         logits = model.logits(batch)

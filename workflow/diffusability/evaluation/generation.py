@@ -47,7 +47,10 @@ class GenerationSpec:
 
 def check_uint8_images(images, name: str) -> np.ndarray:
     """Validate a uint8 (N, H, W, 3) image batch and return it as a numpy array."""
-    images = np.asarray(images)
+    from ..data.shards import ConcatenatedArrays
+
+    if not isinstance(images, ConcatenatedArrays):  # memory-mapped shards stay lazy: read batch by batch
+        images = np.asarray(images)
     require(images.dtype == np.uint8 and images.ndim == 4 and images.shape[-1] == 3,
             f"{name}: expected uint8 images (N, H, W, 3), got {images.dtype} {images.shape}")
     require(images.shape[0] >= 1, f"{name}: no images")

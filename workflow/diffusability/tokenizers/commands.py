@@ -29,7 +29,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("train-tokenizer", help="train (or resume) a VAE tokenizer",
                                    description="Train a tokenizer on a train split; resumes from OUT/checkpoints.")
     parser.add_argument("--spec", type=json_spec, required=True, help="JSON tokenizer spec (see TokenizerSpec)")
-    parser.add_argument("--train", required=True, help="train split (.safetensors: images uint8 NHWC, labels)")
+    parser.add_argument("--train", required=True, help="train split (.safetensors: images uint8 NHWC, labels; or a shard index.json)")
     parser.add_argument("--teacher", default=None, help="teacher directory: the domain net, or a local transformers Dinov2/CLIP/ViTMAE "
                              "(teacher for the perceptual loss and VF/REPA)")
     parser.add_argument("--out", required=True, help="tokenizer directory")
@@ -47,8 +47,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("encode", help="encode train/val splits into latents (posterior samples)",
                                    description="Write train/val latents and per-channel stats of a tokenizer.")
     parser.add_argument("--tokenizer", required=True, help="tokenizer directory")
-    parser.add_argument("--train", required=True, help="train split (.safetensors)")
-    parser.add_argument("--val", required=True, help="val split (.safetensors, with masks)")
+    parser.add_argument("--train", required=True, help="train split (.safetensors or a shard index.json)")
+    parser.add_argument("--val", required=True, help="val split (.safetensors or a shard index.json, with masks)")
     parser.add_argument("--spec", type=json_spec, required=True,
                         help='JSON: {"seed", "batch_size", "mask_pooling": "max"|"fraction", "mask_threshold"}')
     parser.add_argument("--out", required=True, help="latents directory")
@@ -74,17 +74,17 @@ def resolve_spec(spec: Mapping[str, Any] | None, defaults: Mapping[str, Any], wh
 # ----------------------------------------------------------------------------- train-tokenizer
 
 def run_train_tokenizer(args: argparse.Namespace) -> int:
-    from ..io import load_tensors
+    from ..data.splits import open_image_split
     from ..progress import log
     from .train import train_tokenizer
 
-    split = load_tensors(args.train, ["images", "labels"])
+    split = open_image_split(args.train)
     teacher = None
     if args.teacher:
         from .teachers import load_teacher
 
         teacher = load_teacher(args.teacher)
-    train_tokenizer(split["images"], split["labels"], args.spec, args.out, teacher=teacher)
+    train_tokenizer(split.images, split.labels, args.spec, args.out, teacher=teacher)
     log.info("train-tokenizer: wrote %s", args.out)
     return 0
 
@@ -119,10 +119,16 @@ def posterior_noise(seed: int, split: str, start: int, stop: int, shape: tuple[i
     return torch.cat(pieces)
 
 
-def encode_images(model, images, seed: int, split: str, batch_size: int, sample: bool = True):
-    """uint8 (N,H,W,3) → float32 latents (N,C,h,w): posterior samples (or means if ``sample`` is False)."""
+def encode_images(model, images, seed: int, split: str, batch_size: int, sample: bool = True,
+                  mirror: bool = False):
+    """uint8 (N,H,W,3) → float32 latents (N,C,h,w): posterior samples (or means if ``sample`` is False).
+
+    ``images`` may be any array-like that slices to uint8 numpy/torch batches (a memory-mapped shard
+    split is read batch by batch); ``mirror`` encodes each image flipped left-right.
+    """
     import torch
 
+    from ..data.splits import iterate_batches
     from ..imaging import to_model_input
     from ..progress import progress
 
@@ -130,14 +136,32 @@ def encode_images(model, images, seed: int, split: str, batch_size: int, sample:
     require(count >= 1, f"encode: the {split} split is empty")
     outputs = []
     with torch.no_grad():
-        for start in progress(range(0, count, batch_size), total=-(-count // batch_size), desc=f"encode {split}"):
-            stop = min(start + batch_size, count)
-            posterior = model.encode(to_model_input(images[start:stop]))
+        for rows in progress(iterate_batches(count, batch_size), total=-(-count // batch_size),
+                             desc=f"encode {split}"):
+            batch = torch.as_tensor(images[rows])
+            if mirror:
+                batch = batch.flip(2)  # (n, H, W, 3): W is axis 2
+            posterior = model.encode(to_model_input(batch))
             latents = posterior.mode()
             if sample:
-                latents = latents + posterior.std * posterior_noise(seed, split, start, stop, tuple(latents.shape[1:]))
+                noise = posterior_noise(seed, split, rows.start, rows.stop, tuple(latents.shape[1:]))
+                latents = latents + posterior.std * noise
             outputs.append(latents.float())
     return torch.cat(outputs)
+
+
+def pooled_masks(split, grid: tuple[int, int], rule: str, threshold: float, batch_size: int = 1024):
+    """The split's pixel masks pooled onto the latent grid, batch by batch: bool torch (N, h, w)."""
+    import numpy as np
+    import torch
+
+    from ..data.masks import pool_masks_to_grid
+    from ..data.splits import iterate_batches
+
+    pieces = [pool_masks_to_grid(np.asarray(split.masks[rows]), grid, rule=rule, threshold=threshold,
+                                 valid=None if split.mask_valid is None else np.asarray(split.mask_valid[rows]))
+              for rows in iterate_batches(len(split), batch_size)]
+    return torch.as_tensor(np.concatenate(pieces)).bool()
 
 
 def channel_statistics(latents):
@@ -150,8 +174,8 @@ def channel_statistics(latents):
 def run_encode(args: argparse.Namespace) -> int:
     import torch
 
-    from ..data.masks import pool_masks_to_grid
-    from ..io import load_tensors, save_tensors
+    from ..data.splits import open_image_split
+    from ..io import save_tensors
     from ..progress import log
     from .factory import load_tokenizer
 
@@ -159,30 +183,25 @@ def run_encode(args: argparse.Namespace) -> int:
     require(spec["mask_pooling"] in ("max", "fraction"),
             f"encode spec: mask_pooling must be 'max' or 'fraction', got {spec['mask_pooling']!r}")
     require(int(spec["batch_size"]) >= 1, f"encode spec: batch_size must be ≥ 1, got {spec['batch_size']}")
+    batch_size = int(spec["batch_size"])
     model = load_tokenizer(args.tokenizer)
     out = Path(args.out)
     metadata = {"tokenizer": str(args.tokenizer), "posterior": "sample", "seed": str(spec["seed"])}
-    train = load_tensors(args.train, ["images", "labels"])
-    train_latents = encode_images(model, train["images"], spec["seed"], "train", int(spec["batch_size"]))
+    train = open_image_split(args.train)
+    val = open_image_split(args.val, need_masks=True)
+    train_latents = encode_images(model, train.images, spec["seed"], "train", batch_size)
     mean, std = channel_statistics(train_latents)
-    val = load_tensors(args.val)
-    for key in ("images", "labels", "masks"):
-        require(key in val, f"{args.val}: has no tensor {key!r} (the val split needs images, labels and masks)")
-    val_latents = encode_images(model, val["images"], spec["seed"], "val", int(spec["batch_size"]))
-    grid = tuple(val_latents.shape[-2:])
-    masks = pool_masks_to_grid(val["masks"], grid, rule=spec["mask_pooling"], threshold=spec["mask_threshold"],
-                               valid=val.get("mask_valid"))
-    masks = torch.as_tensor(masks).bool()
-    train_tensors = {"latents": train_latents, "labels": train["labels"].long()}
+    val_latents = encode_images(model, val.images, spec["seed"], "val", batch_size)
+    masks = pooled_masks(val, tuple(val_latents.shape[-2:]), spec["mask_pooling"], spec["mask_threshold"])
+    train_tensors = {"latents": train_latents, "labels": torch.as_tensor(train.labels).long()}
     if spec["flip"]:
         # LightningDiT's cache: each training image also encoded mirrored (its own noise stream);
         # the statistics stay those of the unflipped copy.
-        mirrored = torch.as_tensor(train["images"]).flip(2)  # (N, H, W, 3): W is axis 2
-        train_tensors["latents_flip"] = encode_images(model, mirrored, spec["seed"], "train_flip",
-                                                      int(spec["batch_size"]))
+        train_tensors["latents_flip"] = encode_images(model, train.images, spec["seed"], "train_flip", batch_size,
+                                                      mirror=True)
     save_tensors(out / "train.safetensors", train_tensors, metadata)
-    save_tensors(out / "val.safetensors", {"latents": val_latents, "labels": val["labels"].long(), "masks": masks},
-                 metadata)
+    save_tensors(out / "val.safetensors", {"latents": val_latents, "labels": torch.as_tensor(val.labels).long(),
+                                           "masks": masks}, metadata)
     save_tensors(out / "stats.safetensors", {"mean": mean, "std": std}, metadata)
     log.info("encode: %d train and %d val latents of shape %s in %s", train_latents.shape[0],
              val_latents.shape[0], tuple(train_latents.shape[1:]), out)
@@ -195,40 +214,60 @@ def reconstruct(model, images, batch_size: int):
     """uint8 (N,H,W,3) → uint8 reconstructions (N,H,W,3) decoded from the posterior mean."""
     import torch
 
+    from ..data.splits import iterate_batches
     from ..imaging import to_model_input, to_uint8
 
     outputs = []
     with torch.no_grad():
-        for start in range(0, images.shape[0], batch_size):
-            x = to_model_input(images[start:start + batch_size])
+        for rows in iterate_batches(images.shape[0], batch_size):
+            x = to_model_input(torch.as_tensor(images[rows]))
             outputs.append(to_uint8(model.decode(model.encode(x).mode())))
     return torch.cat(outputs)
 
 
 def feature_batches(feature_net, images, batch_size: int):
-    """Domain-net ``features`` (N, F) of uint8 images (N,H,W,3)."""
+    """Domain-net ``features`` (N, F) of uint8 images (N,H,W,3) (any array-like that slices to batches)."""
     import torch
 
+    from ..data.splits import iterate_batches
     from ..imaging import to_model_input
 
     with torch.no_grad():
-        return torch.cat([feature_net.features(to_model_input(images[s:s + batch_size]))
-                          for s in range(0, images.shape[0], batch_size)])
+        return torch.cat([feature_net.features(to_model_input(torch.as_tensor(images[rows])))
+                          for rows in iterate_batches(images.shape[0], batch_size)])
 
 
 def reconstruction_metrics(model, images, feature_net, batch_size: int, reference_features=None) -> dict[str, float]:
-    """{"psnr", "ssim", "rfd"} of ``model`` on uint8 images (N,H,W,3) (posterior mean)."""
+    """{"psnr", "ssim", "rfd"} of ``model`` on uint8 images (N,H,W,3) (posterior mean).
+
+    Streams: each batch is reconstructed, scored (per-image PSNR on uint8, SSIM with data range 1)
+    and featurised, then dropped, so a 50,000-image memory-mapped val split never sits in memory.
+    """
+    import numpy as np
+    import torch
+
+    from ..data.splits import iterate_batches
     from ..evaluation import feature_statistics, frechet_distance
     from ..evaluation.reconstruction import mean_psnr, psnr_uint8, ssim
+    from ..imaging import to_model_input, to_uint8
+    from ..progress import progress
 
-    reconstructions = reconstruct(model, images, batch_size)
     to_unit = lambda batch: batch.permute(0, 3, 1, 2).double() / 255.0  # noqa: E731 - [0, 1] NCHW for SSIM
     if reference_features is None:
         reference_features = feature_batches(feature_net, images, batch_size)
+    psnr, ssim_values, features = [], [], []
+    count = images.shape[0]
+    with torch.no_grad():
+        for rows in progress(iterate_batches(count, batch_size), total=-(-count // batch_size), desc="reconstruct"):
+            originals = torch.as_tensor(images[rows])
+            reconstructions = to_uint8(model.decode(model.encode(to_model_input(originals)).mode()))
+            psnr.append(psnr_uint8(originals, reconstructions))
+            ssim_values.append(ssim(to_unit(originals), to_unit(reconstructions), data_range=1.0))
+            features.append(feature_net.features(to_model_input(reconstructions)))
     mu_ref, sigma_ref = feature_statistics(reference_features)
-    mu_rec, sigma_rec = feature_statistics(feature_batches(feature_net, reconstructions, batch_size))
-    return {"psnr": mean_psnr(psnr_uint8(images, reconstructions)),
-            "ssim": float(ssim(to_unit(images), to_unit(reconstructions), data_range=1.0).mean()),
+    mu_rec, sigma_rec = feature_statistics(torch.cat(features))
+    return {"psnr": mean_psnr(np.concatenate(psnr)),
+            "ssim": float(torch.cat(ssim_values).mean()),
             "rfd": float(frechet_distance(mu_ref, sigma_ref, mu_rec, sigma_rec))}
 
 
@@ -238,16 +277,15 @@ def run_reconstruction(args: argparse.Namespace) -> int:
 
     import pandas as pd
 
+    from ..data.splits import open_image_split
     from ..evaluation.domain_net import load_domain_classifier
-    from ..io import load_tensors, provenance, write_parquet
+    from ..io import provenance, write_parquet
     from ..progress import log
     from .factory import initial_tokenizer, load_tokenizer
 
     spec = resolve_spec(args.spec, RECONSTRUCTION_DEFAULTS, "reconstruction")
     batch_size = int(spec["batch_size"])
-    images = load_tensors(args.data, ["images"])["images"]
-    require(str(images.dtype) == "torch.uint8" and images.dim() == 4 and images.shape[-1] == 3,
-            f"{args.data}: 'images' must be uint8 (N, H, W, 3), got {images.dtype} {tuple(images.shape)}")
+    images = open_image_split(args.data).images  # checked: uint8 (N, H, W, 3)
     feature_net = load_domain_classifier(args.feature_net)
     trained = load_tokenizer(args.tokenizer)
     untrained = initial_tokenizer(trained.spec).eval()

@@ -79,9 +79,17 @@ def register(subparsers) -> None:
 
 
 def read_split_metadata(path) -> dict:
-    """String metadata of a ``.safetensors`` split (``n_classes``, ``image_size``, …); {} for .npz."""
+    """String metadata of a split (``n_classes``, ``image_size``, …): a ``.safetensors`` file's metadata,
+    a shard index's counts; {} for .npz."""
     from safetensors import safe_open
 
+    from ..data.splits import is_shard_index
+
+    if is_shard_index(path):
+        from ..data.shards import ShardedImages
+
+        shards = ShardedImages(path)
+        return {"n_classes": str(shards.n_classes), "image_size": str(shards.image_size)}
     if Path(path).suffix != ".safetensors":
         return {}
     with safe_open(str(path), framework="pt") as handle:
@@ -94,6 +102,11 @@ def load_images(path, keys=("images", "arr_0")):
     from ..io import load_arrays
     from .generation import check_uint8_images
 
+    from ..data.splits import is_shard_index, open_image_split
+
+    if is_shard_index(path):  # a full-scale ImageNet split: memory-mapped, read batch by batch
+        split = open_image_split(path)
+        return check_uint8_images(split.images, f"{path}: images"), split.labels
     arrays = load_arrays(path)
     key = next((k for k in keys if k in arrays), None)
     require(key is not None, f"{path}: has no image array (expected one of {list(keys)}, found {sorted(arrays)})")

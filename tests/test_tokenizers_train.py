@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +13,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from diffusability.errors import DiffusabilityError
-from diffusability.io import read_json, read_parquet
+from diffusability.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from diffusability.io import load_tensors, read_json, read_parquet
 from diffusability.tokenizers import load_tokenizer, train_tokenizer
 from diffusability.tokenizers.losses import VAEObjective, pyramid_distance
 from diffusability.tokenizers.train import EpochOrder
@@ -89,6 +94,62 @@ def test_bad_inputs_are_clear_errors(tmp_path):
         train_tokenizer(_images(), np.arange(3), TINY, tmp_path)
     with pytest.raises(DiffusabilityError, match="not found"):
         load_tokenizer(tmp_path / "nothing")
+
+
+def test_precision_is_fp32_or_bf16(tmp_path):
+    with pytest.raises(DiffusabilityError, match="precision 'fp16'"):
+        train_tokenizer(_images(), None, {**TINY, "precision": "fp16"}, tmp_path)
+
+
+def test_resume_with_a_different_spec_is_refused_and_an_older_checkpoint_is_fp32(tmp_path):
+    assert train_tokenizer(_images(), None, TINY, tmp_path, stop_after=3) is None
+    with pytest.raises(DiffusabilityError, match="different spec"):
+        train_tokenizer(_images(), None, {**TINY, "lr": 2e-3}, tmp_path)
+    with pytest.raises(DiffusabilityError, match="different spec"):
+        train_tokenizer(_images(), None, {**TINY, "precision": "bf16"}, tmp_path)
+    # a checkpoint written before the precision key existed resumes as fp32
+    path = latest_checkpoint(tmp_path / "checkpoints")
+    state = load_checkpoint(path)
+    del state["spec"]["precision"]
+    save_checkpoint(tmp_path / "checkpoints", state["step"], state)
+    train_tokenizer(_images(), None, TINY, tmp_path)
+    assert read_json(tmp_path / "config.json")["precision"] == "fp32"
+
+
+BF16_RUN = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from diffusability.tokenizers import train_tokenizer
+    images = np.random.default_rng(0).integers(0, 256, (10, 16, 16, 3), dtype=np.uint8)
+    spec = dict({spec!r}, precision="bf16")
+    train_tokenizer(images, None, spec, sys.argv[1])
+""")
+
+
+def test_bf16_trains_finitely_and_keeps_float32_weights_and_checkpoints(tmp_path):
+    """precision bf16 (accelerate autocast, on the CPU too): finite losses, float32 weights, optimizer
+    states and checkpoints, and not the fp32 run's weights (autocast really ran)."""
+    spec = {**TINY, "steps": 4, "checkpoint_every": 2, "disc_weight": 0.5, "disc_start": 2, "disc_channels": 4,
+            "disc_layers": 1, "regularizer": {"name": "lmr", "mask_probabilities": [0.3, 0.3, 0.3]}}
+    # a fresh process: accelerate's precision is fixed once per process
+    result = subprocess.run([sys.executable, "-c", BF16_RUN.format(spec=spec), str(tmp_path / "bf16")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    weights = load_tensors(tmp_path / "bf16" / "model.safetensors")
+    assert all(v.dtype == torch.float32 and bool(torch.isfinite(v).all()) for v in weights.values())
+    assert read_json(tmp_path / "bf16" / "config.json")["precision"] == "bf16"
+    log = read_parquet(tmp_path / "bf16" / "train_log.parquet")
+    assert np.isfinite(log[["loss", "nll", "kl", "l1"]].to_numpy()).all()
+    assert np.isfinite(log["disc"].to_numpy()[2:]).all()  # the GAN ran (from step 2)
+    state = load_checkpoint(latest_checkpoint(tmp_path / "bf16" / "checkpoints"))
+    float_tensors = [v for part in ("model", "regularizer", "objective") for v in state[part].values()
+                     if v.is_floating_point()]
+    float_tensors += [v for slot in state["optimizer"]["state"].values() for v in slot.values()
+                      if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dim() > 0]
+    assert float_tensors and all(v.dtype == torch.float32 for v in float_tensors)
+    train_tokenizer(_images(), None, spec, tmp_path / "fp32")
+    fp32 = load_tensors(tmp_path / "fp32" / "model.safetensors")
+    assert max(float((weights[k] - fp32[k]).abs().max()) for k in fp32) > 1e-4
 
 
 def test_epoch_order_visits_every_image_once_per_epoch():

@@ -51,6 +51,7 @@ def register(subparsers) -> None:
     parser.add_argument("--val", required=True, help="val split (.safetensors or a shard index.json, with masks)")
     parser.add_argument("--spec", type=json_spec, required=True,
                         help='JSON: {"seed", "batch_size", "mask_pooling": "max"|"fraction", "mask_threshold"}')
+    parser.add_argument("--device", default="auto", help="auto (cuda when visible), cpu, cuda, cuda:1, …")
     parser.add_argument("--out", required=True, help="latents directory")
     parser.set_defaults(func=run_encode)
 
@@ -60,6 +61,10 @@ def register(subparsers) -> None:
     parser.add_argument("--data", required=True, help="image split (.safetensors)")
     parser.add_argument("--feature-net", required=True, help="domain-net directory (features for rFD)")
     parser.add_argument("--spec", type=json_spec, required=True, help='JSON: {"batch_size"}')
+    parser.add_argument("--inception-weights", default=None,
+                        help="FID Inception-v3 weights (.safetensors): adds the rFID rows")
+    parser.add_argument("--inception-sha256", default=None, help="expected SHA-256 of --inception-weights")
+    parser.add_argument("--device", default="auto", help="auto (cuda when visible), cpu, cuda, cuda:1, …")
     parser.add_argument("--out", required=True, help="result rows (.parquet)")
     parser.set_defaults(func=run_reconstruction)
 
@@ -120,11 +125,12 @@ def posterior_noise(seed: int, split: str, start: int, stop: int, shape: tuple[i
 
 
 def encode_images(model, images, seed: int, split: str, batch_size: int, sample: bool = True,
-                  mirror: bool = False):
-    """uint8 (N,H,W,3) → float32 latents (N,C,h,w): posterior samples (or means if ``sample`` is False).
+                  mirror: bool = False, device: str = "cpu"):
+    """uint8 (N,H,W,3) → float32 CPU latents (N,C,h,w): posterior samples (or means if ``sample`` is False).
 
     ``images`` may be any array-like that slices to uint8 numpy/torch batches (a memory-mapped shard
-    split is read batch by batch); ``mirror`` encodes each image flipped left-right.
+    split is read batch by batch); ``mirror`` encodes each image flipped left-right. The model runs on
+    ``device``; the posterior noise is drawn on the CPU, so it is the same on every device.
     """
     import torch
 
@@ -141,12 +147,12 @@ def encode_images(model, images, seed: int, split: str, batch_size: int, sample:
             batch = torch.as_tensor(images[rows])
             if mirror:
                 batch = batch.flip(2)  # (n, H, W, 3): W is axis 2
-            posterior = model.encode(to_model_input(batch))
+            posterior = model.encode(to_model_input(batch).to(device))
             latents = posterior.mode()
             if sample:
                 noise = posterior_noise(seed, split, rows.start, rows.stop, tuple(latents.shape[1:]))
-                latents = latents + posterior.std * noise
-            outputs.append(latents.float())
+                latents = latents + posterior.std * noise.to(latents.device)
+            outputs.append(latents.float().cpu())
     return torch.cat(outputs)
 
 
@@ -175,6 +181,7 @@ def run_encode(args: argparse.Namespace) -> int:
     import torch
 
     from ..data.splits import open_image_split
+    from ..evaluation.commands import resolve_device
     from ..io import save_tensors
     from ..progress import log
     from .factory import load_tokenizer
@@ -184,21 +191,22 @@ def run_encode(args: argparse.Namespace) -> int:
             f"encode spec: mask_pooling must be 'max' or 'fraction', got {spec['mask_pooling']!r}")
     require(int(spec["batch_size"]) >= 1, f"encode spec: batch_size must be ≥ 1, got {spec['batch_size']}")
     batch_size = int(spec["batch_size"])
-    model = load_tokenizer(args.tokenizer)
+    device = resolve_device(args.device)
+    model = load_tokenizer(args.tokenizer).to(device)
     out = Path(args.out)
     metadata = {"tokenizer": str(args.tokenizer), "posterior": "sample", "seed": str(spec["seed"])}
     train = open_image_split(args.train)
     val = open_image_split(args.val, need_masks=True)
-    train_latents = encode_images(model, train.images, spec["seed"], "train", batch_size)
+    train_latents = encode_images(model, train.images, spec["seed"], "train", batch_size, device=device)
     mean, std = channel_statistics(train_latents)
-    val_latents = encode_images(model, val.images, spec["seed"], "val", batch_size)
+    val_latents = encode_images(model, val.images, spec["seed"], "val", batch_size, device=device)
     masks = pooled_masks(val, tuple(val_latents.shape[-2:]), spec["mask_pooling"], spec["mask_threshold"])
     train_tensors = {"latents": train_latents, "labels": torch.as_tensor(train.labels).long()}
     if spec["flip"]:
         # LightningDiT's cache: each training image also encoded mirrored (its own noise stream);
         # the statistics stay those of the unflipped copy.
         train_tensors["latents_flip"] = encode_images(model, train.images, spec["seed"], "train_flip", batch_size,
-                                                      mirror=True)
+                                                      mirror=True, device=device)
     save_tensors(out / "train.safetensors", train_tensors, metadata)
     save_tensors(out / "val.safetensors", {"latents": val_latents, "labels": torch.as_tensor(val.labels).long(),
                                            "masks": masks}, metadata)
@@ -210,19 +218,37 @@ def run_encode(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- reconstruction
 
-def reconstruct(model, images, batch_size: int):
-    """uint8 (N,H,W,3) → uint8 reconstructions (N,H,W,3) decoded from the posterior mean."""
+def reconstruct(model, images, batch_size: int, device: str = "cpu"):
+    """uint8 (N,H,W,3) → uint8 CPU reconstructions (N,H,W,3) decoded from the posterior mean."""
     import torch
 
     from ..data.splits import iterate_batches
+
+    with torch.no_grad():
+        return torch.cat([_reconstruct_batch(model, torch.as_tensor(images[rows]), device)
+                          for rows in iterate_batches(images.shape[0], batch_size)])
+
+
+def _reconstruct_batch(model, originals, device: str):
+    """uint8 (n,H,W,3) → uint8 CPU (n,H,W,3) through the posterior mean, the model on ``device``."""
     from ..imaging import to_model_input, to_uint8
 
-    outputs = []
-    with torch.no_grad():
-        for rows in iterate_batches(images.shape[0], batch_size):
-            x = to_model_input(torch.as_tensor(images[rows]))
-            outputs.append(to_uint8(model.decode(model.encode(x).mode())))
-    return torch.cat(outputs)
+    x = to_model_input(originals).to(device)
+    return to_uint8(model.decode(model.encode(x).mode())).cpu()
+
+
+def domain_features(feature_net, device: str = "cpu"):
+    """uint8 (n,H,W,3) batch → domain-net ``features`` (n, F) on the CPU."""
+    from ..imaging import to_model_input
+
+    feature_net = feature_net.to(device)
+    return lambda batch: feature_net.features(to_model_input(batch).to(device)).double().cpu()
+
+
+def inception_features(net, device: str = "cpu"):
+    """uint8 (n,H,W,3) batch → FID Inception pool3 features (n, 2048) on the CPU (TF1 resize on the CPU)."""
+    net = net.to(device)
+    return lambda batch: net.forward_preprocessed(net.preprocess(batch).to(device))["pool3"].double().cpu()
 
 
 def feature_batches(feature_net, images, batch_size: int):
@@ -230,18 +256,38 @@ def feature_batches(feature_net, images, batch_size: int):
     import torch
 
     from ..data.splits import iterate_batches
-    from ..imaging import to_model_input
 
+    extract = domain_features(feature_net)
     with torch.no_grad():
-        return torch.cat([feature_net.features(to_model_input(torch.as_tensor(images[rows])))
-                          for rows in iterate_batches(images.shape[0], batch_size)])
+        return torch.cat([extract(torch.as_tensor(images[rows])) for rows in iterate_batches(images.shape[0], batch_size)])
 
 
-def reconstruction_metrics(model, images, feature_net, batch_size: int, reference_features=None) -> dict[str, float]:
-    """{"psnr", "ssim", "rfd"} of ``model`` on uint8 images (N,H,W,3) (posterior mean).
+def original_features(extractors: dict, images, batch_size: int) -> dict:
+    """{name: features (N, F)} of the original images for every feature extractor, in one pass."""
+    import torch
 
-    Streams: each batch is reconstructed, scored (per-image PSNR on uint8, SSIM with data range 1)
-    and featurised, then dropped, so a 50,000-image memory-mapped val split never sits in memory.
+    from ..data.splits import iterate_batches
+    from ..progress import progress
+
+    features = {name: [] for name in extractors}
+    count = images.shape[0]
+    with torch.no_grad():
+        for rows in progress(iterate_batches(count, batch_size), total=-(-count // batch_size), desc="originals"):
+            batch = torch.as_tensor(images[rows])
+            for name, extract in extractors.items():
+                features[name].append(extract(batch))
+    return {name: torch.cat(parts) for name, parts in features.items()}
+
+
+def reconstruction_metrics(model, images, feature_net, batch_size: int, extractors: dict | None = None,
+                           references: dict | None = None, device: str = "cpu") -> dict[str, float]:
+    """{"psnr", "ssim", "rfd"[, "rfid"]} of ``model`` on uint8 images (N,H,W,3) (posterior mean).
+
+    Streams: each batch is reconstructed on ``device``, scored (per-image PSNR on uint8, SSIM with data
+    range 1) and featurised, then dropped, so a 50,000-image memory-mapped val split never sits in
+    memory. ``extractors`` maps a row name to a batch → (n, F) feature function (default: ``rfd`` from
+    the domain net ``feature_net``); ``references`` holds the originals' features per name (computed
+    when missing, so that several models can share one pass over the originals).
     """
     import numpy as np
     import torch
@@ -249,26 +295,41 @@ def reconstruction_metrics(model, images, feature_net, batch_size: int, referenc
     from ..data.splits import iterate_batches
     from ..evaluation import feature_statistics, frechet_distance
     from ..evaluation.reconstruction import mean_psnr, psnr_uint8, ssim
-    from ..imaging import to_model_input, to_uint8
     from ..progress import progress
 
+    extractors = extractors or {"rfd": domain_features(feature_net, device)}
+    references = dict(references or {})
+    missing = {name: f for name, f in extractors.items() if name not in references}
+    if missing:
+        references.update(original_features(missing, images, batch_size))
     to_unit = lambda batch: batch.permute(0, 3, 1, 2).double() / 255.0  # noqa: E731 - [0, 1] NCHW for SSIM
-    if reference_features is None:
-        reference_features = feature_batches(feature_net, images, batch_size)
-    psnr, ssim_values, features = [], [], []
+    psnr, ssim_values = [], []
+    features = {name: [] for name in extractors}
     count = images.shape[0]
     with torch.no_grad():
         for rows in progress(iterate_batches(count, batch_size), total=-(-count // batch_size), desc="reconstruct"):
             originals = torch.as_tensor(images[rows])
-            reconstructions = to_uint8(model.decode(model.encode(to_model_input(originals)).mode()))
+            reconstructions = _reconstruct_batch(model, originals, device)
             psnr.append(psnr_uint8(originals, reconstructions))
             ssim_values.append(ssim(to_unit(originals), to_unit(reconstructions), data_range=1.0))
-            features.append(feature_net.features(to_model_input(reconstructions)))
-    mu_ref, sigma_ref = feature_statistics(reference_features)
-    mu_rec, sigma_rec = feature_statistics(torch.cat(features))
-    return {"psnr": mean_psnr(np.concatenate(psnr)),
-            "ssim": float(torch.cat(ssim_values).mean()),
-            "rfd": float(frechet_distance(mu_ref, sigma_ref, mu_rec, sigma_rec))}
+            for name, extract in extractors.items():
+                features[name].append(extract(reconstructions))
+    values = {"psnr": mean_psnr(np.concatenate(psnr)), "ssim": float(torch.cat(ssim_values).mean())}
+    for name in extractors:
+        mu_ref, sigma_ref = feature_statistics(references[name])
+        mu_rec, sigma_rec = feature_statistics(torch.cat(features[name]))
+        values[name] = float(frechet_distance(mu_ref, sigma_ref, mu_rec, sigma_rec))
+    return values
+
+
+#: row name → (direction, description) of the reconstruction rows
+RECONSTRUCTION_ROWS = {
+    "psnr": ("higher", "uint8, data range 255"),
+    "ssim": ("higher", "gaussian 11x11, sigma 1.5, [0, 1], data range 1"),
+    "rfd": ("lower", "Frechet distance of domain-net features, originals vs reconstructions"),
+    "rfid": ("lower", "rFID: Frechet distance of FID Inception-v3 pool3 features (TF1 resize to 299), "
+                      "originals vs reconstructions"),
+}
 
 
 def run_reconstruction(args: argparse.Namespace) -> int:
@@ -278,6 +339,7 @@ def run_reconstruction(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from ..data.splits import open_image_split
+    from ..evaluation.commands import load_inception, resolve_device
     from ..evaluation.domain_net import load_domain_classifier
     from ..io import provenance, write_parquet
     from ..progress import log
@@ -285,23 +347,27 @@ def run_reconstruction(args: argparse.Namespace) -> int:
 
     spec = resolve_spec(args.spec, RECONSTRUCTION_DEFAULTS, "reconstruction")
     batch_size = int(spec["batch_size"])
+    device = resolve_device(args.device)
     images = open_image_split(args.data).images  # checked: uint8 (N, H, W, 3)
-    feature_net = load_domain_classifier(args.feature_net)
-    trained = load_tokenizer(args.tokenizer)
-    untrained = initial_tokenizer(trained.spec).eval()
-    reference = feature_batches(feature_net, images, batch_size)
-    params = json.dumps({"tokenizer": trained.spec.name, "posterior": "mean", "psnr": "uint8, data range 255",
-                         "ssim": "gaussian 11x11, sigma 1.5, [0, 1], data range 1",
-                         "rfd": "Frechet distance of domain-net features, originals vs reconstructions",
+    extractors = {"rfd": domain_features(load_domain_classifier(args.feature_net), device)}
+    if args.inception_weights:
+        extractors["rfid"] = inception_features(load_inception(args), device)
+    trained = load_tokenizer(args.tokenizer).to(device)
+    untrained = initial_tokenizer(trained.spec).eval().to(device)
+    references = original_features(extractors, images, batch_size)
+    params = json.dumps({"tokenizer": trained.spec.name, "posterior": "mean",
+                         **{name: RECONSTRUCTION_ROWS[name][1] for name in ("psnr", "ssim", *extractors)},
                          "untrained": "same config.json and seed, before training"}, sort_keys=True)
     rows = []
     for suffix, model in (("", trained), ("_untrained", untrained)):
         started = time.perf_counter()
-        values = reconstruction_metrics(model, images, feature_net, batch_size, reference_features=reference)
+        values = reconstruction_metrics(model, images, None, batch_size, extractors=extractors,
+                                        references=references, device=device)
         seconds = time.perf_counter() - started
-        for metric, direction in (("psnr", "higher"), ("ssim", "higher"), ("rfd", "lower")):
-            rows.append({"metric": metric + suffix, "value": float(values[metric]), "direction": direction,
-                         "params": params, "n": int(images.shape[0]), "seconds": seconds})
+        for metric in ("psnr", "ssim", *extractors):
+            rows.append({"metric": metric + suffix, "value": float(values[metric]),
+                         "direction": RECONSTRUCTION_ROWS[metric][0], "params": params,
+                         "n": int(images.shape[0]), "seconds": seconds})
     table = pd.DataFrame(rows, columns=["metric", "value", "direction", "params", "n", "seconds"])
     write_parquet(table, args.out, provenance(trained.spec.to_dict(), tokenizer=str(args.tokenizer)))
     log.info("reconstruction: %s", {r["metric"]: round(r["value"], 4) for r in rows})

@@ -1,27 +1,26 @@
-"""Processes and micro-batches of one tokenizer step: which images this process handles, and how
-its gradients join the others'.
+"""Processes and micro-batches of one tokenizer step: which images this process handles, and the
+accelerate ``Accelerator`` that places the networks and averages their gradients (DDP).
 
 The global batch B (the spec's ``batch_size``) is cut into B / m micro-batches of size m (the
 spec's ``micro_batch_size``, default B / W); the W processes take consecutive runs of them
 (process r: micro-batches r·k … r·k + k − 1, k = B / (m·W)). Each micro-batch's loss — a mean over
-its m images — is scaled by m·W / B before backward, and after the last micro-batch every gradient
-is averaged over the processes (what DDP does). The summed gradient is then the gradient of the
-global-batch mean, whatever W and m are.
+its m images — is scaled by 1/k = m·W / B before backward; DDP averages the gradients over the W
+processes on the last micro-batch (``no_sync`` before it). The summed gradient is then the gradient
+of the global-batch mean, whatever W and m are.
 
-Processes are started by ``torchrun`` (``ACCELERATE_USE_CPU=true`` on a CPU, gloo) and joined
-through accelerate's ``PartialState``; a plain ``python`` run is one process and never imports
-accelerate.
+Processes come from ``torchrun`` (the workflow's launcher) or ``accelerate launch``; on a CPU
+``ACCELERATE_USE_CPU=true`` makes accelerate join them over gloo instead of leaving each process
+alone in a world of one (which :func:`training_accelerator` refuses).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
-import torch
+from ..errors import DiffusabilityError, require
 
-from ..errors import require
+PRECISION_TO_ACCELERATE = {"fp32": "no", "bf16": "bf16"}
 
 
 @dataclass(frozen=True)
@@ -63,53 +62,24 @@ class BatchLayout:
                 for g in range(first, first + self.micro_batches_per_process)]
 
 
-class ProcessGroup:
-    """This process's rank and world size, gradient averaging and value averaging across processes."""
+def training_accelerator(precision: str):
+    """The ``Accelerator`` of one tokenizer run: bf16 autocast or none, DDP over all started processes.
 
-    def __init__(self):
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = 0
-        if self.world_size > 1:
-            from accelerate import PartialState
+    DDP looks for parameters a step leaves unused, because some only take part now and then: the
+    ViT's mask token (only under ``mae``), lmr's mask token (only when a mask is drawn). Without the
+    search DDP would wait for their gradients forever; with it they count as zeros, as the same
+    micro-batch on one process would.
+    """
+    from accelerate import Accelerator, DistributedDataParallelKwargs
 
-            # joins the process group torchrun set up (gloo on a CPU when ACCELERATE_USE_CPU=true)
-            # PartialState reads ACCELERATE_USE_CPU only through AcceleratorState; pass it on ourselves
-            cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-            state = PartialState(cpu=cpu)
-            require(state.num_processes == self.world_size,
-                    f"accelerate sees {state.num_processes} processes but WORLD_SIZE is {self.world_size}: "
-                    "on a CPU set ACCELERATE_USE_CPU=true")
-            self.rank = state.process_index
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def average_gradients(self, parameters: Iterable[torch.nn.Parameter]) -> None:
-        """Average ``.grad`` over processes in one all-reduce (missing gradients count as zeros)."""
-        if self.world_size == 1:
-            return
-        parameters = [p for p in parameters if p.requires_grad]
-        for parameter in parameters:
-            if parameter.grad is None:
-                parameter.grad = torch.zeros_like(parameter)
-        flat = torch.cat([p.grad.reshape(-1) for p in parameters])
-        torch.distributed.all_reduce(flat)
-        flat /= self.world_size
-        offset = 0
-        for parameter in parameters:
-            count = parameter.numel()
-            parameter.grad.copy_(flat[offset:offset + count].view_as(parameter))
-            offset += count
-
-    def sum_values(self, values: Sequence[float]) -> list[float]:
-        """Element-wise sum of a list of floats over processes (float64)."""
-        if self.world_size == 1:
-            return list(values)
-        tensor = torch.tensor(list(values), dtype=torch.float64)
-        torch.distributed.all_reduce(tensor)
-        return tensor.tolist()
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            torch.distributed.barrier()
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
+    try:
+        accelerator = Accelerator(mixed_precision=PRECISION_TO_ACCELERATE[precision], kwargs_handlers=handlers)
+    except ValueError as exc:  # accelerate fixes the precision for the life of a process
+        raise DiffusabilityError(f"tokenizer spec: precision {precision!r} in a process that already trained with "
+                                 f"another precision; start a new process ({exc})") from exc
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    require(accelerator.num_processes == launched,
+            f"accelerate sees {accelerator.num_processes} process(es) but the launcher started {launched}: "
+            "on a CPU set ACCELERATE_USE_CPU=true, or every process trains alone")
+    return accelerator

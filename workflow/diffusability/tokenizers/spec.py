@@ -15,6 +15,8 @@ from ..errors import DiffusabilityError, require
 
 ARCHITECTURES = ("conv", "vit")
 PERCEPTUAL = ("teacher", "lpips")
+#: "bf16": forward passes under bfloat16 autocast; weights, optimizer states and checkpoints stay float32
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -53,6 +55,7 @@ class TokenizerSpec:
     batch_size: int = 16
     # images per forward/backward on one process; None = the process's whole share of batch_size
     micro_batch_size: int | None = None
+    precision: str = "fp32"
     lr: float = 1e-3
     betas: tuple[float, float] = (0.5, 0.9)
     checkpoint_every: int = 100
@@ -94,6 +97,8 @@ class TokenizerSpec:
                 f"tokenizer spec: image_size {self.image_size} not divisible by the downsample factor {factor}")
         require(self.micro_batch_size is None or (isinstance(self.micro_batch_size, int) and self.micro_batch_size >= 1),
                 f"tokenizer spec: 'micro_batch_size' must be a positive integer or null, got {self.micro_batch_size!r}")
+        require(self.precision in PRECISIONS,
+                f"tokenizer spec: precision {self.precision!r} not supported (expected one of {PRECISIONS})")
         require(self.perceptual in PERCEPTUAL,
                 f"tokenizer spec: perceptual {self.perceptual!r} not supported (expected one of {PERCEPTUAL})")
         require(self.perceptual != "lpips" or (isinstance(self.lpips_weights, str) and self.lpips_weights),

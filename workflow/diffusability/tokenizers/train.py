@@ -1,21 +1,34 @@
-"""Train one tokenizer: the VA-VAE objective + its regularizer, resumable to the bit on the CPU.
+"""Train one tokenizer through accelerate: the VA-VAE objective + its regularizer, on any number of
+processes, resumable to the bit on the CPU.
+
+One step takes the global batch ``batch_size`` and meets it on W processes with micro-batches of
+``micro_batch_size`` (distributed.py): the generator side (tokenizer, regularizer heads, logvar) and
+the PatchGAN discriminator are each wrapped by accelerate in DDP, gradients accumulate locally
+under ``no_sync`` and are averaged on a step's last micro-batch. ``precision: bf16`` runs the
+forward passes under bfloat16 autocast; parameters, optimizer states and checkpoints stay float32.
 
 Every random draw comes from a named stream: weights from ``(seed, "tokenizer-init")``, the data
-order from a per-epoch permutation of ``(seed, "tokenizer-data", epoch)``, posterior noise and
-regularizer draws from one ``torch.Generator`` whose state is checkpointed. A checkpoint holds the
-model, regularizer, objective (logvar, discriminator), optimizers, generator and global RNG states,
-the step (which fixes the data position) and the log so far, so a killed run resumed from its last
-checkpoint ends with exactly the weights of an uninterrupted run.
+order from a per-epoch permutation of ``(seed, "tokenizer-data", epoch)``, the posterior noise of
+the whole global batch from one ``torch.Generator`` whose state is checkpointed (each process uses
+its slice), regularizer draws from ``(seed, "tokenizer-train-micro", step, micro-batch index)``.
+So the data order and the noise do not depend on the process count, and one process with
+micro-batches of m images trains the weights of W processes with micro-batches of m (up to float
+round-off). A checkpoint holds the model, regularizer, objective (logvar, discriminator),
+optimizers, generator and global RNG states, the step (which fixes the data position) and the log
+so far, so a killed run resumed from its last checkpoint ends with exactly the weights of an
+uninterrupted run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
+from torch import nn
 
 from .. import checkpointing
 from ..errors import require
@@ -23,14 +36,18 @@ from ..imaging import to_model_input
 from ..io import provenance, save_tensors, write_json, write_parquet
 from ..progress import log, progress
 from ..seeding import torch_generator
+from .distributed import BatchLayout, training_accelerator
 from .factory import CONFIG_FILE, WEIGHTS_FILE, initial_tokenizer
-from .losses import VAEObjective
-from .distributed import BatchLayout, ProcessGroup
+from .losses import VAEObjective, hinge_discriminator_loss
 from .regularizers import RegularizerContext, build_regularizer, regularizer_needs_teacher
 from .spec import TokenizerSpec, as_spec
 
 LOG_FILE = "train_log.parquet"
 CHECKPOINT_DIR = "checkpoints"
+#: Spec keys newer than some checkpoints, with the value that those checkpoints imply.
+ADDED_SPEC_KEYS = {"precision": "fp32"}
+#: The generator-side values of one micro-batch that the log averages over the global batch.
+GENERATOR_TERMS = ("loss", "nll", "kl", "regularizer", "l1", "gan", "gan_weight")
 
 
 class EpochOrder:
@@ -54,10 +71,19 @@ class EpochOrder:
 
 
 def validate_images(images: Any, labels: Any, image_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """uint8 (N, S, S, 3) images and optional (N,) labels as torch tensors, with clear errors."""
-    images = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
-    require(images.dtype == torch.uint8, f"training images: expected uint8, got {images.dtype}")
-    require(images.dim() == 4 and images.shape[-1] == 3,
+    """uint8 (N, S, S, 3) images and optional (N,) labels as torch tensors, with clear errors.
+
+    Memory-mapped shards (:class:`~diffusability.data.shards.ConcatenatedArrays`) stay lazy: the
+    training loop gathers each global batch from them.
+    """
+    from ..data.shards import ConcatenatedArrays
+
+    if isinstance(images, ConcatenatedArrays):
+        require(images.dtype == np.uint8, f"training images: expected uint8, got {images.dtype}")
+    else:
+        images = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+        require(images.dtype == torch.uint8, f"training images: expected uint8, got {images.dtype}")
+    require(len(images.shape) == 4 and images.shape[-1] == 3,
             f"training images: expected (N, H, W, 3), got {tuple(images.shape)}")
     require(images.shape[1] == image_size and images.shape[2] == image_size,
             f"training images are {images.shape[1]}×{images.shape[2]} but the spec's image_size is {image_size}")
@@ -77,12 +103,91 @@ def prepare_teacher(teacher: Any) -> Any:
     return teacher
 
 
-class TokenizerTrainer:
-    """Holds the model, objective, regularizer and optimizers of one run; one call per step."""
+class GeneratorObjective(nn.Module):
+    """The generator side of one micro-batch as one module, so that one DDP wraps all it trains.
 
-    def __init__(self, spec: TokenizerSpec, teacher: Any = None, group: ProcessGroup | None = None):
+    Registered: the tokenizer, the regularizer (its heads) and the nll's logvar. Held unregistered:
+    the VAE objective (its discriminator has its own optimizer and its own DDP) and the frozen
+    teacher. The adaptive weights (GAN at the decoder's last conv, VF/REPA at the encoder's) take
+    ``autograd.grad`` of this process's micro-batch inside ``forward``; that never touches ``.grad``,
+    so DDP only ever averages the gradient of the returned loss.
+    """
+
+    def __init__(self, model: nn.Module, regularizer: nn.Module, objective: VAEObjective, teacher: Any,
+                 kl_weight: float, grid: tuple[int, int]):
+        super().__init__()
+        self.model, self.regularizer = model, regularizer
+        self.logvar = objective.logvar  # the same Parameter: trained with the generator
+        self.__dict__["objective"] = objective
+        self.__dict__["teacher"] = teacher
+        self.kl_weight, self.grid = kl_weight, grid
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor, generator: torch.Generator,
+                step: int) -> dict[str, torch.Tensor]:
+        """Images x (m,3,H,W) in [-1,1], posterior noise (m,C,h,w) → {"loss": scalar with graph,
+        the other GENERATOR_TERMS detached, "reconstruction": (m,3,H,W) detached}."""
+        posterior = self.regularizer.encode(self.model, x, generator)
+        latents = posterior.mean + posterior.std * noise
+        reconstruction = self.model.decode(self.regularizer.latents_for_decoding(latents, generator))
+        nll = self.objective.nll(reconstruction, x)
+        kl = posterior.kl().mean()
+        gan_term, gan_weight = self.objective.generator_gan_term(reconstruction, nll,
+                                                                 self.model.decoder_last_layer(), step)
+        teacher_features = None
+        if self.regularizer.needs_teacher:
+            with torch.no_grad():
+                teacher_features = self.teacher.feature_map(x, self.grid)
+        context = RegularizerContext(images=x, posterior=posterior, latents=latents, model=self.model,
+                                     step=step, nll=nll, teacher_features=teacher_features,
+                                     reconstruction_nll=self.objective.nll, generator=generator)
+        reg_loss = self.regularizer.loss(context)
+        loss = nll + self.kl_weight * kl + gan_term + reg_loss
+        detached = {"nll": nll, "kl": kl, "regularizer": reg_loss, "l1": (x - reconstruction).abs().mean(),
+                    "gan": gan_term, "gan_weight": gan_weight, "reconstruction": reconstruction}
+        return {"loss": loss, **{key: value.detach() for key, value in detached.items()}}
+
+
+class DiscriminatorObjective(nn.Module):
+    """The PatchGAN's hinge loss on one micro-batch (real and reconstructed (m,3,H,W)) as a module,
+    so that DDP sees both discriminator calls in one forward."""
+
+    def __init__(self, discriminator: nn.Module):
+        super().__init__()
+        self.discriminator = discriminator
+
+    def forward(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        return hinge_discriminator_loss(self.discriminator(real.detach()), self.discriminator(fake.detach()))
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module | None):
+    """``module``'s parameters need no gradient inside the block (the generator's pass through the
+    discriminator: its weights are the discriminator step's business)."""
+    parameters = [p for p in module.parameters() if p.requires_grad] if module is not None else []
+    for parameter in parameters:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in parameters:
+            parameter.requires_grad_(True)
+
+
+def require_same_spec(state: Mapping[str, Any], spec: TokenizerSpec, path: Any = "tokenizer checkpoint") -> None:
+    """A checkpoint resumes only the spec that wrote it (keys added since then count as their default)."""
+    saved = {**ADDED_SPEC_KEYS, **(state.get("spec") or {})}
+    current = spec.to_dict()
+    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    require(not changed, f"{path}: written with a different spec "
+                         f"({', '.join(f'{k}: {saved.get(k)!r} → {current.get(k)!r}' for k in changed)}); "
+                         "delete the checkpoints/ folder to restart")
+
+
+class TokenizerTrainer:
+    """Holds the model, objective, regularizer, optimizers and the Accelerator of one run; one call per step."""
+
+    def __init__(self, spec: TokenizerSpec, teacher: Any = None):
         self.spec = spec
-        self.group = group or ProcessGroup()
         self.model = initial_tokenizer(spec)
         self.teacher = prepare_teacher(teacher)
         self.grid = self.model.latent_grid(spec.image_size)
@@ -108,13 +213,25 @@ class TokenizerTrainer:
                                       disc_weight=spec.disc_weight, disc_start=spec.disc_start,
                                       disc_layers=spec.disc_layers, disc_channels=spec.disc_channels,
                                       image_size=spec.image_size, perceptual_net=self.perceptual_net)
+
+        self.accelerator = accelerator = training_accelerator(spec.precision)
+        # on the device before the optimizers exist, so that resumed optimizer states land there too
+        for module in (self.model, self.regularizer, self.objective, self.teacher, self.perceptual_net):
+            if isinstance(module, nn.Module):
+                module.to(accelerator.device)
         trainable = list(self.model.parameters()) + list(self.regularizer.parameters())
         if spec.learn_logvar:
             trainable.append(self.objective.logvar)
-        self.optimizer = torch.optim.Adam(trainable, lr=spec.lr, betas=tuple(spec.betas))
-        discriminator = self.objective.discriminator
-        self.disc_optimizer = (torch.optim.Adam(discriminator.parameters(), lr=spec.lr, betas=tuple(spec.betas))
-                               if discriminator is not None else None)
+        optimizer = torch.optim.Adam(trainable, lr=spec.lr, betas=tuple(spec.betas))
+        self.train_generator, self.optimizer = accelerator.prepare(
+            GeneratorObjective(self.model, self.regularizer, self.objective, self.teacher, spec.kl_weight,
+                               self.grid), optimizer)
+        self.train_discriminator = self.disc_optimizer = None
+        if self.objective.discriminator is not None:
+            disc_optimizer = torch.optim.Adam(self.objective.discriminator.parameters(), lr=spec.lr,
+                                              betas=tuple(spec.betas))
+            self.train_discriminator, self.disc_optimizer = accelerator.prepare(
+                DiscriminatorObjective(self.objective.discriminator), disc_optimizer)
         self.generator = torch_generator(spec.seed, "tokenizer-train")
         self.step = 0
         self.log_rows: list[dict[str, float]] = []
@@ -132,8 +249,9 @@ class TokenizerTrainer:
                 "spec": self.spec.to_dict()}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
-        require(state.get("spec") == self.spec.to_dict(),
-                "tokenizer checkpoint was written with a different spec; delete the checkpoints/ folder to restart")
+        """Restore a checkpoint into the (already prepared) modules: DDP shares their parameters,
+        and every process loads the same file."""
+        require_same_spec(state, self.spec)
         self.model.load_state_dict(state["model"])
         self.regularizer.load_state_dict(state["regularizer"])
         self.objective.load_state_dict(state["objective"])
@@ -145,109 +263,54 @@ class TokenizerTrainer:
         self.step, self.log_rows, self.seconds = state["step"], list(state["log_rows"]), state["seconds"]
 
     # -- one optimisation step -----------------------------------------------------------
-    def train_step(self, x: torch.Tensor) -> dict[str, float]:
-        """One generator (+ discriminator) update on images x (N,3,H,W) in [-1,1]; returns the log row."""
-        step = self.step
-        posterior = self.regularizer.encode(self.model, x, self.generator)
-        latents = posterior.sample(self.generator)
-        reconstruction = self.model.decode(self.regularizer.latents_for_decoding(latents, self.generator))
-        nll = self.objective.nll(reconstruction, x)
-        kl = posterior.kl().mean()
-        loss = nll + self.spec.kl_weight * kl
-        gan_term, gan_weight = self.objective.generator_gan_term(reconstruction, nll,
-                                                                 self.model.decoder_last_layer(), step)
-        loss = loss + gan_term
-        teacher_features = None
-        if self.regularizer.needs_teacher:
-            with torch.no_grad():
-                teacher_features = self.teacher.feature_map(x, self.grid)
-        context = RegularizerContext(images=x, posterior=posterior, latents=latents, model=self.model,
-                                     step=step, nll=nll, teacher_features=teacher_features,
-                                     reconstruction_nll=self.objective.nll, generator=self.generator)
-        reg_loss = self.regularizer.loss(context)
-        loss = loss + reg_loss
-        checkpointing.check_finite(float(loss.detach()), "tokenizer loss", step)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        row = {"step": step + 1, "loss": float(loss.detach()), "nll": float(nll.detach()),
-               "kl": float(kl.detach()), "regularizer": float(reg_loss.detach()),
-               "l1": float((x - reconstruction).abs().mean().detach()),
-               "logvar": float(self.objective.logvar.detach())}
-        if self.objective.gan_active(step):
-            d_loss = self.objective.discriminator_loss(x, reconstruction)
-            checkpointing.check_finite(float(d_loss.detach()), "discriminator loss", step)
-            self.disc_optimizer.zero_grad(set_to_none=True)
-            d_loss.backward()
-            self.disc_optimizer.step()
-            row.update(gan=float(gan_term.detach()), gan_weight=float(gan_weight), disc=float(d_loss.detach()))
-        row.update(self.regularizer.last_logs)
-        self.step += 1
-        return row
+    def _sync_on_last(self, module: nn.Module, is_last: bool):
+        """DDP all-reduces gradients only in the backward of a process's last micro-batch."""
+        return contextlib.nullcontext() if is_last else self.accelerator.no_sync(module)
 
-    # -- one step over micro-batches and processes -----------------------------------------
-    def _generator_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for group in self.optimizer.param_groups for p in group["params"]]
+    def train_step(self, batch: torch.Tensor, layout: BatchLayout) -> dict[str, float]:
+        """One generator (+ discriminator) update on the global batch (B,H,W,3) uint8; returns the log row.
 
-    def train_step_sharded(self, batch: torch.Tensor, layout: BatchLayout) -> dict[str, float]:
-        """One update on the global batch (B,H,W,3) uint8, computed as this process's micro-batches.
-
-        Every process draws the posterior noise of the whole global batch from the shared trainer
-        generator and uses its own slice, so a micro-batch's noise does not depend on the layout;
-        regularizer draws come from a generator named by (step, global micro-batch index). With the
-        GAN on, the adaptive weight and the discriminator's BatchNorm see micro-batches, so the
-        result then depends on the micro-batch size (as in every accumulating LDM trainer).
+        Every process draws the posterior noise of the whole global batch and uses its slice, so a
+        micro-batch's noise does not depend on the layout. With the GAN on, the adaptive weight and
+        the discriminator's BatchNorm see micro-batches, so the result then depends on the
+        micro-batch size (as in every accumulating LDM trainer), not on the process count.
         """
-        step, scale = self.step, layout.loss_scale
+        step, device, accelerator = self.step, self.accelerator.device, self.accelerator
+        noise = torch.randn((layout.global_batch, self.spec.latent_channels, *self.grid), generator=self.generator)
+        parts = layout.my_micro_batches()
+        # each process's shares of the global-batch means; summed over processes below
         share = layout.micro_batch / layout.global_batch
-        side = self.grid
-        noise = torch.randn((layout.global_batch, self.spec.latent_channels, *side), generator=self.generator)
-        self.optimizer.zero_grad(set_to_none=True)
-        totals = {"loss": 0.0, "nll": 0.0, "kl": 0.0, "regularizer": 0.0, "l1": 0.0, "gan": 0.0, "gan_weight": 0.0}
+        sums = torch.zeros(len(GENERATOR_TERMS) + 1, dtype=torch.float64, device=device)
         kept = []
-        for index, part in layout.my_micro_batches():
-            generator = torch_generator(self.spec.seed, "tokenizer-train-micro", step, index)
-            x = to_model_input(batch[part])
-            posterior = self.regularizer.encode(self.model, x, generator)
-            latents = posterior.mean + posterior.std * noise[part]
-            reconstruction = self.model.decode(self.regularizer.latents_for_decoding(latents, generator))
-            nll = self.objective.nll(reconstruction, x)
-            kl = posterior.kl().mean()
-            gan_term, gan_weight = self.objective.generator_gan_term(reconstruction, nll,
-                                                                     self.model.decoder_last_layer(), step)
-            teacher_features = None
-            if self.regularizer.needs_teacher:
-                with torch.no_grad():
-                    teacher_features = self.teacher.feature_map(x, self.grid)
-            context = RegularizerContext(images=x, posterior=posterior, latents=latents, model=self.model,
-                                         step=step, nll=nll, teacher_features=teacher_features,
-                                         reconstruction_nll=self.objective.nll, generator=generator)
-            reg_loss = self.regularizer.loss(context)
-            loss = nll + self.spec.kl_weight * kl + gan_term + reg_loss
-            checkpointing.check_finite(float(loss.detach()), "tokenizer loss", step)
-            (loss * scale).backward()
-            kept.append((x, reconstruction.detach()))
-            for key, value in (("loss", loss), ("nll", nll), ("kl", kl), ("regularizer", reg_loss),
-                               ("l1", (x - reconstruction).abs().mean()), ("gan", gan_term), ("gan_weight", gan_weight)):
-                totals[key] += share * float(value.detach())
-        self.group.average_gradients(self._generator_parameters())
+        with frozen(self.objective.discriminator):
+            for position, (index, part) in enumerate(parts):
+                x = to_model_input(batch[part]).to(device)
+                generator = torch_generator(self.spec.seed, "tokenizer-train-micro", step, index)
+                with self._sync_on_last(self.train_generator, position == len(parts) - 1):
+                    terms = self.train_generator(x, noise[part].to(device), generator, step)
+                    accelerator.backward(terms["loss"] * layout.loss_scale)
+                kept.append((x, terms["reconstruction"]))
+                sums[:-1] += share * torch.stack([terms[k].detach().double() for k in GENERATOR_TERMS])
+        gan_active = self.objective.gan_active(step)
+        if gan_active:
+            for position, (x, reconstruction) in enumerate(kept):
+                with self._sync_on_last(self.train_discriminator, position == len(kept) - 1):
+                    d_loss = self.train_discriminator(x, reconstruction)
+                    accelerator.backward(d_loss * layout.loss_scale)
+                sums[-1] += share * d_loss.detach().double()
+        # one all-reduce for the log; every process then sees the same values and stops together
+        totals = dict(zip((*GENERATOR_TERMS, "disc"), accelerator.reduce(sums, reduction="sum").tolist()))
+        checkpointing.check_finite(totals["loss"], "tokenizer loss", step)
         self.optimizer.step()
-        if self.objective.gan_active(step):
-            self.disc_optimizer.zero_grad(set_to_none=True)
-            disc_total = 0.0
-            for x, reconstruction in kept:
-                d_loss = self.objective.discriminator_loss(x, reconstruction)
-                checkpointing.check_finite(float(d_loss.detach()), "discriminator loss", step)
-                (d_loss * scale).backward()
-                disc_total += share * float(d_loss.detach())
-            self.group.average_gradients(self.objective.discriminator.parameters())
+        self.optimizer.zero_grad(set_to_none=True)
+        if gan_active:
+            checkpointing.check_finite(totals["disc"], "discriminator loss", step)
             self.disc_optimizer.step()
-            totals["disc"] = disc_total
+            self.disc_optimizer.zero_grad(set_to_none=True)
         else:
-            totals.pop("gan"), totals.pop("gan_weight")
-        # the shares of all processes add up to the global-batch mean
-        row = dict(zip(totals, self.group.sum_values(list(totals.values()))))
-        row = {"step": step + 1, **row, "logvar": float(self.objective.logvar.detach())}
+            for key in ("gan", "gan_weight", "disc"):
+                totals.pop(key)
+        row = {"step": step + 1, **totals, "logvar": float(self.objective.logvar.detach())}
         row.update(self.regularizer.last_logs)
         self.step += 1
         return row
@@ -255,9 +318,10 @@ class TokenizerTrainer:
 
 def train_tokenizer(images: Any, labels: Any, spec: TokenizerSpec | Mapping[str, Any] | None,
                     out_dir: str | Path, teacher: Any = None, stop_after: int | None = None) -> Path | None:
-    """Train a tokenizer on uint8 (N,S,S,3) images (one process, or every process of a torchrun job); write ``model.safetensors``, ``config.json``,
+    """Train a tokenizer on uint8 (N,S,S,3) images; write ``model.safetensors``, ``config.json``,
     ``train_log.parquet`` (and ``checkpoints/``) into ``out_dir``; return ``out_dir``.
 
+    One process (``python``), or every process of a ``torchrun`` / ``accelerate launch`` job.
     Resumes from the newest checkpoint in ``out_dir/checkpoints`` by itself. ``stop_after`` ends the
     run after that many steps without writing the final files (returns None): it simulates a job
     killed after its checkpoint, for tests. The spec's ``batch_size`` is the global batch; it is met
@@ -273,44 +337,49 @@ def train_tokenizer(images: Any, labels: Any, spec: TokenizerSpec | Mapping[str,
         log.warning("train_tokenizer: only %d images, batch size lowered from %d", count, spec.batch_size)
     out_dir = Path(out_dir)
     checkpoint_dir = out_dir / CHECKPOINT_DIR
-    group = ProcessGroup()
-    micro = spec.micro_batch_size or batch_size // group.world_size
-    layout = BatchLayout(batch_size, micro, group.world_size, group.rank)
-    trainer = TokenizerTrainer(spec, teacher, group)
     latest = checkpointing.latest_checkpoint(checkpoint_dir)
-    if latest is not None:
-        trainer.load_state(checkpointing.load_checkpoint(latest))
+    resume_state = checkpointing.load_checkpoint(latest) if latest is not None else None
+    if resume_state is not None:  # refuse before any network or process group is built
+        require_same_spec(resume_state, spec, latest)
+    trainer = TokenizerTrainer(spec, teacher)
+    accelerator = trainer.accelerator
+    world = accelerator.num_processes
+    micro = spec.micro_batch_size or batch_size // world
+    layout = BatchLayout(batch_size, micro, world, accelerator.process_index)
+    if resume_state is not None:
+        trainer.load_state(resume_state)
         log.info("train_tokenizer: resumed from %s (step %d)", latest, trainer.step)
     order = EpochOrder(spec.seed, count, batch_size)
-    bar = progress(total=spec.steps, desc=f"tokenizer {spec.name}", unit="step")
+    bar = progress(total=spec.steps, desc=f"tokenizer {spec.name}", unit="step",
+                   disable=not accelerator.is_local_main_process)
     bar.update(trainer.step)
     while trainer.step < spec.steps:
         if stop_after is not None and trainer.step >= stop_after:
             bar.close()
             return None
         started = time.perf_counter()
-        batch = images[order.indices(trainer.step)]
-        if layout.total_micro_batches == 1:  # one process, one micro-batch: the plain step
-            row = trainer.train_step(to_model_input(batch))
-        else:
-            row = trainer.train_step_sharded(batch, layout)
+        row = trainer.train_step(torch.as_tensor(images[order.indices(trainer.step)]), layout)
         trainer.seconds += time.perf_counter() - started
         row["seconds"] = trainer.seconds
         trainer.log_rows.append(row)
         bar.update(1)
         bar.set_postfix(loss=f"{row['loss']:.4g}", l1=f"{row['l1']:.3f}")
-        if group.is_main and (trainer.step % spec.checkpoint_every == 0 or trainer.step == spec.steps):
-            checkpointing.save_checkpoint(checkpoint_dir, trainer.step, trainer.state())
+        if trainer.step % spec.checkpoint_every == 0 or trainer.step == spec.steps:
+            if accelerator.is_main_process:
+                checkpointing.save_checkpoint(checkpoint_dir, trainer.step, trainer.state())
+            accelerator.wait_for_everyone()
     bar.close()
-    if group.is_main:
+    if accelerator.is_main_process:
         write_outputs(trainer, out_dir)
-    group.barrier()
+    accelerator.wait_for_everyone()
     return out_dir
 
 
 def write_outputs(trainer: TokenizerTrainer, out_dir: Path) -> None:
     import pandas as pd
 
-    save_tensors(out_dir / WEIGHTS_FILE, trainer.model.state_dict(), metadata={"format": "diffusability-conv-vae"})
+    # float32 whatever the precision: autocast never changes the parameters themselves
+    weights = {key: value.detach().cpu() for key, value in trainer.model.state_dict().items()}
+    save_tensors(out_dir / WEIGHTS_FILE, weights, metadata={"format": "diffusability-conv-vae"})
     write_json(out_dir / CONFIG_FILE, trainer.spec.to_dict())
     write_parquet(pd.DataFrame(trainer.log_rows), out_dir / LOG_FILE, provenance(trainer.spec.to_dict()))

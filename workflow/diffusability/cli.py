@@ -19,6 +19,7 @@ from .progress import setup_logging
 COMMAND_MODULES = (
     "diffusability.data.commands",
     "diffusability.evaluation.commands",
+    "diffusability.evaluation.representation_commands",
     "diffusability.tokenizers.commands",
     "diffusability.diffusion.commands",
     "diffusability.sampling.commands",

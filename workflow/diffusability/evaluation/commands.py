@@ -27,8 +27,9 @@ def register(subparsers) -> None:
         description="Train the small domain CNN on the train split; report accuracy on the val split.")
     parser.add_argument("--spec", type=json_spec, required=True,
                         help='JSON: {"seed", "width", "steps", "batch_size", "lr", "weight_decay", ...}')
-    parser.add_argument("--train", required=True, help="train split (.safetensors)")
-    parser.add_argument("--val", required=True, help="val split (.safetensors)")
+    parser.add_argument("--train", required=True, help="train split (.safetensors or a shard index.json)")
+    parser.add_argument("--val", required=True, help="val split (.safetensors or a shard index.json)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when visible), cpu, cuda, cuda:1, …")
     parser.add_argument("--out", required=True, help="output directory")
     parser.set_defaults(func=run_train_teacher)
 
@@ -128,7 +129,8 @@ def run_train_teacher(args) -> None:
     metadata = read_split_metadata(args.train)
     num_classes = int(metadata["n_classes"]) if "n_classes" in metadata else None
     config = train_domain_classifier(train_images, train_labels, args.spec, args.out,
-                                     val_images=val_images, val_labels=val_labels, num_classes=num_classes)
+                                     val_images=val_images, val_labels=val_labels, num_classes=num_classes,
+                                     device=resolve_device(args.device))
     log.info("domain net: val accuracy %.3f (chance %.3f), train accuracy %.3f, %.1f s",
              config["val_accuracy"], config["chance_accuracy"], config["train_accuracy"], config["seconds"])
 

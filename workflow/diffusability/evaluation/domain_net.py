@@ -211,21 +211,23 @@ def _check_images(images, labels, name: str) -> tuple[np.ndarray, np.ndarray]:
 @torch.no_grad()
 def classification_accuracy(model: DomainClassifier, images: np.ndarray, labels: np.ndarray,
                             batch_size: int = 256) -> float:
-    """Fraction of uint8 (N, H, W, 3) images whose argmax logit equals their label."""
+    """Fraction of uint8 (N, H, W, 3) images whose argmax logit equals their label (on the model's device)."""
     from ..imaging import to_model_input
 
     was_training = model.training
+    device = next(model.parameters()).device
     model.eval()
     correct = 0
     for start in range(0, len(images), batch_size):
-        logits = model.logits(to_model_input(images[start:start + batch_size]))
+        logits = model.logits(to_model_input(images[start:start + batch_size]).to(device)).cpu()
         correct += int((logits.argmax(dim=1) == torch.as_tensor(labels[start:start + batch_size])).sum())
     model.train(was_training)
     return correct / len(images)
 
 
 def train_domain_classifier(images, labels, spec: dict | DomainNetSpec | None, out_dir,
-                            val_images=None, val_labels=None, num_classes: int | None = None) -> dict:
+                            val_images=None, val_labels=None, num_classes: int | None = None,
+                            device: str = "cpu") -> dict:
     """Train a :class:`DomainClassifier` and save it as a directory.
 
     Args:
@@ -259,7 +261,7 @@ def train_domain_classifier(images, labels, spec: dict | DomainNetSpec | None, o
     require(int(all_labels.max()) < num_classes, f"labels: max label {int(all_labels.max())} >= num_classes {num_classes}")
 
     torch.manual_seed(spec.seed)  # the initial weights
-    model = DomainClassifier(num_classes, int(images.shape[1]), spec.width)
+    model = DomainClassifier(num_classes, int(images.shape[1]), spec.width).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
 
     def learning_rate(step: int) -> float:
@@ -276,18 +278,20 @@ def train_domain_classifier(images, labels, spec: dict | DomainNetSpec | None, o
     bar = progress(range(spec.steps), total=spec.steps, desc="train domain net", unit="step")
     for step in bar:
         index = torch.randint(0, len(images), (min(spec.batch_size, len(images)),), generator=order_generator)
-        batch = _augment(to_model_input(images[index.numpy()]), spec, augment_generator)
+        # Augmentation draws on the CPU generator, so a GPU run sees the same crops and flips.
+        batch = _augment(to_model_input(images[index.numpy()]), spec, augment_generator).to(device)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step)
         logits = model.logits(batch)
-        loss = F.cross_entropy(logits, all_targets[index])
+        targets = all_targets[index].to(device)
+        loss = F.cross_entropy(logits, targets)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise DiffusabilityError(f"domain net cross-entropy is {value} at step {step}: lower teacher lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        accuracy = float((logits.argmax(1) == all_targets[index]).float().mean())
+        accuracy = float((logits.argmax(1) == targets).float().mean())
         rows.append({"step": step, "loss": value, "batch_accuracy": accuracy, "lr": learning_rate(step),
                      "seconds": time.perf_counter() - start})
         bar.set_postfix(loss=f"{value:.3f}", acc=f"{accuracy:.2f}", refresh=False)
@@ -310,7 +314,8 @@ def train_domain_classifier(images, labels, spec: dict | DomainNetSpec | None, o
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_tensors(out_dir / "model.safetensors", model.state_dict(), metadata={"kind": "domain_classifier"})
+    save_tensors(out_dir / "model.safetensors", {k: v.cpu() for k, v in model.state_dict().items()},
+                 metadata={"kind": "domain_classifier"})
     write_parquet(pd.DataFrame(rows), out_dir / "train_log.parquet", provenance(dataclasses.asdict(spec)))
     # config.json last: its presence marks a complete directory.
     write_json(out_dir / "config.json", config)

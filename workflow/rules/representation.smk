@@ -1,0 +1,73 @@
+# FDr (generation.representations, unset by default): reference statistics per representation space,
+# cached once from the reference images of `reference_stats`, and the rows fd_<space> / fdr_<space> /
+# fdr6 of every sample set, which the aggregate reads with its generation rows. The Inception space
+# is the sample set's gFID row (generation.feature_network: inception). Included by evaluation.smk.
+
+try:
+    REPRESENTATIONS = cfg.representation_models(config)
+except DiffusabilityError as exc:
+    raise WorkflowError(str(exc)) from None
+
+REPRESENTATION_ROWS = [layout.representation_rows(*job) for job in SAMPLE_JOBS] if REPRESENTATIONS else []
+
+
+def representation_stats(space):
+    return f"results/evaluation/representation_stats/{space}.npz"
+
+
+def representation_inputs(wildcards):
+    """Samples, the FDr code, each space's model config and reference statistics, and the gFID rows with the
+    Inception."""
+    inputs = {"samples": layout.samples_file(wildcards.tok, wildcards.bb, wildcards.cfg),
+              "code": code("evaluation/representation.py")}
+    for space, folder in REPRESENTATIONS.items():
+        inputs[f"model_{space}"], inputs[f"stats_{space}"] = f"{folder}/config.json", representation_stats(space)
+    if INCEPTION:
+        inputs["inception_rows"] = layout.generation_rows(wildcards.tok, wildcards.bb, wildcards.cfg)
+    return inputs
+
+
+def representation_args(wildcards, input):
+    """--space NAME MODEL STATS per space [--inception-rows ROWS]."""
+    args = [f"--space {space} {shlex.quote(folder)} {input['stats_' + space]}"
+            for space, folder in REPRESENTATIONS.items()]
+    if INCEPTION:
+        args.append(f"--inception-rows {input.inception_rows}")
+    return " ".join(args)
+
+
+if REPRESENTATIONS:
+
+    rule representation_reference_stats:
+        input:
+            images=REFERENCE["reference_statistics"] or data_split("val"),
+            model=lambda wc: f"{REPRESENTATIONS[wc.space]}/config.json",
+            code=code("evaluation/representation.py"),
+        output:
+            representation_stats("{space}"),
+        params:
+            model=lambda wc: shlex.quote(REPRESENTATIONS[wc.space]),
+            batch=REFERENCE["batch_size"],
+        wildcard_constraints:
+            space="|".join(REPRESENTATIONS),
+        log:
+            "logs/representation_reference_stats/{space}.log",
+        threads: THREADS
+        shell:
+            "OMP_NUM_THREADS={threads} {DIFFUSABILITY} representation-stats --images {input.images} "
+            "--space {wildcards.space} --model {params.model} --batch-size {params.batch} --out {output} > {log} 2>&1"
+
+    rule representation_metrics:
+        input:
+            unpack(representation_inputs),
+        output:
+            layout.representation_rows("{tok}", "{bb}", "{cfg}"),
+        params:
+            spec=as_arg({"batch_size": REFERENCE["batch_size"]}),
+            spaces=representation_args,
+        log:
+            "logs/representation_metrics/{tok}/{bb}/cfg{cfg}.log",
+        threads: THREADS
+        shell:
+            "OMP_NUM_THREADS={threads} {DIFFUSABILITY} representation-metrics --samples {input.samples} "
+            "{params.spaces} --spec {params.spec} --out {output} > {log} 2>&1"

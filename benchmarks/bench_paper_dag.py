@@ -1,4 +1,4 @@
-"""Wall time of the dry run of the full paper study (config/paper.yaml, 3,794 jobs): goal ≤ 15 s.
+"""Wall time of the dry run of the full paper study (config/paper.yaml, 3,795 jobs): goal ≤ 15 s.
 
 Lays out a temporary working directory like the repository root (Snakefile and workflow/ linked,
 config/paper.yaml with its /path/to/ placeholders pointed at empty stand-in folders and files),
@@ -51,6 +51,9 @@ def lay_out_workdir(work: Path) -> None:
     config = yaml.safe_load(text)
     for key in ("train_dir", "val_dir", "masks_dir"):
         Path(config["data"]["imagenet"][key]).mkdir(parents=True)
+    categories = Path(config["data"]["imagenet"]["mask_categories"])
+    categories.parent.mkdir(parents=True, exist_ok=True)
+    categories.write_text("n01440764\n")
     for key in ("inception_weights", "reference_statistics"):
         path = Path(config["generation"][key])
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -209,6 +209,9 @@ def test_sampling_data_and_metrics_are_the_papers(paper):
     assert set(paper["metrics"]["enabled"]) == {"viv", "lnc", "lds", "cds", "srss", "sec", "uniformity"}
     assert paper["metrics"]["params"]["srss"] == {"min_fg": 64, "min_bg": 64}
     assert paper["metrics"]["params"]["lnc"] == {"k": 5}
+    # 001's Rotate/Scale equivariance and iFID perspectives; FI/FIR (seed 002) and the probe are not 001's
+    assert paper["metrics"]["tokenizer"]["enabled"] == ["equivariance", "ifid"]
+    assert paper["metrics"]["model"]["enabled"] == []
     assert cfg.reference_spec(paper)["feature_network"] == "inception"
 
 
@@ -223,6 +226,8 @@ def paper_in_workdir(repo, work):
     imagenet = config["data"]["imagenet"]
     for key in ("train_dir", "val_dir", "masks_dir"):
         (work / imagenet[key]).mkdir(parents=True)
+    (work / imagenet["mask_categories"]).parent.mkdir(parents=True, exist_ok=True)
+    (work / imagenet["mask_categories"]).write_text("n01440764\n")
     for key in ("inception_weights", "reference_statistics"):
         (work / config["generation"][key]).parent.mkdir(parents=True, exist_ok=True)
         (work / config["generation"][key]).write_bytes(b"placeholder: a dry run never reads it")
@@ -237,11 +242,11 @@ def test_dry_run_plans_the_whole_study(repo, snakemake_exe, workdir_factory):
     counts = planned_jobs(snakemake_exe, work, "--configfile", "config/paper.yaml", "--replace-workflow-config")
     tokenizers, backbones, samples_per_tokenizer = 43 + 22 + 21, 4, 7 + 2 + 7 + 2
     expected = {
-        "imagenet_manifest": 2, "prepare_data": 1, "train_teacher": 1, "reference_stats": 1,
+        "imagenet_manifest": 2, "imagenet_shards": 2, "train_teacher": 1, "reference_stats": 1,
         "train_tokenizer": tokenizers, "reconstruction": tokenizers, "encode": tokenizers,
-        "latent_metrics": tokenizers, "train_diffusion": tokenizers * backbones,
+        "latent_metrics": tokenizers, "tokenizer_metrics": tokenizers, "train_diffusion": tokenizers * backbones,
         "sample": tokenizers * samples_per_tokenizer, "generation_metrics": tokenizers * samples_per_tokenizer,
         "aggregate": 1, "correlate": 1, "figures": 1, "summary": 1, "all": 1,
     }
     assert counts == expected
-    assert sum(counts.values()) == 3794
+    assert sum(counts.values()) == 3881

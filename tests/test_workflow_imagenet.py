@@ -79,8 +79,11 @@ def test_example_config_is_valid_and_sliced_per_command(repo):
     assert config["data"]["source"] == "imagenet"
     # prepare-data rejects the ingestion-only keys; they go to the manifest/shard rules instead.
     prepare = cfg.prepare_data_spec(config)
-    assert set(prepare["imagenet"]) == {"train_dir", "val_dir", "masks_dir", "max_bad_fraction"}
-    assert cfg.shards_spec(config) == {"image_size": 256, "shard_size": 1000, "workers": 16, "max_bad_fraction": 0.001}
+    assert set(prepare["imagenet"]) == {"train_dir", "val_dir", "masks_dir", "mask_categories", "max_bad_fraction"}
+    assert cfg.shards_spec(config, "train") == {
+        "image_size": 256, "shard_size": 1000, "workers": 16, "max_bad_fraction": 0.001, "split": "train", "seed": 0,
+        "n_classes": 1000, "n_images": config["data"]["n_train"], "masks_dir": None, "mask_categories": None,
+        "only_masked": False}
     assert cfg.generation_metrics_spec(config) == {"batch_size": 250, "is_splits": 10, "pr_k": 3}
     reference = cfg.reference_spec(config)
     assert reference["feature_network"] == "inception"
@@ -167,6 +170,43 @@ def test_example_as_configfile_replacing_the_default(repo, snakemake_exe, workdi
     assert counts["imagenet_manifest"] == 2 and counts["reference_stats"] == 1
 
 
+def test_shard_storage_replaces_prepare_data(repo, snakemake_exe, workdir_factory, imagenet_tree):
+    """storage: shards → the stages read the manifests' shards (two imagenet_shards jobs) and
+    prepare_data never runs; every other stage keeps its count."""
+    config = pointed_at(example(repo), imagenet_tree, reference_statistics=None)
+    config["data"]["imagenet"]["storage"] = "shards"
+    work = workdir_factory(config, name="imagenet_shards_storage")
+    expected = {**expected_full_counts(config), "imagenet_manifest": 2, "imagenet_shards": 2, "reference_stats": 1}
+    expected.pop("prepare_data")
+    assert planned_jobs(snakemake_exe, work) == expected
+    assert plan(snakemake_exe, work, "results/evaluation/reference_stats.npz") == {
+        "imagenet_manifest": 1, "imagenet_shards": 1, "reference_stats": 1}
+
+
+def test_reconstruction_measures_rfid_with_the_fid_inception(repo, snakemake_exe, workdir_factory, imagenet_tree):
+    """With generation.feature_network: inception the reconstruction job reads the Inception weights and
+    gets --inception-weights (rFID rows); the shard storage hands it the val shards."""
+    config = pointed_at(example(repo), imagenet_tree)
+    config["data"]["imagenet"]["storage"] = "shards"
+    work = workdir_factory(config, name="imagenet_rfid")
+    tok = sorted(config["tokenizers"])[0]
+    result = run_snakemake(snakemake_exe, work, f"results/reconstruction/{tok}.parquet", "-n", "-p", "--cores", "1",
+                           timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    command = next(line for line in output.splitlines() if " reconstruction --tokenizer" in line)
+    assert f"--inception-weights {imagenet_tree / 'fid_inception.safetensors'}" in command
+    assert "--data results/data/imagenet/shards/val/index.json" in command
+
+
+def test_shards_spec_selects_like_prepare_data(repo, imagenet_tree):
+    config = cfg.validate_config(pointed_at(example(repo), imagenet_tree))
+    train, val = cfg.shards_spec(config, "train"), cfg.shards_spec(config, "val")
+    assert train["masks_dir"] is None and not train["only_masked"] and train["n_images"] == config["data"]["n_train"]
+    assert val["only_masked"] and val["masks_dir"] == str(imagenet_tree / "validation-segmentation")
+    assert train["seed"] == val["seed"] == config["seed"] and train["n_classes"] == config["data"]["n_classes"]
+
+
 def test_own_reference_statistics_come_from_the_val_split(repo, snakemake_exe, workdir_factory, imagenet_tree):
     """reference_statistics: null → reference_stats reads the val split, which prepare_data builds from
     the manifests (not the raw tree)."""
@@ -187,7 +227,9 @@ def test_manifests_splits_and_shards_run(repo, snakemake_exe, workdir_factory, i
 
     config = pointed_at(example(repo), imagenet_tree)
     config["data"].update(image_size=32, n_train=16, n_val=16, n_classes=3)
-    config["data"]["imagenet"].update(workers=1, shard_size=7)
+    categories = imagenet_tree / "ImageNetS_categories_im3.txt"
+    categories.write_text("\n".join(WNIDS) + "\n")
+    config["data"]["imagenet"].update(workers=1, shard_size=7, mask_categories=str(categories))
     work = workdir_factory(config, name="imagenet_run")
     result = run_snakemake(snakemake_exe, work, "results/data/train.safetensors", "imagenet_shards_all",
                            "--cores", "2", timeout=600)
@@ -207,8 +249,19 @@ def test_manifests_splits_and_shards_run(repo, snakemake_exe, workdir_factory, i
     assert val["masks"].any() and not val["masks"].all()  # the object in the middle, not the border
     assert not val["mask_valid"].all()  # "ignore" pixels (id 1000) are marked not valid
 
-    for split in ("train", "val"):
+    # The ImageNet-S ids map back to the folder labels through the category list.
+    np.testing.assert_array_equal(val["mask_label"], val["labels"])
+
+    # Both storages hold the same selection: the shards equal prepare_data's files array for array.
+    for split, arrays in (("train", train), ("val", val)):
         shards = ShardedImages(work / f"results/data/imagenet/shards/{split}")
-        assert len(shards) == len(WNIDS) * PER_CLASS and shards.image_size == 32
+        assert len(shards) == 16 and shards.image_size == 32
+        np.testing.assert_array_equal(np.asarray(shards.images), arrays["images"])
+        np.testing.assert_array_equal(shards.labels, arrays["labels"])
         index = json.loads((work / f"results/data/imagenet/shards/{split}/index.json").read_text())
-        assert index["n_shards"] == 3  # 18 images in shards of 7
+        assert index["n_shards"] == 3  # 16 images in shards of 7
+    val_shards = ShardedImages(work / "results/data/imagenet/shards/val")
+    for key in ("masks", "mask_valid"):
+        np.testing.assert_array_equal(np.asarray(getattr(val_shards, key)), val[key])
+    np.testing.assert_array_equal(val_shards.mask_label, val["labels"])
+    assert index["mask_label_known"] == index["mask_label_agrees"] == 16

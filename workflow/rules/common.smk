@@ -45,6 +45,12 @@ wildcard_constraints:
     split="train|val",
 
 
+def data_split(split):
+    """The image split every stage reads: prepare_data's file, or the split's memory-mapped ImageNet
+    shards (data.imagenet.storage: shards; then prepare_data never runs)."""
+    return cfg.split_path(config, split)
+
+
 def as_arg(spec):
     """A spec dict as one shell-quoted JSON argument."""
     return shlex.quote(cfg.to_json(spec))
@@ -74,3 +80,25 @@ def launcher(wildcards, resources):
         return (f"{shlex.quote(sys.executable)} -m torch.distributed.run --standalone "
                 f"--nproc_per_node {gpus} -m diffusability")
     return DIFFUSABILITY
+
+
+# The user's data and weight paths are checked before any job runs (a typo names its key).
+# The feature network of the generation metrics (generation.feature_network): with the FID
+# Inception, reconstruction adds rFID and generation_metrics gives the ADM suite.
+try:
+    cfg.check_imagenet_paths(config)
+    REFERENCE = cfg.reference_spec(config)
+    cfg.check_generation_paths(config)
+except DiffusabilityError as exc:
+    raise WorkflowError(str(exc)) from None
+
+INCEPTION = REFERENCE["feature_network"] == "inception"
+REFERENCE_STATS = "results/evaluation/reference_stats.npz"
+
+
+def inception_args():
+    """Quoted --inception-weights [--inception-sha256] of the config."""
+    args = f"--inception-weights {shlex.quote(REFERENCE['inception_weights'])}"
+    if REFERENCE["inception_sha256"]:
+        args += f" --inception-sha256 {REFERENCE['inception_sha256']}"
+    return args

@@ -1,17 +1,13 @@
 # Data: the image splits (with labels and foreground masks) and the teacher network.
 #
-# ImageNet: each folder is listed once into a manifest (paths, labels, SHA-256); prepare_data
-# depends on the manifests, so Snakemake never stats or hashes the raw tree. After changing the
-# folders, rebuild the manifests with `snakemake -R imagenet_manifest`. prepare_data holds a split in
-# memory (cap data.n_train / data.n_val); the shards (`snakemake imagenet_shards_all`) are the
-# resumable, memory-mappable route for the full set.
+# ImageNet: each folder is listed once into a manifest (paths, labels, SHA-256); the splits depend
+# on the manifests, so Snakemake never stats or hashes the raw tree. After changing the folders,
+# rebuild the manifests with `snakemake -R imagenet_manifest`. Two storages (data.imagenet.storage):
+# `memory` — prepare_data writes each split as one file held in memory (cap data.n_train / n_val);
+# `shards` — imagenet_shards writes resumable, memory-mappable shards that every later stage reads
+# batch by batch (the full 1.28 M images).
 
 IMAGENET = config["data"]["source"] == "imagenet"
-
-try:
-    cfg.check_imagenet_paths(config)
-except DiffusabilityError as exc:
-    raise WorkflowError(str(exc)) from None
 
 
 def imagenet_manifest_file(split):
@@ -19,7 +15,7 @@ def imagenet_manifest_file(split):
 
 
 def imagenet_shards_index(split):
-    return f"results/data/imagenet/shards/{split}/index.json"
+    return layout.imagenet_shards_index(split)
 
 
 def imagenet_folder(split):
@@ -59,7 +55,7 @@ rule imagenet_shards:
     output:
         imagenet_shards_index("{split}"),
     params:
-        spec=lambda wc: as_arg(cfg.shards_spec(config)),
+        spec=lambda wc: as_arg(cfg.shards_spec(config, wc.split)),
         out=lambda wc, output: str(Path(output[0]).parent),
     log:
         "logs/imagenet_shards/{split}.log",
@@ -91,8 +87,8 @@ rule prepare_data:
 
 rule train_teacher:
     input:
-        train=layout.data_split("train"),
-        val=layout.data_split("val"),
+        train=data_split("train"),
+        val=data_split("val"),
     output:
         model=layout.teacher_file("model.safetensors"),
         config=layout.teacher_file("config.json"),

@@ -6,29 +6,15 @@
 # split, or ADM's VIRTUAL_imagenet256_labeled.npz (generation.reference_statistics), both cached
 # once by `reference_stats` in results/evaluation/reference_stats.npz.
 
-try:
-    REFERENCE = cfg.reference_spec(config)
-    cfg.check_generation_paths(config)
-except DiffusabilityError as exc:
-    raise WorkflowError(str(exc)) from None
-
-INCEPTION = REFERENCE["feature_network"] == "inception"
-REFERENCE_STATS = "results/evaluation/reference_stats.npz"
-
-
-def inception_args():
-    """Quoted --inception-weights [--inception-sha256] of the config."""
-    args = f"--inception-weights {shlex.quote(REFERENCE['inception_weights'])}"
-    if REFERENCE["inception_sha256"]:
-        args += f" --inception-sha256 {REFERENCE['inception_sha256']}"
-    return args
+# REFERENCE, INCEPTION, REFERENCE_STATS and inception_args() are defined in common.smk (the
+# reconstruction rule measures rFID with the same network).
 
 
 def generation_inputs(samples):
     """Inputs of a generation-metrics job: the samples plus the feature net and its reference."""
     if INCEPTION:
         return {"samples": samples, "reference": REFERENCE_STATS, "weights": REFERENCE["inception_weights"]}
-    return {"samples": samples, "val": layout.data_split("val"), "teacher": layout.teacher_file("model.safetensors")}
+    return {"samples": samples, "val": data_split("val"), "teacher": layout.teacher_file("model.safetensors")}
 
 
 def generation_args(wildcards, input):
@@ -42,7 +28,7 @@ if INCEPTION:
 
     rule reference_stats:
         input:
-            images=REFERENCE["reference_statistics"] or layout.data_split("val"),
+            images=REFERENCE["reference_statistics"] or data_split("val"),
             weights=REFERENCE["inception_weights"],
         output:
             REFERENCE_STATS,
@@ -103,3 +89,7 @@ rule trajectory_metrics:
     shell:
         "OMP_NUM_THREADS={threads} {DIFFUSABILITY} trajectory-metrics --trajectories {input.trajectories} "
         "--out {output} > {log} 2>&1"
+
+
+# FDr in representation spaces (generation.representations; no jobs when unset).
+include: "representation.smk"

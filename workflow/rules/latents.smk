@@ -4,8 +4,8 @@
 rule encode:
     input:
         model=layout.tokenizer_file("{tok}", "model.safetensors"),
-        train=layout.data_split("train"),
-        val=layout.data_split("val"),
+        train=data_split("train"),
+        val=data_split("val"),
     output:
         train=layout.latents_file("{tok}", "train"),
         val=layout.latents_file("{tok}", "val"),

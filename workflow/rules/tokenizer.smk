@@ -5,7 +5,7 @@
 
 rule train_tokenizer:
     input:
-        train=layout.data_split("train"),
+        train=data_split("train"),
         teacher=layout.teacher_file("model.safetensors"),
     output:
         model=layout.tokenizer_file("{tok}", "model.safetensors"),
@@ -46,12 +46,14 @@ rule import_tokenizer:
 rule reconstruction:
     input:
         model=layout.tokenizer_file("{tok}", "model.safetensors"),
-        val=layout.data_split("val"),
+        val=data_split("val"),
         teacher=layout.teacher_file("model.safetensors"),
+        inception=[REFERENCE["inception_weights"]] if INCEPTION else [],
     output:
         layout.reconstruction_rows("{tok}"),
     params:
         spec=as_arg(cfg.reconstruction_spec(config)),
+        rfid=inception_args() if INCEPTION else "",  # rFID rows with the FID Inception
         tokenizer=lambda wc, input: str(Path(input.model).parent),
         teacher=lambda wc, input: str(Path(input.teacher).parent),
     log:
@@ -59,4 +61,4 @@ rule reconstruction:
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {DIFFUSABILITY} reconstruction --tokenizer {params.tokenizer} "
-        "--data {input.val} --feature-net {params.teacher} --spec {params.spec} --out {output} > {log} 2>&1"
+        "--data {input.val} --feature-net {params.teacher} {params.rfid} --spec {params.spec} --out {output} > {log} 2>&1"

@@ -149,36 +149,37 @@ def load_cropped_mask_ids(mask_path: str | os.PathLike, image_path: str, size: i
     return adm_center_crop_labels(ids, size)
 
 
-def _load_mask(mask_path: Path, image_path: str, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """ImageNet-S mask of one image → (foreground, valid) bool (size, size), aligned with the crop."""
-    from .imagenet_s import foreground_and_valid
-
-    return foreground_and_valid(load_cropped_mask_ids(mask_path, image_path, size))
-
-
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError)  # PIL raises these for truncated/invalid files
 
 
 def load_images(paths: list[str], labels: list[int], size: int, *, mask_paths: list[Path | None] | None = None,
-                max_bad_fraction: float = 0.001, desc: str = "images") -> dict:
+                max_bad_fraction: float = 0.001, desc: str = "images", mask_lookup: np.ndarray | None = None) -> dict:
     """Decode and center-crop ``paths``; skip unreadable files up to ``max_bad_fraction``.
 
     Returns ``{"images": uint8 (N, size, size, 3), "labels": int64 (N,), "masks": bool (N, size, size),
-    "mask_valid": bool (N, size, size), "bad": list[(path, reason)]}`` over the readable images.
-    Images without a mask get ``masks`` and ``mask_valid`` all False (nothing known).
+    "mask_valid": bool (N, size, size), "mask_label": int64 (N,), "bad": list[(path, reason)]}`` over the
+    readable images. Images without a mask get ``masks`` and ``mask_valid`` all False (nothing known).
+    ``mask_label`` is the ImageNet-1k label of a mask's dominant ImageNet-S class through
+    ``mask_lookup`` (:func:`~diffusability.data.imagenet_s.class_id_to_label`), −1 when unknown.
     """
+    from .imagenet_s import dominant_label, foreground_and_valid
+
     require(len(paths) == len(labels), "load_images: paths and labels differ in length")
     n = len(paths)
     images = np.zeros((n, size, size, 3), dtype=np.uint8)
     masks = np.zeros((n, size, size), dtype=bool)
     valid = np.zeros((n, size, size), dtype=bool)
+    mask_label = np.full(n, -1, dtype=np.int64)
     keep = np.ones(n, dtype=bool)
     bad: list[tuple[str, str]] = []
     for i in progress(range(n), total=n, desc=desc, unit="img"):
         try:
             images[i] = load_center_cropped(paths[i], size)
             if mask_paths is not None and mask_paths[i] is not None:
-                masks[i], valid[i] = _load_mask(mask_paths[i], paths[i], size)
+                ids = load_cropped_mask_ids(mask_paths[i], paths[i], size)
+                masks[i], valid[i] = foreground_and_valid(ids)
+                if mask_lookup is not None:
+                    mask_label[i] = dominant_label(ids, mask_lookup)
         except _DECODE_ERRORS as exc:
             keep[i] = False
             bad.append((paths[i], f"{type(exc).__name__}: {exc}"))
@@ -189,7 +190,7 @@ def load_images(paths: list[str], labels: list[int], size: int, *, mask_paths: l
             f"{len(bad)} of {n} {desc} unreadable ({len(bad) / n:.4%} > max_bad_fraction "
             f"{max_bad_fraction:.4%}): {listed}{' …' if len(bad) > 10 else ''}")
     return {"images": images[keep], "labels": np.asarray(labels, dtype=np.int64)[keep],
-            "masks": masks[keep], "mask_valid": valid[keep], "bad": bad}
+            "masks": masks[keep], "mask_valid": valid[keep], "mask_label": mask_label[keep], "bad": bad}
 
 
 # ----------------------------------------------------------------------------- splits
@@ -219,6 +220,11 @@ def prepare_imagenet_splits(spec) -> dict:
         from .imagenet_s import index_masks
 
         mask_index = index_masks(cfg.masks_dir)
+    mask_lookup = None
+    if cfg.masks_dir is not None and cfg.mask_categories is not None:
+        from .imagenet_s import class_id_to_label, read_categories
+
+        mask_lookup = class_id_to_label(read_categories(cfg.mask_categories), {w: k for k, w in enumerate(wnids)})
 
     splits = {}
     for name, root, count in (("train", cfg.train_dir, spec.n_train), ("val", cfg.val_dir, spec.n_val)):
@@ -235,7 +241,8 @@ def prepare_imagenet_splits(spec) -> dict:
         mask_paths = ([mask_index.get(Path(p).stem) for p in paths]
                       if (name == "val" and mask_index is not None) else None)
         split = load_images(paths, labels, spec.image_size, mask_paths=mask_paths,
-                            max_bad_fraction=cfg.max_bad_fraction, desc=f"{name} images")
+                            max_bad_fraction=cfg.max_bad_fraction, desc=f"{name} images",
+                            mask_lookup=mask_lookup if name == "val" else None)
         log.info("%s: %d images read, %d unreadable skipped", name, len(split["labels"]), len(split["bad"]))
         split.pop("bad")
         splits[name] = split

@@ -254,6 +254,46 @@ def write_shards(manifest, out_dir: str | os.PathLike, *, image_size: int, shard
     return index
 
 
+def write_array_shards(split: dict, out_dir: str | os.PathLike, *, shard_size: int = 1000,
+                       n_classes: int | None = None) -> dict:
+    """Write an in-memory split (``images`` uint8 (N, S, S, 3), ``labels`` (N,), optional ``masks`` /
+    ``mask_valid`` bool (N, S, S) and ``mask_label`` (N,)) as shards in the layout of
+    :func:`write_shards`, e.g. to move a ``prepare-data`` file to the memory-mapped storage."""
+    images, labels = np.asarray(split["images"]), np.asarray(split["labels"], dtype=np.int64)
+    require(images.dtype == np.uint8 and images.ndim == 4 and images.shape[1] == images.shape[2],
+            f"write_array_shards: images must be uint8 (N, S, S, 3), got {images.dtype} {images.shape}")
+    require(labels.shape == (len(images),), "write_array_shards: one label per image")
+    with_masks = split.get("masks") is not None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for k, start in enumerate(range(0, len(images), shard_size)):
+        rows = np.arange(start, min(start + shard_size, len(images)), dtype=np.int64)
+        arrays = {"images": images[rows], "labels": labels[rows], "rows": rows}
+        if with_masks:
+            masks = np.asarray(split["masks"], dtype=bool)[rows]
+            valid = split.get("mask_valid")
+            mask_label = split.get("mask_label")
+            arrays.update(masks=masks, mask_valid=np.asarray(valid, dtype=bool)[rows] if valid is not None
+                          else np.ones_like(masks),
+                          mask_label=np.asarray(mask_label, dtype=np.int64)[rows] if mask_label is not None
+                          else np.full(len(rows), -1, dtype=np.int64))
+        names = shard_names(out, k)
+        for kind, array in arrays.items():
+            _save_npy(names[kind], array)
+        record = {"index": k, "first_row": int(start), "n_rows": len(rows), "n_images": len(rows),
+                  "image_size": int(images.shape[1]), "masks": with_masks, "bad": []}
+        write_json(names["shard"], record)
+        records.append(record)
+    index = {"image_size": int(images.shape[1]), "shard_size": shard_size, "n_rows": len(images),
+             "n_images": len(images), "n_shards": len(records),
+             "n_classes": int(n_classes) if n_classes is not None else int(labels.max() + 1 if len(labels) else 0),
+             "masks": with_masks, "shards": [{"index": r["index"], "n_images": r["n_images"]} for r in records],
+             "bad": []}
+    write_json(out / "index.json", index)
+    return index
+
+
 class ConcatenatedArrays:
     """Read-only global indexing over arrays (memory-mapped shards) that share their trailing shape.
 
@@ -269,6 +309,10 @@ class ConcatenatedArrays:
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
 
     def _empty(self) -> np.ndarray:
         return np.zeros((0, *self.shape[1:]), dtype=self.dtype)

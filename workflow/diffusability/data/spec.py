@@ -23,6 +23,7 @@ class ImagenetSpec:
     train_dir: str | None = None        # train/<wnid>/*.JPEG; its sorted wnids define the labels
     val_dir: str | None = None          # val/<wnid>/ILSVRC2012_val_XXXXXXXX.JPEG
     masks_dir: str | None = None        # ImageNet-S validation-segmentation/<wnid>/*.png, or None
+    mask_categories: str | None = None  # ImageNet-S category list (wnid per class id) → mask_label
     max_bad_fraction: float = 0.001     # unreadable images tolerated (skipped) up to this share
     cache_dir: str | None = None        # `datasets` cache; None = HF_HOME's default
 

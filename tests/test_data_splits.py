@@ -173,3 +173,31 @@ def test_reconstruction_rfid_rows_use_the_fid_inception(stores, tmp_path):
     rebuilt = extract_inception_outputs(net, reconstruct(load_tokenizer(tokenizer), images, 4).numpy(), 4)["pool3"]
     expected = frechet_distance(*feature_statistics(originals), *feature_statistics(rebuilt))
     assert rows.loc["rfid", "value"] == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_reconstruction_lpips_rows_average_the_per_image_distance(stores, tmp_path):
+    """--lpips-weights adds lpips rows: the mean LPIPS-VGG distance of each image to its reconstruction."""
+    from diffusability.imaging import to_model_input
+    from diffusability.tokenizers import load_tokenizer
+    from diffusability.tokenizers.commands import reconstruct
+    from diffusability.tokenizers.lpips import LPIPSVGG, load_lpips_vgg
+
+    root, paths = stores
+    torch.manual_seed(1)
+    vgg = {f"features.{k}": v for k, v in LPIPSVGG().features.state_dict().items()}
+    heads = {f"lin{level}.weight": torch.rand(1, c, 1, 1) for level, c in enumerate((64, 128, 256, 512, 512))}
+    save_tensors(tmp_path / "lpips.safetensors", {**vgg, **heads})
+    tokenizer = root / "file" / "tok"
+    if not (tokenizer / "model.safetensors").is_file():
+        _run("train-tokenizer", "--spec", json.dumps(TOKENIZER), "--train", paths["train"]["file"],
+             "--teacher", root / "teacher", "--out", tokenizer)
+    _run("reconstruction", "--tokenizer", tokenizer, "--data", paths["val"]["file"], "--feature-net",
+         root / "teacher", "--lpips-weights", tmp_path / "lpips.safetensors", "--spec",
+         json.dumps({"batch_size": 4}), "--out", tmp_path / "rec.parquet")
+    rows = read_parquet(tmp_path / "rec.parquet").set_index("metric")
+    images = torch.as_tensor(open_image_split(paths["val"]["file"]).images)
+    rebuilt = reconstruct(load_tokenizer(tokenizer), images, 4)
+    with torch.no_grad():
+        expected = load_lpips_vgg(tmp_path / "lpips.safetensors")(to_model_input(images), to_model_input(rebuilt))
+    assert rows.loc["lpips", "value"] == pytest.approx(float(expected.double().mean()), rel=1e-5)
+    assert rows.loc["lpips", "direction"] == "lower" and rows.loc["lpips_untrained", "value"] > 0

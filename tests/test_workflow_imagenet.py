@@ -185,9 +185,12 @@ def test_shard_storage_replaces_prepare_data(repo, snakemake_exe, workdir_factor
 
 def test_reconstruction_measures_rfid_with_the_fid_inception(repo, snakemake_exe, workdir_factory, imagenet_tree):
     """With generation.feature_network: inception the reconstruction job reads the Inception weights and
-    gets --inception-weights (rFID rows); the shard storage hands it the val shards."""
+    gets --inception-weights (rFID rows), with generation.lpips_weights --lpips-weights (LPIPS rows); the
+    shard storage hands it the val shards."""
     config = pointed_at(example(repo), imagenet_tree)
     config["data"]["imagenet"]["storage"] = "shards"
+    (imagenet_tree / "lpips_vgg.safetensors").write_bytes(b"placeholder: a dry run never reads it")
+    config["generation"]["lpips_weights"] = str(imagenet_tree / "lpips_vgg.safetensors")
     work = workdir_factory(config, name="imagenet_rfid")
     tok = sorted(config["tokenizers"])[0]
     result = run_snakemake(snakemake_exe, work, f"results/reconstruction/{tok}.parquet", "-n", "-p", "--cores", "1",
@@ -197,6 +200,7 @@ def test_reconstruction_measures_rfid_with_the_fid_inception(repo, snakemake_exe
     command = next(line for line in output.splitlines() if " reconstruction --tokenizer" in line)
     assert f"--inception-weights {imagenet_tree / 'fid_inception.safetensors'}" in command
     assert "--data results/data/imagenet/shards/val/index.json" in command
+    assert f"--lpips-weights {imagenet_tree / 'lpips_vgg.safetensors'}" in command
 
 
 def test_shards_spec_selects_like_prepare_data(repo, imagenet_tree):

@@ -43,17 +43,23 @@ rule import_tokenizer:
         "--out {params.out} > {log} 2>&1"
 
 
+LPIPS_WEIGHTS = config["generation"].get("lpips_weights")
+
+
 rule reconstruction:
     input:
         model=layout.tokenizer_file("{tok}", "model.safetensors"),
         val=data_split("val"),
         teacher=layout.teacher_file("model.safetensors"),
         inception=[REFERENCE["inception_weights"]] if INCEPTION else [],
+        lpips=[LPIPS_WEIGHTS] if LPIPS_WEIGHTS else [],
     output:
         layout.reconstruction_rows("{tok}"),
     params:
         spec=as_arg(cfg.reconstruction_spec(config)),
-        rfid=inception_args() if INCEPTION else "",  # rFID rows with the FID Inception
+        # rFID rows with the FID Inception, LPIPS rows with LPIPS-VGG weights (MODELS.md §3.4)
+        extra=(inception_args() if INCEPTION else "")
+        + (f" --lpips-weights {shlex.quote(LPIPS_WEIGHTS)}" if LPIPS_WEIGHTS else ""),
         tokenizer=lambda wc, input: str(Path(input.model).parent),
         teacher=lambda wc, input: str(Path(input.teacher).parent),
     log:
@@ -61,4 +67,4 @@ rule reconstruction:
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {DIFFUSABILITY} reconstruction --tokenizer {params.tokenizer} "
-        "--data {input.val} --feature-net {params.teacher} {params.rfid} --spec {params.spec} --out {output} > {log} 2>&1"
+        "--data {input.val} --feature-net {params.teacher} {params.extra} --spec {params.spec} --out {output} > {log} 2>&1"

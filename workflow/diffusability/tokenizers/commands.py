@@ -64,6 +64,8 @@ def register(subparsers) -> None:
     parser.add_argument("--inception-weights", default=None,
                         help="FID Inception-v3 weights (.safetensors): adds the rFID rows")
     parser.add_argument("--inception-sha256", default=None, help="expected SHA-256 of --inception-weights")
+    parser.add_argument("--lpips-weights", default=None,
+                        help="LPIPS-VGG weights (VGG16 features + lin heads; .safetensors/.pth): adds the lpips rows")
     parser.add_argument("--device", default="auto", help="auto (cuda when visible), cpu, cuda, cuda:1, …")
     parser.add_argument("--out", required=True, help="result rows (.parquet)")
     parser.set_defaults(func=run_reconstruction)
@@ -279,15 +281,25 @@ def original_features(extractors: dict, images, batch_size: int) -> dict:
     return {name: torch.cat(parts) for name, parts in features.items()}
 
 
+def lpips_distances(lpips_net, device: str = "cpu"):
+    """(originals, reconstructions) uint8 (n,H,W,3) batches → per-image LPIPS-VGG distances (n,) on [-1, 1]."""
+    from ..imaging import to_model_input
+
+    lpips_net = lpips_net.to(device)
+    return lambda a, b: lpips_net(to_model_input(a).to(device), to_model_input(b).to(device)).double().cpu()
+
+
 def reconstruction_metrics(model, images, feature_net, batch_size: int, extractors: dict | None = None,
-                           references: dict | None = None, device: str = "cpu") -> dict[str, float]:
+                           references: dict | None = None, device: str = "cpu",
+                           pair_scores: dict | None = None) -> dict[str, float]:
     """{"psnr", "ssim", "rfd"[, "rfid"]} of ``model`` on uint8 images (N,H,W,3) (posterior mean).
 
     Streams: each batch is reconstructed on ``device``, scored (per-image PSNR on uint8, SSIM with data
     range 1) and featurised, then dropped, so a 50,000-image memory-mapped val split never sits in
     memory. ``extractors`` maps a row name to a batch → (n, F) feature function (default: ``rfd`` from
     the domain net ``feature_net``); ``references`` holds the originals' features per name (computed
-    when missing, so that several models can share one pass over the originals).
+    when missing, so that several models can share one pass over the originals). ``pair_scores`` maps a
+    row name to a per-image score of (originals, reconstructions), averaged over images (e.g. ``lpips``).
     """
     import numpy as np
     import torch
@@ -304,6 +316,8 @@ def reconstruction_metrics(model, images, feature_net, batch_size: int, extracto
         references.update(original_features(missing, images, batch_size))
     to_unit = lambda batch: batch.permute(0, 3, 1, 2).double() / 255.0  # noqa: E731 - [0, 1] NCHW for SSIM
     psnr, ssim_values = [], []
+    pair_scores = pair_scores or {}
+    scores = {name: [] for name in pair_scores}
     features = {name: [] for name in extractors}
     count = images.shape[0]
     with torch.no_grad():
@@ -314,7 +328,10 @@ def reconstruction_metrics(model, images, feature_net, batch_size: int, extracto
             ssim_values.append(ssim(to_unit(originals), to_unit(reconstructions), data_range=1.0))
             for name, extract in extractors.items():
                 features[name].append(extract(reconstructions))
+            for name, score in pair_scores.items():
+                scores[name].append(score(originals, reconstructions))
     values = {"psnr": mean_psnr(np.concatenate(psnr)), "ssim": float(torch.cat(ssim_values).mean())}
+    values.update({name: float(torch.cat(parts).mean()) for name, parts in scores.items()})
     for name in extractors:
         mu_ref, sigma_ref = feature_statistics(references[name])
         mu_rec, sigma_rec = feature_statistics(torch.cat(features[name]))
@@ -329,6 +346,7 @@ RECONSTRUCTION_ROWS = {
     "rfd": ("lower", "Frechet distance of domain-net features, originals vs reconstructions"),
     "rfid": ("lower", "rFID: Frechet distance of FID Inception-v3 pool3 features (TF1 resize to 299), "
                       "originals vs reconstructions"),
+    "lpips": ("lower", "LPIPS-VGG v0.1 on [-1, 1], mean over images"),
 }
 
 
@@ -352,19 +370,24 @@ def run_reconstruction(args: argparse.Namespace) -> int:
     extractors = {"rfd": domain_features(load_domain_classifier(args.feature_net), device)}
     if args.inception_weights:
         extractors["rfid"] = inception_features(load_inception(args), device)
+    pair_scores = {}
+    if args.lpips_weights:
+        from .lpips import load_lpips_vgg
+
+        pair_scores["lpips"] = lpips_distances(load_lpips_vgg(args.lpips_weights), device)
     trained = load_tokenizer(args.tokenizer).to(device)
     untrained = initial_tokenizer(trained.spec).eval().to(device)
     references = original_features(extractors, images, batch_size)
     params = json.dumps({"tokenizer": trained.spec.name, "posterior": "mean",
-                         **{name: RECONSTRUCTION_ROWS[name][1] for name in ("psnr", "ssim", *extractors)},
+                         **{name: RECONSTRUCTION_ROWS[name][1] for name in ("psnr", "ssim", *pair_scores, *extractors)},
                          "untrained": "same config.json and seed, before training"}, sort_keys=True)
     rows = []
     for suffix, model in (("", trained), ("_untrained", untrained)):
         started = time.perf_counter()
         values = reconstruction_metrics(model, images, None, batch_size, extractors=extractors,
-                                        references=references, device=device)
+                                        references=references, device=device, pair_scores=pair_scores)
         seconds = time.perf_counter() - started
-        for metric in ("psnr", "ssim", *extractors):
+        for metric in ("psnr", "ssim", *pair_scores, *extractors):
             rows.append({"metric": metric + suffix, "value": float(values[metric]),
                          "direction": RECONSTRUCTION_ROWS[metric][0], "params": params,
                          "n": int(images.shape[0]), "seconds": seconds})

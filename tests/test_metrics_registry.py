@@ -15,7 +15,8 @@ from diffusability.metrics.spatial import local_distant_similarity
 from diffusability.metrics.spectral import spectral_energy_concentration
 
 EXPECTED_NAMES = ["viv_uniform", "viv_logit_normal", "viv_uniform_per_dim", "viv_logit_normal_per_dim",
-                  "viv_curve", "viv_marginal", "lnc", "lds", "cds", "srss", "rmsc", "sec", "uniformity_cv",
+                  "viv_curve", "viv_marginal", "lnc", "lds", "cds", "srss", "rmsc", "sec", "fi", "fir",
+                  "fi_curve", "fir_curve", "fi_mixture", "fir_mixture", "linear_probe", "uniformity_cv",
                   "uniformity_gini", "uniformity_entropy"]
 
 
@@ -31,17 +32,29 @@ def data(n=24, c=4, hw=8, seed=0):
 def test_names_directions_and_groups():
     assert list(METRICS) == EXPECTED_NAMES
     lower = {"viv_uniform", "viv_logit_normal", "viv_uniform_per_dim", "viv_logit_normal_per_dim",
-             "viv_curve", "viv_marginal", "sec", "uniformity_cv", "uniformity_gini"}
+             "viv_curve", "viv_marginal", "sec", "uniformity_cv", "uniformity_gini",
+             "fi", "fir", "fi_curve", "fir_curve", "fi_mixture", "fir_mixture"}
     for name, spec in METRICS.items():
         assert spec.direction == ("lower" if name in lower else "higher"), name
     assert GROUPS["viv"] == tuple(EXPECTED_NAMES[:4])
     assert GROUPS["uniformity"] == ("uniformity_cv", "uniformity_gini", "uniformity_entropy")
+    assert GROUPS["fisher"] == ("fi", "fir")
+    # the rows of the tokenizer-metrics and model-metrics commands have directions too
+    assert registry.metric_direction("rotate_error") == "lower"
+    assert registry.metric_direction("scale_consistency") == "higher"
+    assert registry.metric_direction("ifid") == registry.metric_direction("fir_model") == "lower"
 
 
 def test_expand_names_respects_inputs():
     assert expand_names("all", False, False) == ["lds", "cds", "rmsc", "sec", "uniformity_cv",
                                                  "uniformity_gini", "uniformity_entropy"]
     assert "srss" in expand_names(["all"], True, True) and "lnc" in expand_names(["all"], True, False)
+    # fi/fir are cheap (one flip-flop fit, like VIV) and in `all`; curves, mixture and probe are opt-in
+    everything = expand_names(["all"], True, True, have_train=True)
+    assert {"fi", "fir"} <= set(everything)
+    assert not {"fi_curve", "fir_curve", "fi_mixture", "fir_mixture", "linear_probe"} & set(everything)
+    with pytest.raises(DiffusabilityError, match="training latents"):
+        expand_names(["linear_probe"], True, True)
     assert expand_names("viv,lds", True, False) == EXPECTED_NAMES[:4] + ["lds"]
     with pytest.raises(DiffusabilityError, match="masks"):
         expand_names(["srss"], True, False)
@@ -193,3 +206,96 @@ def test_viv_curve_is_opt_in_and_leaves_other_viv_rows_unchanged():
     curve = both[both.metric == "viv_curve"]
     assert [json.loads(q)["t"] for q in curve.params] == [0.5, 1.0]
     assert curve.value.iloc[1] == pytest.approx(latents[0].numel(), rel=1e-12)   # σ²_irr(1) = D
+
+
+def test_fisher_rows_match_the_closed_form_of_a_diagonal_gaussian():
+    """Class covariance exactly diag(d) ⊗ I_P: φ(s) = (1/C)Σ_k s/(d_k+s), ψ(s) = (1/C)Σ_k s²/(d_k+s)²."""
+    d = np.array([0.25, 1.0, 4.0])
+    latents, labels = exact_diagonal_kronecker_classes(d.tolist())
+    grid = {"s_min": 0.01, "s_max": 100.0, "s_points": 5}
+    frame = compute_metrics(latents, labels, names=["fisher", "fi_curve", "fir_curve"],
+                            params={"fisher_class_conditional": {"shrinkage": "none", **grid}})
+    s = np.logspace(-2, 2, 5)
+    phi = (s[:, None] / (d[None] + s[:, None])).mean(1)
+    psi = (s[:, None] ** 2 / (d[None] + s[:, None]) ** 2).mean(1)
+    value = frame.set_index("metric")["value"]
+    assert value["fi"] == pytest.approx(phi.mean(), rel=1e-5)
+    assert value["fir"] == pytest.approx(psi.mean(), rel=1e-5)
+    for name, expected in (("fi_curve", phi), ("fir_curve", psi)):
+        curve = frame[frame.metric == name]
+        assert [json.loads(p)["s"] for p in curve.params] == pytest.approx(s, rel=1e-12)
+        assert curve.value.to_numpy() == pytest.approx(expected, rel=1e-5)
+    assert (frame.direction == "lower").all()
+    assert json.loads(frame.params.iloc[0])["s_points"] == 5
+
+
+def test_fisher_rows_are_scale_ordered():
+    """Shrinking the within-class spread raises fi and fir (larger score, larger score Jacobian)."""
+    latents, labels, _ = data(n=48)
+    wide = compute_metrics(latents, labels, names=["fisher"]).set_index("metric")["value"]
+    narrow = compute_metrics(0.1 * latents, labels, names=["fisher"]).set_index("metric")["value"]
+    assert narrow["fi"] > wide["fi"] and narrow["fir"] > wide["fir"]
+    assert 0 <= wide["fi"] <= 1 and wide["fir"] >= 0
+
+
+def test_mixture_fisher_of_one_class_agrees_with_the_gaussian_closed_form():
+    d = [0.25, 1.0, 4.0]
+    latents, labels = exact_diagonal_kronecker_classes(d, n_classes=1, per_class=17)
+    grid = {"s_min": 0.1, "s_max": 10.0, "s_points": 3, "shrinkage": "none"}
+    frame = compute_metrics(latents, labels, names=["fi", "fi_mixture", "fir", "fir_mixture"],
+                            params={"fisher_class_conditional": grid,
+                                    "fisher_mixture": {**grid, "draws": 4000, "probes": 2}})
+    value = frame.set_index("metric")["value"]
+    # one component: the mixture score is the Gaussian score, so Monte Carlo meets the closed form
+    assert value["fi_mixture"] == pytest.approx(value["fi"], rel=0.02)
+    assert value["fir_mixture"] == pytest.approx(value["fir"], rel=0.03)
+
+
+def test_linear_probe_needs_and_uses_train_latents():
+    g = torch.Generator().manual_seed(0)
+
+    def separable(n):
+        labels = torch.arange(n) % 2
+        latents = 0.2 * torch.randn(n, 2, 3, 3, generator=g)
+        latents[:, 0] += (2.0 * labels - 1.0)[:, None, None]
+        return latents, labels
+
+    val, val_labels = separable(20)
+    train, train_labels = separable(60)
+    frame = compute_metrics(val, val_labels, names=["linear_probe"], train_latents=train, train_labels=train_labels,
+                            params={"linear_probe": {"epochs": 40, "batch_size": 16}})
+    row = frame.iloc[0]
+    assert (row.metric, row.value, row.direction, row.n) == ("linear_probe", 1.0, "higher", 20)
+    assert json.loads(row.params)["batch_size"] == 16
+    # a probe trained on labels unrelated to the latents cannot beat chance by much on fresh val latents
+    shuffled = train_labels[torch.randperm(60, generator=g)]
+    chance = compute_metrics(val, val_labels, names=["linear_probe"], train_latents=train, train_labels=shuffled)
+    assert chance.value.iloc[0] < 1.0
+    with pytest.raises(DiffusabilityError, match="shape"):
+        compute_metrics(val, val_labels, names=["linear_probe"], train_latents=train[:, :1], train_labels=train_labels)
+
+
+def test_viv_and_fisher_share_one_covariance_fit(monkeypatch):
+    """With VIV and the analytic FI/FIR requested together the class covariances are fitted once, and the
+    FI/FIR values equal those of a run that fits them on its own."""
+    from diffusability.metrics import viv
+
+    generator = torch.Generator().manual_seed(3)
+    latents = torch.randn(24, 2, 3, 3, generator=generator)
+    labels = torch.arange(3).repeat_interleave(8)
+    alone = compute_metrics(latents, labels, names=["fi", "fir"]).set_index("metric")["value"]
+    calls = []
+    original = viv.fit_class_covariances
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(viv, "fit_class_covariances", counting)
+    together = compute_metrics(latents, labels, names=["viv_uniform", "fi", "fir"]).set_index("metric")["value"]
+    assert len(calls) == 1
+    np.testing.assert_allclose(together[["fi", "fir"]].to_numpy(), alone[["fi", "fir"]].to_numpy(), rtol=1e-12)
+    # different fit parameters are not shared
+    calls.clear()
+    compute_metrics(latents, labels, names=["viv_uniform", "fi"], params={"fi": {"tol": 1e-5}})
+    assert len(calls) == 2

@@ -43,6 +43,11 @@ def expected_full_counts(config: dict) -> dict[str, int]:
     }
     if config["sampling"].get("trajectories", 64) > 0:
         counts["trajectory_metrics"] = n_samples
+    metrics = config.get("metrics") or {}
+    if (metrics.get("tokenizer") or {}).get("enabled"):
+        counts["tokenizer_metrics"] = n_tok
+    if (metrics.get("model") or {}).get("enabled"):
+        counts["model_metrics"] = n_tok * n_bb
     if untrained:
         counts["sample_untrained"] = n_tok * n_bb
         counts["untrained_generation_metrics"] = n_tok * n_bb

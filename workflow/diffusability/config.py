@@ -179,8 +179,30 @@ def generation_spec(config: dict) -> dict:
     return dict(config["generation"])
 
 
+#: keys of the ``metrics`` section read by the tokenizer_metrics / model_metrics rules, not by latent_metrics
+NETWORK_METRIC_KEYS = ("tokenizer", "model")
+
+
 def metrics_spec(config: dict) -> dict:
-    return {"seed": config["seed"], **config["metrics"]}
+    """The ``latent-metrics`` spec: seed, enabled, params (the other rules' keys left out, so that
+    switching on a tokenizer or model metric does not rerun the latent metrics)."""
+    metrics = {k: v for k, v in config["metrics"].items() if k not in NETWORK_METRIC_KEYS}
+    return {"seed": config["seed"], **metrics}
+
+
+def metrics_need_train_latents(config: dict) -> bool:
+    """Whether the latent metrics read the train latents too (only the linear probe does)."""
+    return "linear_probe" in config["metrics"]["enabled"]
+
+
+def tokenizer_metrics_spec(config: dict) -> dict:
+    """The ``tokenizer-metrics`` spec (``metrics.tokenizer``); ``enabled`` empty means no job."""
+    return {"seed": config["seed"], **config["metrics"].get("tokenizer", {})}
+
+
+def model_metrics_spec(config: dict) -> dict:
+    """The ``model-metrics`` spec (``metrics.model``); ``enabled`` empty means no job."""
+    return {"seed": config["seed"], **config["metrics"].get("model", {})}
 
 
 def to_json(spec: dict) -> str:
@@ -194,10 +216,10 @@ def to_json(spec: dict) -> str:
 # do not change.
 
 #: keys of ``data.imagenet`` read only by the manifest and shard rules (``prepare-data`` rejects them)
-IMAGENET_INGEST_KEYS = ("workers", "shard_size")
+IMAGENET_INGEST_KEYS = ("workers", "shard_size", "storage")
 #: documented defaults of the ``generation`` keys that the schema does not write into the config
 GENERATION_DEFAULTS = {"pr_k": 3, "feature_network": "domain", "inception_weights": None,
-                       "inception_sha256": None, "reference_statistics": None}
+                       "inception_sha256": None, "reference_statistics": None, "lpips_weights": None}
 
 
 def imagenet_spec(config: dict) -> dict:
@@ -209,8 +231,20 @@ def imagenet_spec(config: dict) -> dict:
     if data["source"] != "imagenet":
         raise DiffusabilityError(f"data.source is {data['source']!r}: the ImageNet rules need data.source 'imagenet'")
     entry = dict(data.get("imagenet") or {})
-    return {"masks_dir": None, "max_bad_fraction": 0.001, "cache_dir": None, "workers": 1, "shard_size": 1000,
-            **entry}
+    return {"masks_dir": None, "mask_categories": None, "max_bad_fraction": 0.001, "cache_dir": None, "workers": 1,
+            "shard_size": 1000, "storage": "memory", **entry}
+
+
+def uses_shards(config: dict) -> bool:
+    """True when every stage reads the memory-mapped ImageNet shards (``data.imagenet.storage: shards``)."""
+    return config["data"]["source"] == "imagenet" and imagenet_spec(config)["storage"] == "shards"
+
+
+def split_path(config: dict, split: str) -> str:
+    """The image split that the stages read: ``prepare_data``'s file, or the split's shard index."""
+    from .analysis import layout
+
+    return layout.imagenet_shards_index(split) if uses_shards(config) else layout.data_split(split)
 
 
 def prepare_data_spec(config: dict) -> dict:
@@ -221,11 +255,16 @@ def prepare_data_spec(config: dict) -> dict:
     return spec
 
 
-def shards_spec(config: dict) -> dict:
-    """The ``imagenet-shards`` spec: crop size, shard size, worker processes, unreadable share."""
+def shards_spec(config: dict, split: str) -> dict:
+    """The ``imagenet-shards`` spec of one split: crop, shard size, workers, unreadable share, and the
+    selection ``prepare_data`` would make (classes, seeded subset, val images with a mask)."""
     entry = imagenet_spec(config)
-    return {"image_size": config["data"]["image_size"], "shard_size": entry["shard_size"],
-            "workers": entry["workers"], "max_bad_fraction": entry["max_bad_fraction"]}
+    data = config["data"]
+    masks = entry["masks_dir"] if split == "val" else None
+    return {"image_size": data["image_size"], "shard_size": entry["shard_size"], "workers": entry["workers"],
+            "max_bad_fraction": entry["max_bad_fraction"], "split": split, "seed": config["seed"],
+            "n_classes": data["n_classes"], "n_images": data[f"n_{split}"], "masks_dir": masks,
+            "mask_categories": entry["mask_categories"] if masks else None, "only_masked": masks is not None}
 
 
 def check_imagenet_paths(config: dict) -> None:
@@ -242,6 +281,10 @@ def check_imagenet_paths(config: dict) -> None:
     problems = [f"data.imagenet.{key}: {entry[key]} is not a directory (expected {layout_hint} inside)"
                 for key, layout_hint in expected.items()
                 if entry.get(key) is not None and not Path(entry[key]).is_dir()]
+    categories = entry.get("mask_categories")
+    if categories is not None and not Path(categories).is_file():
+        problems.append(f"data.imagenet.mask_categories: {categories} is not a file (expected the ImageNet-S "
+                        "category list, e.g. ImageNetS_categories_im919.txt)")
     if problems:
         raise DiffusabilityError("ImageNet folders not found:\n  " + "\n  ".join(problems))
 
@@ -260,7 +303,8 @@ def reference_spec(config: dict) -> dict:
     "inception_sha256": hex|None, "reference_statistics": path|None, "batch_size": int}``.
     """
     generation = config["generation"]
-    spec = {key: generation.get(key, default) for key, default in GENERATION_DEFAULTS.items() if key != "pr_k"}
+    spec = {key: generation.get(key, default) for key, default in GENERATION_DEFAULTS.items()
+            if key not in ("pr_k", "lpips_weights")}
     spec["batch_size"] = generation["batch_size"]
     if spec["feature_network"] == "inception" and not spec["inception_weights"]:
         raise DiffusabilityError("generation.inception_weights: required when generation.feature_network is 'inception'")
@@ -270,6 +314,10 @@ def reference_spec(config: dict) -> dict:
 def check_generation_paths(config: dict) -> None:
     """Fail at once, naming the key, when the Inception weights or the ADM reference batch are missing."""
     spec = reference_spec(config)
+    lpips = config["generation"].get("lpips_weights")
+    if lpips and not Path(lpips).is_file():
+        raise DiffusabilityError(f"generation.lpips_weights: {lpips} not found (LPIPS-VGG weights; see "
+                                 "benchmarks/convert_lpips_weights.py)")
     if spec["feature_network"] != "inception":
         return
     problems = []
@@ -281,6 +329,21 @@ def check_generation_paths(config: dict) -> None:
                         "VIRTUAL_imagenet256_labeled.npz, or null to compute statistics from the val split)")
     if problems:
         raise DiffusabilityError("generation metric inputs not found:\n  " + "\n  ".join(problems))
+
+
+def representation_models(config: dict) -> dict[str, str]:
+    """``generation.representations`` ({space: local model folder}, sorted; {} when off), paths checked.
+
+    The FDr spaces besides the Inception (whose FD is the gFID of ``feature_network: inception``).
+    Fails at once, naming the key, when a folder has no ``config.json`` (a ``save_pretrained`` folder).
+    """
+    models = dict(sorted((config["generation"].get("representations") or {}).items()))
+    problems = [f"generation.representations.{name}: {folder}/config.json not found (save the model there with "
+                "save_pretrained; nothing is downloaded)"
+                for name, folder in models.items() if not (Path(folder) / "config.json").is_file()]
+    if problems:
+        raise DiffusabilityError("representation models not found:\n  " + "\n  ".join(problems))
+    return models
 
 
 def reconstruction_spec(config: dict) -> dict:

@@ -27,7 +27,9 @@ rule aggregate:
     input:
         reconstruction=expand(layout.reconstruction_rows("{tok}"), tok=TOKENIZERS),
         metrics=expand(layout.latent_metric_rows("{tok}"), tok=TOKENIZERS),
-        generation=[layout.generation_rows(*job) for job in SAMPLE_JOBS],
+        tokenizer_metrics=network_metric_rows()["tokenizer_metrics"],
+        model_metrics=network_metric_rows()["model_metrics"],
+        generation=[layout.generation_rows(*job) for job in SAMPLE_JOBS] + REPRESENTATION_ROWS,
         trajectory=[layout.trajectory_rows(*job) for job in SAMPLE_JOBS] if RECORD_TRAJECTORIES else [],
         untrained=untrained_rows(),
         code=code("analysis/tables.py"),
@@ -42,7 +44,8 @@ rule aggregate:
         "logs/aggregate.log",
     shell:
         "{DIFFUSABILITY} aggregate --spec {params.spec} --reconstruction {input.reconstruction} "
-        "--metrics {input.metrics} --generation {input.generation} --trajectory {input.trajectory} "
+        "--metrics {input.metrics} --tokenizer-metrics {input.tokenizer_metrics} "
+        "--model-metrics {input.model_metrics} --generation {input.generation} --trajectory {input.trajectory} "
         "--untrained {input.untrained} --out-dir results/tables > {log} 2>&1"
 
 

@@ -1,12 +1,35 @@
-# Latent proxy metrics of each tokenizer, on the normalised validation latents.
+# Proxy metrics of each tokenizer: on the normalised validation latents (latent_metrics), with the
+# tokenizer's encoder/decoder (tokenizer_metrics: equivariance, iFID) and with each trained diffusion
+# model (model_metrics: FI/FIR from its score). The last two run only when `metrics.tokenizer.enabled`
+# / `metrics.model.enabled` name something; their rows join the metrics table in `aggregate`.
+
+TOKENIZER_METRICS = bool(config["metrics"]["tokenizer"]["enabled"])
+MODEL_METRICS = bool(config["metrics"]["model"]["enabled"])
+
+
+def latent_metric_inputs(wildcards):
+    """val latents and stats; the train latents only when a metric needs them (the linear probe)."""
+    inputs = {
+        "val": layout.latents_file(wildcards.tok, "val"),
+        "stats": layout.latents_file(wildcards.tok, "stats"),
+        "code": code("metrics/registry.py", "metrics/normalization.py", "metrics/viv.py", "metrics/semantic.py",
+                     "metrics/spatial.py", "metrics/spectral.py", "metrics/uniformity.py", "metrics/fisher.py"),
+    }
+    if cfg.metrics_need_train_latents(config):
+        inputs["train"] = layout.latents_file(wildcards.tok, "train")
+    return inputs
+
+
+def network_metric_rows():
+    """The tokenizer_metrics and model_metrics outputs the aggregation gathers ([] when switched off)."""
+    tokenizer = expand(layout.tokenizer_metric_rows("{tok}"), tok=TOKENIZERS) if TOKENIZER_METRICS else []
+    model = expand(layout.model_metric_rows("{tok}", "{bb}"), tok=TOKENIZERS, bb=BACKBONES) if MODEL_METRICS else []
+    return {"tokenizer_metrics": tokenizer, "model_metrics": model}
 
 
 rule latent_metrics:
     input:
-        val=layout.latents_file("{tok}", "val"),
-        stats=layout.latents_file("{tok}", "stats"),
-        code=code("metrics/registry.py", "metrics/normalization.py", "metrics/viv.py", "metrics/semantic.py",
-                  "metrics/spatial.py", "metrics/spectral.py", "metrics/uniformity.py"),
+        unpack(latent_metric_inputs),
     output:
         layout.latent_metric_rows("{tok}"),
     params:
@@ -18,3 +41,47 @@ rule latent_metrics:
     shell:
         "OMP_NUM_THREADS={threads} {DIFFUSABILITY} latent-metrics --latents {params.latents} "
         "--spec {params.spec} --out {output} > {log} 2>&1"
+
+
+rule tokenizer_metrics:
+    input:
+        model=layout.tokenizer_file("{tok}", "model.safetensors"),
+        val=data_split("val"),
+        latents=[layout.latents_file("{tok}", name) for name in ("train", "val", "stats")],
+        teacher=layout.teacher_file("model.safetensors"),
+        code=code("metrics/model_commands.py", "metrics/equivariance.py", "metrics/continuity.py"),
+    output:
+        layout.tokenizer_metric_rows("{tok}"),
+    params:
+        spec=as_arg(cfg.tokenizer_metrics_spec(config)),
+        tokenizer=lambda wc, input: str(Path(input.model).parent),
+        latents=lambda wc, input: str(Path(input.latents[0]).parent),
+        teacher=lambda wc, input: str(Path(input.teacher).parent),
+    log:
+        "logs/tokenizer_metrics/{tok}.log",
+    threads: THREADS
+    shell:
+        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} tokenizer-metrics --tokenizer {params.tokenizer} "
+        "--data {input.val} --latents {params.latents} --feature-net {params.teacher} --spec {params.spec} "
+        "--out {output} > {log} 2>&1"
+
+
+rule model_metrics:
+    input:
+        ema=layout.diffusion_file("{tok}", "{bb}", "ema.safetensors"),
+        config=layout.diffusion_file("{tok}", "{bb}", "config.json"),
+        val=layout.latents_file("{tok}", "val"),
+        stats=layout.latents_file("{tok}", "stats"),
+        code=code("metrics/model_commands.py", "metrics/fisher.py"),
+    output:
+        layout.model_metric_rows("{tok}", "{bb}"),
+    params:
+        spec=as_arg(cfg.model_metrics_spec(config)),
+        diffusion=lambda wc, input: str(Path(input.ema).parent),
+        latents=lambda wc, input: str(Path(input.val).parent),
+    log:
+        "logs/model_metrics/{tok}/{bb}.log",
+    threads: THREADS
+    shell:
+        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} model-metrics --diffusion {params.diffusion} "
+        "--latents {params.latents} --spec {params.spec} --out {output} > {log} 2>&1"

@@ -16,7 +16,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("aggregate", help="per-job rows → results/tables/*.parquet")
     p.add_argument("--spec", type=json_spec, required=True,
                    help='{"tokenizers": {name: {family, regularizer, ...}}, "config": {...}}')
-    for name in ("reconstruction", "metrics", "generation", "trajectory", "untrained"):
+    for name in ("reconstruction", "metrics", "tokenizer-metrics", "model-metrics", "generation", "trajectory",
+                 "untrained"):
         p.add_argument(f"--{name}", nargs="*", default=[], metavar="PARQUET")
     p.add_argument("--out-dir", type=Path, required=True)
     p.set_defaults(func=run_aggregate)
@@ -63,7 +64,7 @@ def run_aggregate(args: argparse.Namespace) -> None:
     frames = {
         "tokenizers": tables.tokenizer_table(args.spec["tokenizers"]),
         "reconstruction": tables.reconstruction_table(args.reconstruction),
-        "metrics": tables.metrics_table(args.metrics),
+        "metrics": tables.metrics_table(args.metrics, args.tokenizer_metrics, args.model_metrics),
         "generation": tables.generation_table(args.generation, args.trajectory, args.untrained),
     }
     for name, frame in frames.items():
@@ -71,7 +72,24 @@ def run_aggregate(args: argparse.Namespace) -> None:
         log.info("%s: %d rows", name, len(frame))
 
 
+def _per_backbone(metrics, generation):
+    """Yield (backbone, metric rows, generation rows) per backbone of the generation table.
+
+    Model-based rows (e.g. ``fi_model``) carry the backbone they were measured on; a backbone's
+    correlations use its own such rows next to the rows of the tokenizer alone (backbone "").
+    """
+    backbone = metrics["backbone"] if "backbone" in metrics.columns else None
+    trained = sorted(generation.loc[generation["model"] == "trained", "backbone"].unique())
+    if not trained:  # nothing to correlate with: let correlate() say so
+        yield None, metrics, generation
+    for name in trained:
+        rows = metrics if backbone is None else metrics[backbone.isin(["", name])]
+        yield name, rows, generation[generation["backbone"] == name]
+
+
 def run_correlate(args: argparse.Namespace) -> None:
+    import pandas as pd
+
     from ..io import parquet_metadata, write_parquet
     from . import correlations as corr
 
@@ -79,10 +97,13 @@ def run_correlate(args: argparse.Namespace) -> None:
     target = args.spec.get("target", "fd")
     methods = tuple(args.spec.get("methods", ("pearson", "spearman")))
     families = t["tokenizers"].set_index("tokenizer")["family"]
-    proxies = corr.proxy_matrix(t["metrics"], t["reconstruction"])
     directions = corr.directions(t["metrics"], t["reconstruction"])
-    correlations = corr.correlate(proxies, t["generation"], families, target, methods, directions)
-    regressions = corr.pairwise_regressions(proxies, t["generation"], families, target)
+    correlations, regressions = [], []
+    for backbone, metrics, generation in _per_backbone(t["metrics"], t["generation"]):
+        proxies = corr.proxy_matrix(metrics, t["reconstruction"])
+        correlations.append(corr.correlate(proxies, generation, families, target, methods, directions))
+        regressions.append(corr.pairwise_regressions(proxies, generation, families, target))
+    correlations, regressions = pd.concat(correlations, ignore_index=True), pd.concat(regressions, ignore_index=True)
     meta = parquet_metadata(args.tables / "generation.parquet")
     write_parquet(correlations, args.out_correlations, meta)
     write_parquet(regressions, args.out_regressions, meta)

@@ -25,6 +25,11 @@ def data_split(split: str) -> str:
     return f"{RESULTS}/data/{split}.safetensors"
 
 
+def imagenet_shards_index(split: str) -> str:
+    """The index of a split's memory-mapped ImageNet shards (its completion marker)."""
+    return f"{RESULTS}/data/imagenet/shards/{split}/index.json"
+
+
 def teacher_file(name: str = "model.safetensors") -> str:
     return f"{RESULTS}/teacher/{name}"
 
@@ -45,6 +50,16 @@ def latent_metric_rows(tok: str) -> str:
     return f"{RESULTS}/metrics/{tok}.parquet"
 
 
+def tokenizer_metric_rows(tok: str) -> str:
+    """Rows of the proxies that need the tokenizer's encoder/decoder (equivariance, iFID)."""
+    return f"{RESULTS}/metrics/{tok}/tokenizer.parquet"
+
+
+def model_metric_rows(tok: str, bb: str) -> str:
+    """Rows of the proxies of one trained diffusion model (model-based FI/FIR)."""
+    return f"{RESULTS}/metrics/{tok}/{bb}/model.parquet"
+
+
 def diffusion_file(tok: str, bb: str, name: str = "ema.safetensors") -> str:
     return f"{RESULTS}/diffusion/{tok}/{bb}/{name}"
 
@@ -63,6 +78,11 @@ def generation_rows(tok: str, bb: str, cfg: str) -> str:
 
 def trajectory_rows(tok: str, bb: str, cfg: str) -> str:
     return f"{RESULTS}/generation/{tok}/{bb}/cfg{cfg}.trajectory.parquet"
+
+
+def representation_rows(tok: str, bb: str, cfg: str) -> str:
+    """FDr rows (fd_<space>, fdr_<space>, fdr6) of a sample set, when generation.representations is set."""
+    return f"{RESULTS}/generation/{tok}/{bb}/cfg{cfg}.representation.parquet"
 
 
 def untrained_samples_file(tok: str, bb: str) -> str:
@@ -90,10 +110,18 @@ def _pattern(template: str) -> re.Pattern:
 _PARSERS = {
     "reconstruction": _pattern(reconstruction_rows("{tok}")),
     "metrics": _pattern(latent_metric_rows("{tok}")),
+    "tokenizer_metrics": _pattern(tokenizer_metric_rows("{tok}")),
+    "model_metrics": _pattern(model_metric_rows("{tok}", "{bb}")),
     "generation": _pattern(generation_rows("{tok}", "{bb}", "{cfg}")),
     "trajectory": _pattern(trajectory_rows("{tok}", "{bb}", "{cfg}")),
+    "representation": _pattern(representation_rows("{tok}", "{bb}", "{cfg}")),
     "untrained": _pattern(untrained_generation_rows("{tok}", "{bb}")),
 }
+
+
+def is_kind(kind: str, path: str) -> bool:
+    """Whether ``path`` is a results path of ``kind``."""
+    return bool(_PARSERS[kind].match(str(PurePosixPath(path))))
 
 
 def parse(kind: str, path: str) -> tuple[str, ...]:

@@ -63,8 +63,23 @@ def reconstruction_table(paths: Iterable[str]) -> pd.DataFrame:
     return _concat(paths, "reconstruction", ("tokenizer",))
 
 
-def metrics_table(paths: Iterable[str]) -> pd.DataFrame:
-    return _concat(paths, "metrics", ("tokenizer",))
+def metrics_table(paths: Iterable[str], tokenizer_paths: Iterable[str] = (),
+                  model_paths: Iterable[str] = ()) -> pd.DataFrame:
+    """Latent-metric rows, plus those of the tokenizer_metrics and model_metrics steps.
+
+    Columns: tokenizer, metric, value, direction, params, n, seconds, backbone; ``backbone`` (last, so
+    the columns before it keep their places) names the diffusion model of a model-based row (e.g.
+    ``fi_model``) and is "" for rows of the tokenizer alone.
+    """
+    frames = []
+    for paths, kind in ((paths, "metrics"), (tokenizer_paths, "tokenizer_metrics")):
+        frame = _concat(paths, kind, ("tokenizer",))
+        frame["backbone"] = ""
+        frames.append(frame)
+    frame = _concat(model_paths, "model_metrics", ("tokenizer", "backbone"))
+    frames.append(frame[[c for c in frame.columns if c != "backbone"] + ["backbone"]])
+    table = pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
+    return table.astype({"backbone": str})
 
 
 def generation_table(generation: Iterable[str], trajectory: Iterable[str] = (),
@@ -74,7 +89,11 @@ def generation_table(generation: Iterable[str], trajectory: Iterable[str] = (),
     Columns: tokenizer, backbone, cfg_scale (float), model ("trained"/"untrained"), metric, …
     """
     frames = []
-    for paths, kind in ((generation, "generation"), (trajectory, "trajectory")):
+    # A sample set's FDr rows (fd_<space>, fdr_<space>, fdr6) arrive among its generation rows.
+    generation = list(generation)
+    representation = [path for path in generation if layout.is_kind("representation", path)]
+    generation = [path for path in generation if not layout.is_kind("representation", path)]
+    for paths, kind in ((generation, "generation"), (representation, "representation"), (trajectory, "trajectory")):
         frame = _concat(paths, kind, ("tokenizer", "backbone", "cfg"))
         frame.insert(3, "model", "trained")
         frames.append(frame)

@@ -8,6 +8,9 @@
   and ``stats.safetensors`` (train-split mean/std); latents are normalised with those statistics,
   exactly as the diffusion model sees them. The spec is
   ``{"enabled": [names…], "params": {metric_or_group: {…}}, "seed": int (optional, provenance only)}``.
+  ``train.safetensors`` is read too, only when a named metric needs the training latents
+  (``linear_probe``); ``metrics`` takes them as ``--train FILE``.
+* ``tokenizer-metrics`` and ``model-metrics``: see :mod:`.model_commands`.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ def register(subparsers) -> None:
     p.add_argument("--param", action="append", type=_parse_param, default=[], metavar="METRIC.KEY=VALUE",
                    help="metric parameter (repeatable), e.g. lnc.k=10 or uniformity.repeats=1")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--train", default=None,
+                   help="training latents (.npz/.safetensors: latents (M,C,H,W), labels (M,)) for linear_probe; "
+                        "normalised like INPUT")
     p.set_defaults(func=run_metrics)
 
     q = subparsers.add_parser("latent-metrics", help="latent proxy metrics of a tokenizer's validation latents")
@@ -56,6 +62,11 @@ def register(subparsers) -> None:
     q.add_argument("--out", required=True, help="output Parquet table")
     q.add_argument("--device", default="cpu", help="torch device (default cpu)")
     q.set_defaults(func=run_latent_metrics)
+
+    # the proxies that need the tokenizer or a trained diffusion model live in their own module
+    from .model_commands import register as register_network_metrics
+
+    register_network_metrics(subparsers)
 
 
 def read_latent_inputs(arrays: dict, source: str) -> tuple:
@@ -101,11 +112,18 @@ def run_metrics(args) -> int:
     from .registry import compute_metrics
 
     latents, labels, masks = read_latent_inputs(load_arrays(args.input), str(args.input))
+    train_latents = train_labels = None
+    if args.train is not None:
+        train_latents, train_labels, _ = read_latent_inputs(load_arrays(args.train), str(args.train))
+        require(train_labels is not None, f"{args.train}: the training latents need 'labels' (M,)")
     if args.normalize == "per-channel":
         mean, std = channel_stats(latents)
         latents = normalize_latents(latents, mean, std)
+        if train_latents is not None:  # the same coordinates as INPUT
+            train_latents = normalize_latents(train_latents, mean, std)
     params = _params_from_flags(args.param)
-    table = compute_metrics(latents, labels, masks, names=args.metrics, params=params, device=args.device)
+    table = compute_metrics(latents, labels, masks, names=args.metrics, params=params, device=args.device,
+                            train_latents=train_latents, train_labels=train_labels)
     write_parquet(table, args.out, provenance({"input": str(args.input), "metrics": args.metrics,
                                                "normalize": args.normalize, "params": params}))
     return 0
@@ -127,7 +145,7 @@ def _validate_spec(spec: dict) -> tuple[list[str], dict]:
 def run_latent_metrics(args) -> int:
     from ..io import load_tensors, provenance, write_parquet
     from .normalization import normalize_latents
-    from .registry import compute_metrics
+    from .registry import compute_metrics, expand_names, requirements
 
     enabled, params = _validate_spec(args.spec)
     directory = Path(args.latents)
@@ -144,6 +162,14 @@ def run_latent_metrics(args) -> int:
         latents = normalize_latents(latents, stats["mean"].float(), stats["std"].float())
     except DiffusabilityError as exc:
         raise DiffusabilityError(f"{stats_path}: {exc}") from exc
-    table = compute_metrics(latents, labels, masks, names=enabled, params=params, device=args.device)
+    train_latents = train_labels = None
+    wanted = expand_names(enabled, labels is not None, masks is not None, have_train=True)
+    if any("train" in requirements(name) for name in wanted):
+        train_path = directory / "train.safetensors"
+        train = {k: v.numpy() for k, v in load_tensors(train_path, ["latents", "labels"]).items()}
+        train_latents, train_labels, _ = read_latent_inputs(train, str(train_path))
+        train_latents = normalize_latents(train_latents, stats["mean"].float(), stats["std"].float())
+    table = compute_metrics(latents, labels, masks, names=enabled, params=params, device=args.device,
+                            train_latents=train_latents, train_labels=train_labels)
     write_parquet(table, args.out, provenance(args.spec, latents=str(directory)))
     return 0

@@ -188,3 +188,77 @@ def model_fisher(
     out["J_stderr"], out["J_prime_stderr"] = torch.stack(j_err), torch.stack(jp_err)
     out["t"] = 1.0 / (1.0 + s.sqrt())
     return out
+
+
+# --------------------------------------------------------------------------- scalar summaries for the registry
+
+#: default noise-variance grid of the scalar summaries (METRICS.md §8.1: log grid s ∈ [1e-3, 1e2], 32 points)
+S_MIN, S_MAX, S_POINTS = 1e-3, 1e2, 32
+
+
+def log_s_grid(s_min: float = S_MIN, s_max: float = S_MAX, s_points: int = S_POINTS) -> torch.Tensor:
+    """(s_points,) float64 noise variances, log-uniform from ``s_min`` to ``s_max`` (both included)."""
+    require(0 < s_min < s_max and math.isfinite(s_max), f"s grid: expected 0 < s_min < s_max, got {s_min}, {s_max}")
+    require(int(s_points) >= 2, f"s grid: expected s_points ≥ 2, got {s_points}")
+    return torch.logspace(math.log10(s_min), math.log10(s_max), int(s_points), dtype=torch.float64)
+
+
+def fisher_scalars(curves: dict) -> dict:
+    """The two scalar proxies of a set of FI/FIR curves on a log-uniform s grid [CHOICE].
+
+    ``fi``  = mean over the grid of φ(s) = s·J(s)/D ∈ [0, 1]   (FI in units of its pure-noise limit D/s);
+    ``fir`` = mean over the grid of ψ(s) = −s²·J'(s)/D ≥ 0     (|FIR| in the same units).
+    A mean over a log-uniform grid is the average over log s, so every decade of noise counts equally.
+    Both are dimensionless, so latents of different size D compare; lower is better (METRICS.md §8.2).
+    Curves of shape (…, S) give scalars of shape (…); a (K, S) stack of classes is averaged over K first.
+    """
+    phi, psi = curves["phi"], curves["psi"]
+    if phi.ndim > 1:
+        phi, psi = phi.reshape(-1, phi.shape[-1]).mean(0), psi.reshape(-1, psi.shape[-1]).mean(0)
+    return {"fi": float(phi.mean()), "fir": float(psi.mean()), "s": curves["s"], "phi": phi, "psi": psi}
+
+
+def class_conditional_fisher(latents: torch.Tensor, labels: torch.Tensor, *, s_min: float = S_MIN,
+                             s_max: float = S_MAX, s_points: int = S_POINTS, shrinkage: str = "ledoit_wolf",
+                             tol: float = 1e-7, max_iter: int = 100, min_per_class: int = 2,
+                             classes_per_batch: int | None = None, progress: bool = True,
+                             spectra=None) -> dict:
+    """Analytic FI/FIR of the class Gaussians N(M_c, Σ_S,c ⊗ Σ_C,c) fitted as for VIV (§8.2 b, §1.4).
+
+    Args:
+        latents: (N, C, H, W) normalised latents; labels: (N,) int (≥ ``min_per_class`` per class).
+        spectra: the :class:`~diffusability.metrics.viv.KroneckerSpectra` of these latents when VIV has
+            already fitted them with the same fit parameters (the registry shares one fit); else fitted here.
+    Returns:
+        ``dict(fi, fir, s (S,), phi (S,), psi (S,), n_classes)``: φ, ψ are the equal-weight class means
+        of each class's closed-form curves; fi, fir their means over the log-uniform s grid.
+    """
+    from diffusability.metrics.viv import fit_class_covariances
+
+    if spectra is None:
+        spectra = fit_class_covariances(latents, labels, shrinkage=shrinkage, tol=tol, max_iter=max_iter,
+                                        min_per_class=min_per_class, classes_per_batch=classes_per_batch,
+                                        progress=progress)
+    out = fisher_scalars(kronecker_fisher_curves(spectra, log_s_grid(s_min, s_max, s_points)))
+    out["n_classes"] = len(spectra.classes)
+    return out
+
+
+def mixture_fisher(latents: torch.Tensor, labels: torch.Tensor, *, s_min: float = S_MIN, s_max: float = S_MAX,
+                   s_points: int = S_POINTS, draws: int = 2000, probes: int = 1, seed: int = 0,
+                   shrinkage: str = "ledoit_wolf", tol: float = 1e-7, max_iter: int = 100,
+                   min_per_class: int = 2, batch_size: int | None = None, progress: bool = True) -> dict:
+    """FI/FIR of the fitted class mixture (the marginal law of the latents) by Monte Carlo (§8.2 b).
+
+    Every draw evaluates all K components, so the cost is draws·S·K·(C²P + CP²): meant for small K
+    (the embedded default) or a subset of classes. Returns ``dict(fi, fir, s, phi, psi, n_classes)``.
+    """
+    from diffusability.metrics.viv import fit_class_covariances
+
+    spectra = fit_class_covariances(latents, labels, shrinkage=shrinkage, tol=tol, max_iter=max_iter,
+                                    min_per_class=min_per_class, return_factors=True, progress=progress)
+    curves = mixture_fisher_curves(spectra, log_s_grid(s_min, s_max, s_points), draws=draws, probes=probes,
+                                   seed=seed, batch_size=batch_size)
+    out = fisher_scalars(curves)
+    out["n_classes"] = len(spectra.classes)
+    return out

@@ -5,7 +5,11 @@ t-SNE per subset) that may yield several metric values; each *metric* names one 
 computation. ``compute_metrics`` runs every needed computation once and returns the tidy rows of
 CONTRIBUTING.md: ``metric, value (float64), direction, params (JSON), n, seconds``.
 
-Parameters are given per metric name, per group name (``viv``, ``uniformity``) or per
+The linear probe also needs the training latents (``train_latents``/``train_labels``). The rows of
+the ``tokenizer-metrics`` and ``model-metrics`` commands (which need networks, not only latents)
+are listed in ``TOKENIZER_METRICS`` / ``MODEL_METRICS`` for their directions.
+
+Parameters are given per metric name, per group name (``viv``, ``uniformity``, ``fisher``) or per
 computation name; the recorded ``params`` JSON is the full effective set (defaults included,
 execution-only knobs such as batch sizes left out) so rows of different runs can be compared.
 """
@@ -32,18 +36,23 @@ EXECUTION_ONLY = frozenset({"batch_size", "chunk", "classes_per_batch", "progres
 #: the default time grid of ``viv_curve`` rows: 21 times 0.0, 0.05, …, 1.0 (t = 0 noise, t = 1 data)
 VIV_CURVE_TIMES = tuple(round(i / 20, 10) for i in range(21))
 
-#: metrics computed only when named: one row per time would otherwise enter every correlation table
-OPT_IN = frozenset({"viv_curve"})
+#: metrics computed only when named: curves (one row per t or s) would otherwise enter every correlation
+#: table; the mixture FI/FIR evaluates every class component per Monte-Carlo draw (minutes at K = 1000);
+#: the linear probe needs the training latents and trains a classifier
+OPT_IN = frozenset({"viv_curve", "fi_curve", "fir_curve", "fi_mixture", "fir_mixture", "linear_probe"})
 
 
 @dataclass(frozen=True)
 class Computation:
-    """One metric function call; ``run(latents, labels, masks, **params)`` → {metric: (value, n)}."""
+    """One metric function call; ``run(latents, labels, masks, **params)`` → {metric: (value, n)}.
+
+    A computation that requires ``"train"`` is also given ``train=(train_latents, train_labels)``.
+    """
 
     name: str
     run: Callable[..., dict]
     signature_of: Callable[[], Callable]   # the underlying public function (for its defaults)
-    requires: frozenset                    # subset of {"labels", "masks"}
+    requires: frozenset                    # subset of {"labels", "masks", "train"}
     defaults: dict = field(default_factory=dict)
 
 
@@ -68,11 +77,23 @@ def _require_two_per_class(labels: torch.Tensor, metric: str) -> None:
                          "samples per class to estimate a within-class covariance")
 
 
-def _run_viv_class_conditional(latents, labels, masks, **params):
+#: keyword arguments that decide the class-covariance fit shared by VIV and the analytic FI/FIR
+FIT_KEYS = ("shrinkage", "tol", "max_iter", "min_per_class")
+
+
+def _fit_key(params: dict, function: Callable) -> tuple:
+    """The fit's parameters as a hashable key (the function's defaults filled in)."""
+    defaults = {name: p.default for name, p in inspect.signature(function).parameters.items()}
+    return tuple(params.get(key, defaults.get(key)) for key in FIT_KEYS)
+
+
+def _run_viv_class_conditional(latents, labels, masks, fits=None, **params):
     from . import viv
 
     _require_two_per_class(labels, "VIV")
     result = viv.class_conditional_viv(latents, labels, **params)
+    if fits is not None and "spectra" in result:
+        fits[_fit_key(params, viv.class_conditional_viv)] = result["spectra"]
     n = latents.shape[0]
     keys = ("viv_uniform", "viv_logit_normal", "viv_uniform_per_dim", "viv_logit_normal_per_dim")
     rows = {key: (result[key], n) for key in keys if key in result}
@@ -149,6 +170,42 @@ def _run_uniformity(latents, labels, masks, **params):
     return {f"uniformity_{key}": (result[key], n) for key in ("cv", "gini", "entropy")}
 
 
+def _fisher_rows(result: dict, n: int, scalar_names: tuple[str, str], curve_names: tuple[str, str] | None) -> dict:
+    """fi/fir rows (value, n) of a :mod:`.fisher` summary, plus φ(s)/ψ(s) curve rows with params {"s": …}."""
+    rows = {scalar_names[0]: (result["fi"], n), scalar_names[1]: (result["fir"], n)}
+    if curve_names:
+        grid = result["s"].tolist()
+        for name, values in zip(curve_names, (result["phi"], result["psi"])):
+            rows[name] = [(float(v), n, {"s": float(s)}) for s, v in zip(grid, values.tolist())]
+    return rows
+
+
+def _run_fisher_class_conditional(latents, labels, masks, fits=None, **params):
+    from .fisher import class_conditional_fisher
+
+    _require_two_per_class(labels, "FI/FIR")
+    # VIV's fit of the same latents with the same fit parameters is reused: the fit dominates the cost.
+    spectra = (fits or {}).get(_fit_key(params, class_conditional_fisher))
+    result = class_conditional_fisher(latents, labels, spectra=spectra, **params)
+    return _fisher_rows(result, latents.shape[0], ("fi", "fir"), ("fi_curve", "fir_curve"))
+
+
+def _run_fisher_mixture(latents, labels, masks, **params):
+    from .fisher import mixture_fisher
+
+    _require_two_per_class(labels, "FI/FIR")
+    result = mixture_fisher(latents, labels, **params)
+    return _fisher_rows(result, latents.shape[0], ("fi_mixture", "fir_mixture"), None)
+
+
+def _run_linear_probe(latents, labels, masks, train=None, **params):
+    from .semantic import linear_probe
+
+    train_latents, train_labels = train
+    result = linear_probe(train_latents, train_labels, latents, labels, **params)
+    return {"linear_probe": (result["top1"], result["n_val"])}
+
+
 def _function(module: str, name: str) -> Callable[[], Callable]:
     def resolve():
         import importlib
@@ -168,6 +225,12 @@ COMPUTATIONS: dict[str, Computation] = {c.name: c for c in (
     Computation("srss", _run_srss, _function("spatial", "semantic_region_self_similarity"), frozenset({"masks"}),
                 {"d_pos": 1, "d_neg": 6, "min_fg": 64, "min_bg": 64}),
     Computation("rmsc", _run_rmsc, _function("spatial", "rms_spatial_contrast"), frozenset()),
+    Computation("fisher_class_conditional", _run_fisher_class_conditional,
+                _function("fisher", "class_conditional_fisher"), frozenset({"labels"})),
+    Computation("fisher_mixture", _run_fisher_mixture, _function("fisher", "mixture_fisher"), frozenset({"labels"})),
+    # METRICS.md §2.1's cheaper equivalent on cached latents: BN + linear head, AdamW lr 1e-3, wd 0, 20 epochs
+    Computation("linear_probe", _run_linear_probe, _function("semantic", "linear_probe"),
+                frozenset({"labels", "train"})),
     Computation("sec", _run_sec, _function("spectral", "spectral_energy_concentration"), frozenset(),
                 {"ratios": [0.25, 0.5, 0.75], "ratio": 0.5, "strict": True}),
     # the paper protocol (10 000 pixels, 10 subsets); about 1-2 min of CPU t-SNE per subset
@@ -190,6 +253,18 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
     MetricSpec("srss", "srss", "higher", "semantic-region self-similarity (FG vs BG)"),
     MetricSpec("rmsc", "rmsc", "higher", "RMS spatial contrast of unit tokens"),
     MetricSpec("sec", "sec", "lower", "spectral energy above r = 0.5 of the DCT Manhattan frequency"),
+    MetricSpec("fi", "fisher_class_conditional", "lower",
+               "Fisher information of the class Gaussians: mean over log s of φ(s) = s·J(s)/D"),
+    MetricSpec("fir", "fisher_class_conditional", "lower",
+               "Fisher information rate of the class Gaussians: mean over log s of ψ(s) = −s²·J'(s)/D"),
+    MetricSpec("fi_curve", "fisher_class_conditional", "lower",
+               "class-averaged φ(s), one row per noise variance (params s); only when named"),
+    MetricSpec("fir_curve", "fisher_class_conditional", "lower",
+               "class-averaged ψ(s), one row per noise variance (params s); only when named"),
+    MetricSpec("fi_mixture", "fisher_mixture", "lower", "fi of the class mixture (Monte Carlo); only when named"),
+    MetricSpec("fir_mixture", "fisher_mixture", "lower", "fir of the class mixture (Monte Carlo); only when named"),
+    MetricSpec("linear_probe", "linear_probe", "higher",
+               "val top-1 of a BN + linear probe trained on the flattened train latents; only when named"),
     MetricSpec("uniformity_cv", "uniformity", "lower", "CV of t-SNE KDE density"),
     MetricSpec("uniformity_gini", "uniformity", "lower", "Gini of t-SNE KDE density"),
     MetricSpec("uniformity_entropy", "uniformity", "higher", "normalised entropy of t-SNE KDE density"),
@@ -198,22 +273,50 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
 GROUPS: dict[str, tuple[str, ...]] = {
     "viv": ("viv_uniform", "viv_logit_normal", "viv_uniform_per_dim", "viv_logit_normal_per_dim"),
     "uniformity": ("uniformity_cv", "uniformity_gini", "uniformity_entropy"),
+    "fisher": ("fi", "fir"),
 }
+
+#: rows of the ``tokenizer-metrics`` command (they need the encoder/decoder, not only latents)
+TOKENIZER_METRICS: dict[str, MetricSpec] = {m.name: m for m in (
+    MetricSpec("rotate_error", "equivariance", "lower", "‖E(rot90 x) − rot90 E(x)‖²/‖rot90 E(x)‖², k = 1, 2, 3"),
+    MetricSpec("rotate_consistency", "equivariance", "higher", "token cosine of E(rot90 x) and rot90 E(x)"),
+    MetricSpec("scale_error", "equivariance", "lower", "relative error of E(down-scaled x) vs down-scaled E(x)"),
+    MetricSpec("scale_consistency", "equivariance", "higher", "token cosine of E(scaled x) and scaled E(x)"),
+    MetricSpec("ifid", "ifid", "lower",
+               "Fréchet distance of real images vs decoded slerps to a cosine neighbour (iFID protocol)"),
+)}
+
+#: rows of the ``model-metrics`` command (one trained diffusion model per row set)
+MODEL_METRICS: dict[str, MetricSpec] = {m.name: m for m in (
+    MetricSpec("fi_model", "model_fisher", "lower", "fi from the trained model's score (denoiser)"),
+    MetricSpec("fir_model", "model_fisher", "lower", "fir from the model's score Jacobian (Hutchinson + JVP)"),
+)}
 
 
 def metric_direction(name: str) -> str:
-    """"lower" or "higher" for a metric or SEC sweep row name."""
+    """"lower" or "higher" for a metric, SEC sweep, tokenizer-level or model-level row name."""
     if name.startswith("sec_r"):
         return METRICS["sec"].direction
+    known = {**METRICS, **TOKENIZER_METRICS, **MODEL_METRICS}
+    require(name in known, f"metric {name!r} is unknown (known: {sorted(known)})")
+    return known[name].direction
+
+
+def requirements(name: str) -> frozenset:
+    """Inputs a registry metric needs beyond the validation latents: a subset of {labels, masks, train}."""
     require(name in METRICS, f"metric {name!r} is unknown (known: {sorted(METRICS)})")
-    return METRICS[name].direction
+    return _requirements(name)
 
 
 def _requirements(name: str) -> frozenset:
     return COMPUTATIONS[METRICS[name].computation].requires
 
 
-def expand_names(names, have_labels: bool, have_masks: bool) -> list[str]:
+_INPUT_DESCRIPTIONS = {"masks": "FG masks (N, H, W) bool", "labels": "labels (N,) int",
+                       "train": "training latents (M, C, H, W) with labels (M,)"}
+
+
+def expand_names(names, have_labels: bool, have_masks: bool, have_train: bool = False) -> list[str]:
     """Metric names (in table order) for a list of names, groups and ``all``.
 
     ``all`` keeps only the metrics the given inputs allow; a metric named explicitly (or through
@@ -224,7 +327,7 @@ def expand_names(names, have_labels: bool, have_masks: bool) -> list[str]:
     names = [n.strip() for n in names if n.strip()]
     require(bool(names), "metrics: no metric names given")
     wanted: set[str] = set()
-    available = {"labels": have_labels, "masks": have_masks}
+    available = {"labels": have_labels, "masks": have_masks, "train": have_train}
     for name in names:
         if name == "all":
             wanted.update(m for m in METRICS
@@ -236,14 +339,15 @@ def expand_names(names, have_labels: bool, have_masks: bool) -> list[str]:
                                        f"{sorted(GROUPS)} and 'all')")
             for needed in sorted(_requirements(member)):
                 require(available[needed], f"metric {member!r} needs {needed} (none were given: "
-                                           f"{'FG masks (N, H, W) bool' if needed == 'masks' else 'labels (N,) int'})")
+                                           f"{_INPUT_DESCRIPTIONS[needed]})")
             wanted.add(member)
     return [m for m in METRICS if m in wanted]
 
 
 def _parameter_names(function: Callable) -> tuple[set[str], dict, bool]:
     signature = inspect.signature(function)
-    inputs = {"latents", "labels", "masks"}
+    # data the registry hands over itself, never user parameters (spectra: a fit shared with VIV)
+    inputs = {"latents", "labels", "masks", "train_feats", "train_labels", "val_feats", "val_labels", "spectra"}
     names, defaults, open_ended = set(), {}, False
     for parameter in signature.parameters.values():
         if parameter.kind is inspect.Parameter.VAR_KEYWORD:
@@ -298,7 +402,7 @@ def resolve_params(computation: str, metrics: list[str], params: dict | None) ->
 
 
 def compute_metrics(latents, labels=None, masks=None, names=("all",), params: dict | None = None,
-                    device: str | None = None):
+                    device: str | None = None, train_latents=None, train_labels=None):
     """Compute named metrics on (already normalised) latents and return tidy rows.
 
     Args:
@@ -307,6 +411,8 @@ def compute_metrics(latents, labels=None, masks=None, names=("all",), params: di
         names: metric names, groups (``viv``, ``uniformity``) and/or ``all``; or a comma string.
         params: ``{metric | group | computation: {keyword: value}}``.
         device: where to compute (default: the latents' device).
+        train_latents, train_labels: (M, C, H, W) float and (M,) int training latents, normalised like
+            ``latents`` — needed only by ``linear_probe``.
     Returns:
         pandas.DataFrame with columns ``metric`` (str), ``value`` (float64), ``direction``
         ("lower"/"higher"), ``params`` (JSON str), ``n`` (int64), ``seconds`` (float64: the
@@ -324,12 +430,21 @@ def compute_metrics(latents, labels=None, masks=None, names=("all",), params: di
         labels = as_label_tensor(labels, n).to(latents.device)
     if masks is not None:
         masks = as_mask_tensor(masks, (n, h, w)).to(latents.device)
-    selected = expand_names(names, labels is not None, masks is not None)
+    train = None
+    if train_latents is not None:
+        require(train_labels is not None, "train_labels: required with train_latents")
+        train_latents = as_latent_tensor(train_latents).to(latents.device)
+        require(tuple(train_latents.shape[1:]) == tuple(latents.shape[1:]),
+                f"train_latents: shape {tuple(train_latents.shape[1:])} per latent differs from the "
+                f"validation latents' {tuple(latents.shape[1:])}")
+        train = (train_latents, as_label_tensor(train_labels, train_latents.shape[0]).to(latents.device))
+    selected = expand_names(names, labels is not None, masks is not None, train is not None)
     by_computation: dict[str, list[str]] = {}
     for metric in selected:
         by_computation.setdefault(METRICS[metric].computation, []).append(metric)
 
     rows = []
+    fits: dict = {}  # class-covariance fits shared between computations (VIV → FI/FIR)
     for computation, metrics in progress(list(by_computation.items()), total=len(by_computation),
                                          desc="metrics", unit="computation"):
         kwargs, record = resolve_params(computation, metrics, params)
@@ -337,9 +452,15 @@ def compute_metrics(latents, labels=None, masks=None, names=("all",), params: di
             kwargs["curve_times"] = VIV_CURVE_TIMES   # the function's own default (None) means "no curve"
         if computation == "lnc":
             record["pooling"] = "foreground" if masks is not None else "all tokens"
+        inputs = {"fits": fits} if computation in ("viv_class_conditional", "fisher_class_conditional") else {}
+        if "train" in COMPUTATIONS[computation].requires:
+            inputs["train"] = train
+            # the probe's mini-batch size changes its result, so it is a parameter here
+            record.update(batch_size=kwargs.get("batch_size"), features="flattened latents",
+                          n_train=int(train[0].shape[0]))
         started = time.perf_counter()
         try:
-            results = COMPUTATIONS[computation].run(latents, labels, masks, **kwargs)
+            results = COMPUTATIONS[computation].run(latents, labels, masks, **inputs, **kwargs)
         except TypeError as exc:
             raise DiffusabilityError(f"{computation}: invalid parameters {kwargs} ({exc})") from exc
         seconds = time.perf_counter() - started

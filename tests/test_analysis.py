@@ -150,3 +150,23 @@ def test_curves_are_not_proxies(study):
     metrics = pd.concat([t["metrics"], curve], ignore_index=True)
     proxies = corr.proxy_matrix(metrics, t["reconstruction"])
     assert "latent/viv_curve" not in proxies.columns and "latent/viv_uniform" in proxies.columns
+
+
+def test_tokenizer_table_takes_the_latent_shape_from_each_tokenizers_config(tmp_path):
+    """A pretrained entry's architecture and latent shape come from its imported config.json (the study
+    config's defaults would say f4d4); an explicit family is kept, a missing one is named from them."""
+    from diffusability.io import write_json
+
+    spec = {name: {"family": family, "regularizer": "none", "kl_weight": 0.0, "latent_channels": 4, "downsample": 4,
+                   "architecture": "conv", "regularizer_params": {}}
+            for name, family in (("sd-vae", None), ("mine", "my-family"), ("unbuilt", None))}
+    write_json(tmp_path / "sd-vae" / "config.json", {"architecture": "conv", "channel_mult": [1, 2, 4, 4],
+                                                      "latent_channels": 4, "patch_size": 16})
+    write_json(tmp_path / "mine" / "config.json", {"architecture": "vit", "channel_mult": [1], "latent_channels": 32,
+                                                    "patch_size": 16})
+    table = tables.tokenizer_table(spec, [tmp_path / "sd-vae" / "config.json", tmp_path / "mine" / "config.json"])
+    rows = table.set_index("tokenizer")
+    assert rows.loc["sd-vae", "family"] == "conv-f8d4" and rows.loc["sd-vae", "downsample"] == 8
+    assert rows.loc["mine", "family"] == "my-family" and rows.loc["mine", "latent_channels"] == 32
+    assert rows.loc["mine", "downsample"] == 16 and rows.loc["mine", "architecture"] == "vit"
+    assert rows.loc["unbuilt", "family"] == "conv-f4d4"  # no config.json given: the study config's values

@@ -5,7 +5,9 @@
 def tokenizer_table_spec():
     return {
         tok: {
-            "family": cfg.tokenizer_family(entry),
+            # None: the family is named from the trained/imported tokenizer's own config.json
+            # (a pretrained entry's architecture and latent shape come from its checkpoint).
+            "family": entry.get("family"),
             "architecture": entry["architecture"],
             "regularizer": entry["regularizer"]["name"],
             "regularizer_params": {k: v for k, v in entry["regularizer"].items() if k != "name"},
@@ -27,6 +29,7 @@ rule aggregate:
     input:
         reconstruction=expand(layout.reconstruction_rows("{tok}"), tok=TOKENIZERS),
         metrics=expand(layout.latent_metric_rows("{tok}"), tok=TOKENIZERS),
+        tokenizer_configs=expand(layout.tokenizer_file("{tok}", "config.json"), tok=TOKENIZERS),
         tokenizer_metrics=network_metric_rows()["tokenizer_metrics"],
         model_metrics=network_metric_rows()["model_metrics"],
         generation=[layout.generation_rows(*job) for job in SAMPLE_JOBS] + REPRESENTATION_ROWS,
@@ -43,7 +46,8 @@ rule aggregate:
     log:
         "logs/aggregate.log",
     shell:
-        "{DIFFUSABILITY} aggregate --spec {params.spec} --reconstruction {input.reconstruction} "
+        "{DIFFUSABILITY} aggregate --spec {params.spec} --tokenizer-configs {input.tokenizer_configs} "
+        "--reconstruction {input.reconstruction} "
         "--metrics {input.metrics} --tokenizer-metrics {input.tokenizer_metrics} "
         "--model-metrics {input.model_metrics} --generation {input.generation} --trajectory {input.trajectory} "
         "--untrained {input.untrained} --out-dir results/tables > {log} 2>&1"

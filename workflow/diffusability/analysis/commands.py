@@ -16,6 +16,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("aggregate", help="per-job rows → results/tables/*.parquet")
     p.add_argument("--spec", type=json_spec, required=True,
                    help='{"tokenizers": {name: {family, regularizer, ...}}, "config": {...}}')
+    p.add_argument("--tokenizer-configs", nargs="*", default=[], metavar="JSON",
+                   help="each tokenizer's config.json (its real architecture and latent shape)")
     for name in ("reconstruction", "metrics", "tokenizer-metrics", "model-metrics", "generation", "trajectory",
                  "untrained"):
         p.add_argument(f"--{name}", nargs="*", default=[], metavar="PARQUET")
@@ -62,7 +64,7 @@ def run_aggregate(args: argparse.Namespace) -> None:
 
     meta = provenance(args.spec.get("config"))
     frames = {
-        "tokenizers": tables.tokenizer_table(args.spec["tokenizers"]),
+        "tokenizers": tables.tokenizer_table(args.spec["tokenizers"], args.tokenizer_configs),
         "reconstruction": tables.reconstruction_table(args.reconstruction),
         "metrics": tables.metrics_table(args.metrics, args.tokenizer_metrics, args.model_metrics),
         "generation": tables.generation_table(args.generation, args.trajectory, args.untrained),

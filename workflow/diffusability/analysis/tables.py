@@ -7,6 +7,7 @@ from its path with :mod:`diffusability.analysis.layout`, and concatenates.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
@@ -43,11 +44,26 @@ def _concat(paths: Iterable[str], kind: str, keys: tuple[str, ...]) -> pd.DataFr
     return pd.concat(frames, ignore_index=True)
 
 
-def tokenizer_table(spec: dict[str, dict]) -> pd.DataFrame:
-    """One row per tokenizer: its name, family and the settings that distinguish it."""
+def tokenizer_table(spec: dict[str, dict], config_paths: Iterable[str] = ()) -> pd.DataFrame:
+    """One row per tokenizer: its name, family and the settings that distinguish it.
+
+    ``config_paths``: the tokenizers' own ``config.json`` files (``<name>/config.json``). Their
+    architecture, latent channels and downsampling replace the study config's values — a pretrained
+    entry's come from its checkpoint — and name the family (``conv-f16d32``) when the study sets none.
+    """
+    from ..config import downsample_factor
+    from ..io import read_json
+
+    actual = {Path(path).parent.name: read_json(path) for path in config_paths}
     rows = []
     for name, entry in sorted(spec.items()):
         row = {"tokenizer": name, **entry}
+        if name in actual:
+            built = actual[name]
+            row.update(architecture=built["architecture"], latent_channels=int(built["latent_channels"]),
+                       downsample=int(downsample_factor(built)))
+        if not row.get("family"):
+            row["family"] = f"{row['architecture']}-f{row['downsample']}d{row['latent_channels']}"
         row["regularizer_params"] = _json(entry.get("regularizer_params", {}))
         rows.append(row)
     return pd.DataFrame(rows)

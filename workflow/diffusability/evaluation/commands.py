@@ -17,10 +17,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ..devices import resolve_device
+
 
 def register(subparsers) -> None:
     """Add the evaluation stage's subcommands to the ``diffusability`` parser."""
     from ..cli import json_spec
+    from ..devices import add_device_argument
 
     parser = subparsers.add_parser(
         "train-teacher", help="train the domain classifier (feature net / stand-in teacher)",
@@ -29,7 +32,7 @@ def register(subparsers) -> None:
                         help='JSON: {"seed", "width", "steps", "batch_size", "lr", "weight_decay", ...}')
     parser.add_argument("--train", required=True, help="train split (.safetensors or a shard index.json)")
     parser.add_argument("--val", required=True, help="val split (.safetensors or a shard index.json)")
-    parser.add_argument("--device", default="auto", help="auto (cuda when visible), cpu, cuda, cuda:1, …")
+    add_device_argument(parser)
     parser.add_argument("--out", required=True, help="output directory")
     parser.set_defaults(func=run_train_teacher)
 
@@ -49,7 +52,7 @@ def register(subparsers) -> None:
     parser.add_argument("--inception-weights", default=None,
                         help="FID Inception state dict (.safetensors/.pt) when --feature-net inception")
     parser.add_argument("--inception-sha256", default=None, help="expected SHA-256 of --inception-weights")
-    parser.add_argument("--device", default="auto", help="device of the Inception network: auto, cpu, cuda, ...")
+    add_device_argument(parser)
     parser.add_argument("--spec", type=json_spec, default={}, help='JSON: {"batch_size": 256, "is_splits": 10, "pr_k": 3}')
     parser.add_argument("--reference-stats", default=None,
                         help="cached reference statistics (.npz: mu, sigma[, mu_s, sigma_s, features]) from "
@@ -68,7 +71,7 @@ def register(subparsers) -> None:
     parser.add_argument("--inception-weights", default=None,
                         help="FID Inception state dict (.safetensors/.pt) when --feature-net inception")
     parser.add_argument("--inception-sha256", default=None, help="expected SHA-256 of --inception-weights")
-    parser.add_argument("--device", default="auto", help="device of the Inception network: auto, cpu, cuda, ...")
+    add_device_argument(parser)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--keep-features", action="store_true",
                         help="also store the pool features of the images as 'features' (float32), for precision/recall")
@@ -133,15 +136,6 @@ def run_train_teacher(args) -> None:
                                      device=resolve_device(args.device))
     log.info("domain net: val accuracy %.3f (chance %.3f), train accuracy %.3f, %.1f s",
              config["val_accuracy"], config["chance_accuracy"], config["train_accuracy"], config["seconds"])
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``; other names pass through."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def read_reference_statistics(path) -> dict:

@@ -21,6 +21,7 @@ from pathlib import Path
 def register(subparsers) -> None:
     """Add the FDr subcommands to the ``diffusability`` parser."""
     from ..cli import json_spec
+    from ..devices import add_device_argument
     from .representation import FDR6_SPACES, MODEL_SPACES
 
     parser = subparsers.add_parser(
@@ -31,7 +32,7 @@ def register(subparsers) -> None:
     parser.add_argument("--space", required=True, choices=MODEL_SPACES)
     parser.add_argument("--model", required=True, help="local save_pretrained folder of the space's model")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    add_device_argument(parser)
     parser.add_argument("--out", required=True, help="statistics (.npz: mu, sigma, n, image_size, space, input_size)")
     parser.set_defaults(func=run_representation_stats)
 
@@ -48,7 +49,7 @@ def register(subparsers) -> None:
                         help="generation-metrics rows of the same samples under the FID Inception: their fd "
                              "(gFID) is the Inception space's raw FD")
     parser.add_argument("--spec", type=json_spec, default={}, help='JSON: {"batch_size": 256}')
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    add_device_argument(parser)
     parser.add_argument("--out", required=True, help="result rows (.parquet)")
     parser.set_defaults(func=run_representation_metrics)
 
@@ -94,7 +95,8 @@ def run_representation_stats(args) -> None:
 
     from ..errors import require
     from ..io import save_npz
-    from .commands import load_images, resolve_device
+    from ..devices import resolve_device
+    from .commands import load_images
     from .frechet import feature_statistics
     from .representation import extract_representation_features, load_representation_model, space
 
@@ -116,7 +118,8 @@ def run_representation_metrics(args) -> None:
     from ..errors import reject_unknown_keys, require
     from ..io import provenance, write_parquet
     from ..progress import log
-    from .commands import load_images, resolve_device
+    from ..devices import resolve_device
+    from .commands import load_images
     from .frechet import feature_statistics
     from .representation import (extract_representation_features, load_representation_model,
                                  representation_fds, representation_rows)

@@ -33,6 +33,7 @@ EQUIVARIANCE_CHUNK = 1024
 def register(subparsers) -> None:
     """Add the ``tokenizer-metrics`` and ``model-metrics`` subcommands."""
     from ..cli import json_spec
+    from ..devices import add_device_argument
 
     p = subparsers.add_parser("tokenizer-metrics", help="affine equivariance and iFID of a tokenizer",
                               description="Equivariance of the encoder (rot90, down-scales) and iFID of the "
@@ -47,7 +48,7 @@ def register(subparsers) -> None:
                    help='JSON: {"enabled": ["equivariance", "ifid"], "batch_size", "equivariance": {...}, '
                         '"ifid": {...}}')
     p.add_argument("--out", required=True, help="output Parquet rows")
-    p.add_argument("--device", default="auto", help="torch device: auto (cuda when visible), cpu, cuda, ...")
+    add_device_argument(p)
     p.set_defaults(func=run_tokenizer_metrics)
 
     q = subparsers.add_parser("model-metrics", help="FI/FIR of a trained diffusion model",
@@ -59,7 +60,7 @@ def register(subparsers) -> None:
                    help='JSON: {"enabled": ["fisher"], "fisher": {"s_min", "s_max", "s_points", "probes", '
                         '"max_samples", "seed", "batch_size"}}')
     q.add_argument("--out", required=True, help="output Parquet rows")
-    q.add_argument("--device", default="auto", help="torch device: auto (cuda when visible), cpu, cuda, ...")
+    add_device_argument(q)
     q.set_defaults(func=run_model_metrics)
 
 
@@ -218,7 +219,7 @@ def run_tokenizer_metrics(args) -> int:
     import torch
 
     from ..data.splits import open_image_split
-    from ..evaluation.commands import resolve_device
+    from ..devices import resolve_device
     from ..evaluation.domain_net import load_domain_classifier
     from ..io import load_tensors
     from ..tokenizers.factory import load_tokenizer
@@ -261,7 +262,7 @@ def run_model_metrics(args) -> int:
 
     from ..diffusion.commands import load_normalised_latents
     from ..diffusion.train import load_diffusion_model
-    from ..evaluation.commands import resolve_device
+    from ..devices import resolve_device
     from ..progress import log
     from ..seeding import torch_generator
     from .fisher import fisher_scalars, log_s_grid, model_fisher

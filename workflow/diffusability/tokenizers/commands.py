@@ -25,6 +25,7 @@ NOISE_BLOCK = 256
 def register(subparsers) -> None:
     """Add the tokenizer stage's subcommands to the ``diffusability`` parser."""
     from ..cli import json_spec
+    from ..devices import add_device_argument
 
     parser = subparsers.add_parser("train-tokenizer", help="train (or resume) a VAE tokenizer",
                                    description="Train a tokenizer on a train split; resumes from OUT/checkpoints.")
@@ -51,7 +52,7 @@ def register(subparsers) -> None:
     parser.add_argument("--val", required=True, help="val split (.safetensors or a shard index.json, with masks)")
     parser.add_argument("--spec", type=json_spec, required=True,
                         help='JSON: {"seed", "batch_size", "mask_pooling": "max"|"fraction", "mask_threshold"}')
-    parser.add_argument("--device", default="auto", help="auto (cuda when visible), cpu, cuda, cuda:1, …")
+    add_device_argument(parser)
     parser.add_argument("--out", required=True, help="latents directory")
     parser.set_defaults(func=run_encode)
 
@@ -66,7 +67,7 @@ def register(subparsers) -> None:
     parser.add_argument("--inception-sha256", default=None, help="expected SHA-256 of --inception-weights")
     parser.add_argument("--lpips-weights", default=None,
                         help="LPIPS-VGG weights (VGG16 features + lin heads; .safetensors/.pth): adds the lpips rows")
-    parser.add_argument("--device", default="auto", help="auto (cuda when visible), cpu, cuda, cuda:1, …")
+    add_device_argument(parser)
     parser.add_argument("--out", required=True, help="result rows (.parquet)")
     parser.set_defaults(func=run_reconstruction)
 
@@ -183,7 +184,7 @@ def run_encode(args: argparse.Namespace) -> int:
     import torch
 
     from ..data.splits import open_image_split
-    from ..evaluation.commands import resolve_device
+    from ..devices import resolve_device
     from ..io import save_tensors
     from ..progress import log
     from .factory import load_tokenizer
@@ -357,7 +358,8 @@ def run_reconstruction(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from ..data.splits import open_image_split
-    from ..evaluation.commands import load_inception, resolve_device
+    from ..devices import resolve_device
+    from ..evaluation.commands import load_inception
     from ..evaluation.domain_net import load_domain_classifier
     from ..io import provenance, write_parquet
     from ..progress import log

@@ -160,3 +160,30 @@ def test_compiled_training_runs_two_steps_like_eager(tmp_path, caplog):
     compiled, eager = weights(tmp_path / "compiled"), weights(tmp_path / "eager")
     assert set(compiled) == set(eager)  # no "_orig_mod." prefixes in the saved weights
     assert all(torch.allclose(compiled[k], eager[k], atol=1e-5) for k in eager)
+
+
+def test_memory_mapped_latents_train_exactly_like_latents_in_memory(tmp_path):
+    """train-diffusion reads the latent file through a memory map and normalises each batch; the weights
+    equal (bit for bit) those of training on the whole normalised tensor in memory."""
+    from diffusability.io import memory_map_tensors
+
+    latents, labels, flipped = toy_data()
+    stats = {"mean": torch.tensor([1.0, -2.0]), "std": torch.tensor([2.0, 0.5])}
+    save_tensors(tmp_path / "lat" / "train.safetensors", {"latents": latents, "labels": labels, "latents_flip": flipped})
+    save_tensors(tmp_path / "lat" / "stats.safetensors", stats)
+    mapped = memory_map_tensors(tmp_path / "lat" / "train.safetensors", ["latents", "labels"])
+    assert torch.equal(mapped["latents"], latents) and torch.equal(mapped["labels"], labels)
+    with pytest.raises(DiffusabilityError, match="no tensor 'absent'"):
+        memory_map_tensors(tmp_path / "lat" / "train.safetensors", ["absent"])
+
+    lazy, lazy_labels, extra = load_normalised_latents(tmp_path / "lat", flipped=True, lazy=True)
+    eager, _, eager_extra = load_normalised_latents(tmp_path / "lat", flipped=True)
+    assert isinstance(lazy, diffusion_commands.NormalisedLatents) and lazy.shape == tuple(eager.shape)
+    assert torch.equal(lazy[:], eager) and torch.equal(extra["latents_flip"][[3, 0, 3]], eager_extra["latents_flip"][[3, 0, 3]])
+
+    spec = dict(TINY, flip_augment=True)
+    train_diffusion(lazy, lazy_labels, spec, tmp_path / "lazy", 3, latents_flip=extra["latents_flip"])
+    train_diffusion(eager, labels, spec, tmp_path / "eager", 3, latents_flip=eager_extra["latents_flip"])
+    for name in ("model", "ema"):
+        a, b = weights(tmp_path / "lazy", name), weights(tmp_path / "eager", name)
+        assert all(torch.equal(a[k], b[k]) for k in a)

@@ -103,6 +103,43 @@ def load_tensors(path: PathLike, keys: list[str] | None = None) -> dict:
     return out
 
 
+#: safetensors dtype names → numpy dtypes (the ones the project writes)
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "I64": "int64", "I32": "int32",
+                       "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def memory_map_tensors(path: PathLike, keys: list[str]) -> dict:
+    """Tensors of a ``.safetensors`` file as torch views of a copy-on-write memory map (nothing is read
+    until indexed; processes that map one file share its pages in the OS cache).
+
+    The layout is safetensors' own: an 8-byte little-endian header length, a JSON header with each
+    tensor's dtype, shape and byte range, then the data. Writing to a view never changes the file.
+    """
+    import numpy as np
+    import torch
+
+    path = Path(path)
+    require(path.is_file(), f"{path}: file not found")
+    with open(path, "rb") as handle:
+        header_length = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(header_length))
+    out = {}
+    for key in keys:
+        require(key in header and key != "__metadata__",
+                f"{path}: has no tensor {key!r} (has {sorted(k for k in header if k != '__metadata__')})")
+        entry = header[key]
+        require(entry["dtype"] in _SAFETENSORS_DTYPES, f"{path}: tensor {key!r} has unsupported dtype {entry['dtype']}")
+        begin, end = entry["data_offsets"]
+        shape = tuple(entry["shape"])
+        if end == begin:
+            out[key] = torch.zeros(shape, dtype=getattr(torch, _SAFETENSORS_DTYPES[entry["dtype"]]))
+            continue
+        array = np.memmap(path, dtype=_SAFETENSORS_DTYPES[entry["dtype"]], mode="c", offset=8 + header_length + begin,
+                          shape=shape)
+        out[key] = torch.from_numpy(array)
+    return out
+
+
 def load_arrays(path: PathLike) -> dict:
     """Load ``.npz`` or ``.safetensors`` into a dict of numpy arrays."""
     import numpy as np

@@ -22,16 +22,53 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run_train_diffusion)
 
 
-def load_normalised_latents(latent_dir: Path, split: str = "train", flipped: bool = False):
+class NormalisedLatents:
+    """Latents (N, C, h, w) normalised per channel on access: ``x[indices]`` → float32 (n, C, h, w).
+
+    The raw latents stay where they are (a memory-mapped file at ImageNet scale: 1.28 M × 32 × 16 × 16
+    float32 is 42 GB, and every training process would otherwise hold its own copy); each batch is
+    gathered and normalised, with the same float32 arithmetic as normalising the whole tensor.
+    """
+
+    def __init__(self, raw, mean, std):
+        import torch
+
+        self.raw = raw
+        self.mean = mean.float().reshape(1, -1, 1, 1)
+        self.std = std.float().reshape(1, -1, 1, 1)
+        self.shape = tuple(raw.shape)
+        self.dtype = torch.float32
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, index):
+        import torch
+
+        return ((self.raw[index].float() - self.mean) / self.std).to(torch.float32)
+
+    def all_finite(self, chunk: int = 65536) -> bool:
+        """Whether every normalised value is finite (read in chunks of ``chunk`` latents)."""
+        import torch
+
+        return all(bool(torch.isfinite(self[start:start + chunk]).all()) for start in range(0, len(self), chunk))
+
+
+def load_normalised_latents(latent_dir: Path, split: str = "train", flipped: bool = False, lazy: bool = False):
     """(latents (N, C, h, w) float32 normalised per channel, labels (N,) int64, stats dict) of a latent directory.
 
     With ``flipped`` the stats dict also carries "latents_flip" (N, C, h, w): the file's flipped
     copies, normalised with the same statistics (an error names the tensor if the file lacks it).
+    With ``lazy`` the latents (and flipped copies) are :class:`NormalisedLatents` over a memory map of
+    the file instead of tensors in memory.
     """
     import torch
 
     from ..errors import require
-    from ..io import load_tensors
+    from ..io import load_tensors, memory_map_tensors
 
     source = latent_dir / f"{split}.safetensors"
     if flipped:
@@ -42,22 +79,26 @@ def load_normalised_latents(latent_dir: Path, split: str = "train", flipped: boo
             require("latents_flip" in handle.keys(),
                     f"{source}: flip_augment is set but the file has no tensor 'latents_flip' (N, C, h, w); "
                     "encode the latents with flipped copies or set flip_augment: false")
-    data = load_tensors(source, ["latents", "labels", *(["latents_flip"] if flipped else [])])
+    keys = ["latents", "labels", *(["latents_flip"] if flipped else [])]
+    data = memory_map_tensors(source, keys) if lazy else load_tensors(source, keys)
     stats = load_tensors(latent_dir / "stats.safetensors", ["mean", "std"])
-    latents, labels = data["latents"].float(), data["labels"].long()
-    require(latents.dim() == 4, f"{source}: latents must be (N, C, h, w), got {tuple(latents.shape)}")
-    channels = latents.shape[1]
+    raw, labels = data["latents"], data["labels"].long()
+    require(raw.dim() == 4, f"{source}: latents must be (N, C, h, w), got {tuple(raw.shape)}")
+    channels = raw.shape[1]
     for key in ("mean", "std"):
         require(stats[key].shape == (channels,),
                 f"{latent_dir / 'stats.safetensors'}: {key} must have shape ({channels},), got {tuple(stats[key].shape)}")
     require(bool((stats["std"] > 0).all()), f"{latent_dir / 'stats.safetensors'}: std must be positive")
-    mean, std = stats["mean"].float().reshape(1, -1, 1, 1), stats["std"].float().reshape(1, -1, 1, 1)
+
+    def normalised(tensor):
+        view = NormalisedLatents(tensor, stats["mean"], stats["std"])
+        return view if lazy else view[:].contiguous()
+
     if flipped:
-        flip = data["latents_flip"].float()
-        require(flip.shape == latents.shape, f"{source}: latents_flip must have the shape of latents "
-                                             f"{tuple(latents.shape)}, got {tuple(flip.shape)}")
-        stats = {**stats, "latents_flip": ((flip - mean) / std).to(torch.float32).contiguous()}
-    return ((latents - mean) / std).to(torch.float32).contiguous(), labels, stats
+        require(data["latents_flip"].shape == raw.shape, f"{source}: latents_flip must have the shape of latents "
+                                                         f"{tuple(raw.shape)}, got {tuple(data['latents_flip'].shape)}")
+        stats = {**stats, "latents_flip": normalised(data["latents_flip"])}
+    return normalised(raw), labels, stats
 
 
 def run_train_diffusion(args: argparse.Namespace) -> int:
@@ -68,7 +109,8 @@ def run_train_diffusion(args: argparse.Namespace) -> int:
 
     spec = DiffusionSpec.from_dict(args.spec, source="--spec")
     require(spec.num_classes is not None, "--spec: num_classes is required (the number of class labels)")
-    latents, labels, extra = load_normalised_latents(args.latents, flipped=spec.flip_augment)
+    # memory-mapped: every training process shares the file's pages instead of holding its own copy
+    latents, labels, extra = load_normalised_latents(args.latents, flipped=spec.flip_augment, lazy=True)
     log.info("training %s on %d latents of shape %s%s", spec.name, latents.shape[0], tuple(latents.shape[1:]),
              " (+ flipped copies, p = 0.5)" if spec.flip_augment else "")
     train_diffusion(latents, labels, spec, args.out, spec.num_classes, latents_flip=extra.get("latents_flip"))

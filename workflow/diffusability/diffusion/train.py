@@ -103,14 +103,21 @@ def compile_for_training(model: torch.nn.Module, enabled: bool):
         return model
 
 
+def all_finite(latents) -> bool:
+    """Finiteness of a tensor, or of lazily normalised latents read chunk by chunk."""
+    return latents.all_finite() if hasattr(latents, "all_finite") else bool(torch.isfinite(latents).all())
+
+
 def check_training_data(latents: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
-    require(isinstance(latents, torch.Tensor) and latents.dim() == 4,
+    """Shapes, dtypes, finiteness and label range of the training data; ``latents`` is a float32 tensor
+    or :class:`~diffusability.diffusion.commands.NormalisedLatents` (memory-mapped, gathered per batch)."""
+    require(hasattr(latents, "shape") and hasattr(latents, "dim") and latents.dim() == 4,
             f"latents must be a float tensor (N, C, h, w), got {getattr(latents, 'shape', type(latents))}")
     require(latents.dtype == torch.float32, f"latents must be float32, got {latents.dtype}")
     require(latents.shape[2] == latents.shape[3], f"latents must be on a square grid, got {tuple(latents.shape)}")
     require(labels.shape == (latents.shape[0],), f"labels must have shape ({latents.shape[0]},), got {tuple(labels.shape)}")
     require(labels.dtype == torch.int64, f"labels must be int64, got {labels.dtype}")
-    require(bool(torch.isfinite(latents).all()), "latents contain NaN or Inf values")
+    require(all_finite(latents), "latents contain NaN or Inf values")
     require(int(labels.min()) >= 0 and int(labels.max()) < num_classes,
             f"labels must lie in [0, {num_classes}), got range [{int(labels.min())}, {int(labels.max())}]")
 
@@ -165,11 +172,11 @@ def train_diffusion(latents: torch.Tensor, labels: torch.Tensor, spec: Diffusion
     if spec.flip_augment:
         require(latents_flip is not None, "flip_augment is set but no flipped latents were given: the latent "
                                           "file needs the tensor 'latents_flip' (N, C, h, w)")
-        require(isinstance(latents_flip, torch.Tensor) and latents_flip.shape == latents.shape
+        require(hasattr(latents_flip, "shape") and tuple(latents_flip.shape) == tuple(latents.shape)
                 and latents_flip.dtype == torch.float32,
                 f"latents_flip must be float32 of the latents' shape {tuple(latents.shape)}, got "
                 f"{getattr(latents_flip, 'dtype', type(latents_flip))} {tuple(getattr(latents_flip, 'shape', ()))}")
-        require(bool(torch.isfinite(latents_flip).all()), "latents_flip contain NaN or Inf values")
+        require(all_finite(latents_flip), "latents_flip contain NaN or Inf values")
     else:
         latents_flip = None
     n, channels, grid = latents.shape[0], latents.shape[1], latents.shape[2]

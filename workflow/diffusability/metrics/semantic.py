@@ -44,9 +44,12 @@ def _prepare(features: torch.Tensor, similarity: str) -> torch.Tensor:
     return features
 
 
-def _scores(queries: torch.Tensor, keys: torch.Tensor, key_sq_norms: torch.Tensor, similarity: str) -> torch.Tensor:
-    """(Q, K) similarity (higher = nearer): cosine, or −squared Euclidean distance up to a per-row constant."""
-    products = queries @ keys.T
+def _scores(queries: torch.Tensor, keys_t: torch.Tensor, key_sq_norms: torch.Tensor, similarity: str) -> torch.Tensor:
+    """(Q, K) similarity (higher = nearer): cosine, or −squared Euclidean distance up to a per-row constant.
+
+    ``keys_t`` is the (C, K) transposed key matrix, made contiguous once per search.
+    """
+    products = queries @ keys_t
     if similarity == "cosine":
         return products
     return 2 * products - key_sq_norms[None, :]  # -|q-k|^2 + |q|^2: same ranking per query
@@ -66,6 +69,7 @@ def knn_label_agreement(features: torch.Tensor, labels: torch.Tensor, k: int, si
         (Q,) float64.
     """
     keys = _prepare(features, similarity)
+    keys_t = keys.T.contiguous()
     key_sq_norms = keys.pow(2).sum(dim=1)
     m = keys.shape[0]
     if query_index is None:
@@ -74,7 +78,7 @@ def knn_label_agreement(features: torch.Tensor, labels: torch.Tensor, k: int, si
     starts = range(0, query_index.shape[0], chunk)
     for start in progress(starts, total=len(starts), desc="lnc", unit="chunk", disable=len(starts) < 8):
         index = query_index[start:start + chunk]
-        scores = _scores(keys[index], keys, key_sq_norms, similarity)
+        scores = _scores(keys[index], keys_t, key_sq_norms, similarity)
         if groups is None:
             scores[torch.arange(index.shape[0], device=keys.device), index] = -torch.inf
         else:

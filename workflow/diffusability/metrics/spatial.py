@@ -51,11 +51,13 @@ def _weighted_token_products(tokens: torch.Tensor, weight: torch.Tensor,
     """Per image and anchor ``<û_p, sum_q W[p,q] keep[q] û_q>`` → (B, P) float64.
 
     Args:
-        tokens: (B, C, P) unit tokens; weight: (P, P) symmetric; keep: (B, P) 0/1 or None (all kept).
+        tokens: (B, C, P) unit tokens; weight: (P, P) symmetric float32 (pass it converted once per call);
+        keep: (B, P) 0/1 or None (all kept).
     """
     b, c, p = tokens.shape
     partners = tokens if keep is None else tokens * keep[:, None, :]
-    mixed = (partners.reshape(b * c, p) @ weight.float().T).reshape(b, c, p)  # one GEMM per batch
+    # W is symmetric, so Û·Wᵀ = Û·W: one GEMM per batch
+    mixed = (partners.reshape(b * c, p) @ weight).reshape(b, c, p)
     # the C-term dot products are exact enough in float32; the P-term sums are taken in float64
     return (tokens * mixed).sum(dim=1).double()
 
@@ -63,6 +65,7 @@ def _weighted_token_products(tokens: torch.Tensor, weight: torch.Tensor,
 def _linear_pair_metric(latents: torch.Tensor, weight: torch.Tensor, batch_size: int, desc: str) -> torch.Tensor:
     """Per-image ``sum_{p,q} weight[p,q] * cos(p, q)`` for weight (P, P) → (N,) float64."""
     out = torch.empty(latents.shape[0], dtype=torch.float64, device=latents.device)
+    weight = weight.float().contiguous()
     for start in _batches(latents.shape[0], batch_size, desc):
         tokens = unit_tokens(latents[start:start + batch_size])
         out[start:start + tokens.shape[0]] = _weighted_token_products(tokens, weight).sum(dim=1)
@@ -154,6 +157,7 @@ def semantic_region_self_similarity(latents: torch.Tensor, masks: torch.Tensor, 
     dist = manhattan_distances(h, w, latents.device)
     positive_pairs = ((dist >= 1) & (dist <= d_pos)).double()  # (P, P)
     negative_pairs = (dist >= d_neg).double()
+    positive_weight, negative_weight = positive_pairs.float(), negative_pairs.float()
     n_fg = masks.sum(dim=1)
     passes = (n_fg >= min_fg) & (h * w - n_fg >= min_bg)
     require(bool(passes.any()),
@@ -167,8 +171,8 @@ def semantic_region_self_similarity(latents: torch.Tensor, masks: torch.Tensor, 
         fg = kept_masks[start:start + batch_size].float()                      # (B, P)
         bg = 1.0 - fg
         # <û_p, Σ_q A[p,q] m_q û_q> for the FG neighbours and the distant BG tokens
-        pos_sum = _weighted_token_products(tokens, positive_pairs, fg)
-        neg_sum = _weighted_token_products(tokens, negative_pairs, bg)
+        pos_sum = _weighted_token_products(tokens, positive_weight, fg)
+        neg_sum = _weighted_token_products(tokens, negative_weight, bg)
         pos_count = fg.double() @ positive_pairs                               # (B, P); pairs are symmetric
         neg_count = bg.double() @ negative_pairs
         anchors = (fg > 0) & (pos_count > 0) & (neg_count > 0)

@@ -31,7 +31,11 @@ def dct_matrix(n: int, dtype=torch.float64, device=None) -> torch.Tensor:
     return matrix.to(dtype)
 
 
-def dct_energy(latents: torch.Tensor, batch_size: int = 256, method: str = "auto") -> torch.Tensor:
+#: images per chunk: (B, C, H, W) float32 = 8 MiB at B = 256, C = 32, 16×16
+DEFAULT_BATCH = 256
+
+
+def dct_energy(latents: torch.Tensor, batch_size: int = DEFAULT_BATCH, method: str = "auto") -> torch.Tensor:
     """(H, W) float64 mean squared orthonormal DCT-II coefficient over images and channels.
 
     Args:
@@ -57,16 +61,20 @@ def dct_energy(latents: torch.Tensor, batch_size: int = 256, method: str = "auto
             total += torch.from_numpy(squared.sum(axis=0, dtype=np.float64))
         return total / (n * c)
     # float32 transforms (coefficients accurate to ~1e-7 relative); energies accumulate in float64
-    t_h = dct_matrix(h, dtype=torch.float32, device=latents.device)
-    t_w = dct_matrix(w, dtype=torch.float32, device=latents.device)
+    t_h_t = dct_matrix(h, dtype=torch.float32, device=latents.device).T.contiguous()
+    t_w_t = dct_matrix(w, dtype=torch.float32, device=latents.device).T.contiguous()
+    per_chunk = torch.zeros(w, h, dtype=torch.float32, device=latents.device)
     for start in range(0, n, batch_size):
         block = latents[start:start + batch_size].float()
         rows = block.shape[0] * c
         # two plain GEMMs instead of a broadcast batch of tiny 16×16 matmuls (1.6× faster on the CPU):
         # along W on the (B·C·H, W) rows, then along H on the transposed (B·C·W, H) rows
-        along_w = (block.reshape(-1, w) @ t_w.T).reshape(rows, h, w)
-        coefficients = along_w.transpose(1, 2).reshape(-1, h) @ t_h.T        # (B·C·W, H): [.., v, u]
-        total += coefficients.pow(2).reshape(rows, w, h).sum(dim=0).T.double()
+        along_w = (block.reshape(-1, w) @ t_w_t).reshape(rows, h, w)
+        coefficients = along_w.transpose(1, 2).reshape(-1, h) @ t_h_t            # (B·C·W, H): [.., v, u]
+        # Σ over the chunk's rows of the squared coefficients, squared in place (no extra temporary);
+        # each chunk's float32 partial sum (≤ 2048 terms) is added to the float64 total
+        torch.sum(coefficients.square_().reshape(rows, w, h), dim=0, out=per_chunk)
+        total += per_chunk.T
     return total / (n * c)
 
 

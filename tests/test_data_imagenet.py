@@ -222,10 +222,35 @@ def test_prepare_data_command_imagenet(tree, tmp_path):
                  "--out-val", str(out_val)])
     assert code == 0
     val = load_arrays(out_val)
-    assert set(val) == {"images", "labels", "masks", "mask_valid"}
+    assert set(val) == {"images", "labels", "masks", "mask_valid", "mask_label"}
+    assert (val["mask_label"] == -1).all()  # no category list given: the mask classes stay unmapped
     assert val["images"].shape == (6, 16, 16, 3) and val["mask_valid"].dtype == np.bool_
     strict = spec_for(tree, tmp_path)
     strict["imagenet"]["max_bad_fraction"] = 0.0
     code = main(["prepare-data", "--spec", json.dumps(strict), "--out-train", str(tmp_path / "t2.safetensors"),
                  "--out-val", str(tmp_path / "v2.safetensors")])
     assert code == 2 and not (tmp_path / "t2.safetensors").exists()
+
+
+def test_imagenet_s_class_ids_map_to_imagenet_labels(tree, tmp_path):
+    """With the variant's category list the dominant ImageNet-S class of each val mask gives the image's
+    ImageNet-1k label (the tree's ids are the class positions + 1); a permuted list gives permuted labels."""
+    from diffusability.data.imagenet_s import class_id_to_label, dominant_label, read_categories
+
+    categories = tmp_path / "categories.txt"
+    categories.write_text("\n".join(WNIDS) + "\n")
+    spec = spec_for(tree, tmp_path)
+    spec["imagenet"]["mask_categories"] = str(categories)
+    val = prepare_imagenet_splits(parse_data_spec(spec))["val"]
+    np.testing.assert_array_equal(val["mask_label"], val["labels"])
+    categories.write_text("\n".join(reversed(WNIDS)) + "\n")
+    val = prepare_imagenet_splits(parse_data_spec(spec))["val"]
+    np.testing.assert_array_equal(val["mask_label"], 2 - val["labels"])
+
+    lookup = class_id_to_label(["n09999999", WNIDS[1]], {w: k for k, w in enumerate(WNIDS)})
+    assert lookup[0] == lookup[1] == lookup[1000] == -1 and lookup[2] == 1  # class outside the study: -1
+    ids = np.array([[0, 2, 2], [1000, 1, 2]])
+    assert dominant_label(ids, lookup) == 1 and dominant_label(np.zeros((2, 2), int), lookup) == -1
+    (tmp_path / "bad.txt").write_text("not-a-wnid\n")
+    with pytest.raises(DiffusabilityError, match="not wnids"):
+        read_categories(tmp_path / "bad.txt")

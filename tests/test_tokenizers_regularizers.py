@@ -228,3 +228,81 @@ def test_eq_loss_runs_the_decoder_on_the_transformed_pair():
                                          reconstruction_nll=nll)).item() == 0.0
     with pytest.raises(DiffusabilityError, match="variant"):
         build_regularizer({"name": "eq", "variant": "rotate"}, 4)
+
+
+# ----------------------------------------------------------------------------- pae
+
+
+def test_pae_refinement_is_a_low_pass_that_keeps_constants_and_smooths_a_checkerboard():
+    from diffusability.tokenizers.regularizers.pae import refine_features
+
+    constant = torch.full((2, 3, 4, 4), 2.5)
+    assert torch.allclose(refine_features(constant), constant)
+    checker = ((torch.arange(4)[:, None] + torch.arange(4)[None, :]) % 2).float().expand(1, 1, 4, 4) * 2 - 1
+    assert refine_features(checker).abs().max() < checker.abs().max()  # the highest frequency is damped
+
+
+def test_pae_ssr_is_zero_when_the_latent_has_the_refined_teacher_structure():
+    from diffusability.tokenizers.regularizers.pae import refine_features, spatial_structure_loss
+
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 6, 4, 4, generator=g)
+    refined = refine_features(features)
+    scaled = refined * torch.rand(2, 1, 4, 4, generator=g).add(0.5)  # per-token positive scales keep cosines
+    assert float(spatial_structure_loss(scaled, features)) < 1e-6
+    z = torch.randn(2, 6, 4, 4, generator=g)
+    brute = torch.stack([
+        (torch.nn.functional.cosine_similarity(z[n].flatten(1)[:, :, None], z[n].flatten(1)[:, None, :], dim=0)
+         - torch.nn.functional.cosine_similarity(refined[n].flatten(1)[:, :, None], refined[n].flatten(1)[:, None, :],
+                                                 dim=0)).abs().mean() for n in range(2)]).mean()
+    assert float(spatial_structure_loss(z, features)) == pytest.approx(float(brute), rel=1e-5)
+
+
+def test_pae_mcr_vanishes_without_noise_or_for_a_decoder_that_ignores_its_input():
+    from diffusability.tokenizers.regularizers.pae import cascaded_latents, manifold_continuity_loss
+
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(3, 2, 4, 4, generator=g)
+    identity = lambda latent: latent  # noqa: E731
+    constant = lambda latent: torch.zeros_like(latent) + latent.sum() * 0  # noqa: E731
+    assert float(manifold_continuity_loss(identity, z, 0.0, 2, g)) == 0.0
+    assert float(manifold_continuity_loss(constant, z, 0.5, 2, g)) == 0.0
+    cascade = cascaded_latents(z, 0.1, 3, torch.Generator().manual_seed(2))
+    assert len(cascade) == 4 and cascade[0] is z
+    # each level adds noise of 0.1 × the latent RMS: E|D(z_k) − D(z_{k−1})| = 0.1·rms·√(2/π) for the identity
+    big = torch.randn(64, 4, 16, 16, generator=g)
+    rms = float(big.pow(2).mean().sqrt())
+    value = float(manifold_continuity_loss(identity, big, 0.1, 2, torch.Generator().manual_seed(3)))
+    assert value == pytest.approx(0.1 * rms * math.sqrt(2 / math.pi), rel=0.02)
+
+
+def test_pae_scr_is_zero_for_aligned_projections_and_the_loss_needs_a_teacher():
+    from diffusability.tokenizers.regularizers.pae import semantic_consistency_loss
+
+    g = torch.Generator().manual_seed(4)
+    features = torch.randn(2, 5, 3, 3, generator=g)
+    assert float(semantic_consistency_loss(features * 3.0, features)) < 1e-6
+    assert float(semantic_consistency_loss(-features, features)) == pytest.approx(4.0, rel=1e-5)  # 2 + 2
+    with pytest.raises(DiffusabilityError, match="needs a teacher"):
+        build_regularizer({"name": "pae"}, latent_channels=4, teacher_dim=None)
+
+
+def test_pae_loss_in_context_is_the_weighted_sum_of_its_terms():
+    from diffusability.tokenizers.regularizers.pae import (manifold_continuity_loss, semantic_consistency_loss,
+                                                            spatial_structure_loss)
+
+    torch.manual_seed(0)
+    model = build_tokenizer({"image_size": 16, "base_channels": 8, "channel_mult": [1, 2], "latent_channels": 3})
+    reg = build_regularizer({"name": "pae", "weight": 0.5, "ssr_weight": 2.0, "scr_weight": 0.25, "hidden": 8},
+                            latent_channels=3, teacher_dim=6)
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    latents = model.encode(images).sample(torch.Generator().manual_seed(5))
+    features = torch.randn(2, 6, *latents.shape[-2:])
+    context = RegularizerContext(images=images, posterior=None, latents=latents, model=model, step=0,
+                                 teacher_features=features, generator=torch.Generator().manual_seed(6))
+    value = reg.loss(context)
+    expected = 0.5 * (2.0 * spatial_structure_loss(latents, features)
+                      + manifold_continuity_loss(model.decode, latents, 0.1, 2, torch.Generator().manual_seed(6))
+                      + 0.25 * semantic_consistency_loss(reg.projector(latents), features))
+    assert float(value) == pytest.approx(float(expected), rel=1e-5)
+    assert set(reg.last_logs) == {"pae_ssr", "pae_mcr", "pae_scr"}

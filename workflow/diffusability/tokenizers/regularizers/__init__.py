@@ -1,7 +1,7 @@
 """Latent regularizers: one interface (:class:`Regularizer`), one module per cluster, one registry.
 
 ``build_regularizer({"name": ..., **params}, latent_channels, teacher_dim)`` →
-``none`` | ``mcos`` | ``mdms`` | ``mcos+mdms`` | ``repa`` | ``eq`` | ``lcr`` | ``lmr`` | ``mae`` (ViT only).
+``none`` | ``mcos`` | ``mdms`` | ``mcos+mdms`` | ``repa`` | ``eq`` | ``lcr`` | ``lmr`` | ``mae`` (ViT only) | ``pae``.
 """
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ from .eq import EquivarianceRegularizer
 from .lcr import LocalCorrelationRegularizer
 from .lmr import LatentMaskedReconstruction
 from .mae import MaskedEncoding
+from .pae import PriorAlignedRegularizer
 from .repa import RepaAlignment
 from .vf import VisionFoundationLoss
 
-REGULARIZER_NAMES = ("none", "mcos", "mdms", "mcos+mdms", "repa", "eq", "lcr", "lmr", "mae")
+REGULARIZER_NAMES = ("none", "mcos", "mdms", "mcos+mdms", "repa", "eq", "lcr", "lmr", "mae", "pae")
 
 
 def regularizer_needs_teacher(spec: Mapping[str, Any] | str | None) -> bool:
     name = spec if isinstance(spec, str) else (spec or {}).get("name", "none")
-    return name in ("mcos", "mdms", "mcos+mdms", "repa")
+    return name in ("mcos", "mdms", "mcos+mdms", "repa", "pae")
 
 
 def build_regularizer(spec: Mapping[str, Any] | str | None, latent_channels: int,
@@ -52,6 +53,8 @@ def build_regularizer(spec: Mapping[str, Any] | str | None, latent_channels: int
         return LocalCorrelationRegularizer(**LocalCorrelationRegularizer.resolve_params(params))
     if name == "mae":
         return MaskedEncoding(**MaskedEncoding.resolve_params(params))
+    if name == "pae":
+        return PriorAlignedRegularizer(latent_channels, teacher_dim, **PriorAlignedRegularizer.resolve_params(params))
     return LatentMaskedReconstruction(latent_channels, **LatentMaskedReconstruction.resolve_params(params))
 
 

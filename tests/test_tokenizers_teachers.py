@@ -383,9 +383,60 @@ def test_custom_code_folders_are_refused_with_the_reason(tmp_path):
 @pytest.mark.parametrize("config", [
     {"model_type": "timm_wrapper", "architecture": "vit_pe_core_large_patch14_336"},
     {"model_type": "perception_lm"},
-    {"architecture": "vit_pe_spatial_base_patch16_512", "num_classes": 0},  # a timm hub folder
 ])
 def test_perception_encoder_folders_say_what_is_missing(config, tmp_path):
     write_json(tmp_path / "config.json", config)
     with pytest.raises(DiffusabilityError, match="Perception Encoder .* no native image model in transformers"):
+        load_teacher(tmp_path)
+
+
+class FakeTimmViT(torch.nn.Module):
+    """What timm's vit_pe_* offers the teacher: patch_embed.patch_size, num_prefix_tokens, forward_features."""
+
+    def __init__(self, patch: int, width: int = 6):
+        super().__init__()
+        self.patch_embed = torch.nn.Module()
+        self.patch_embed.patch_size = (patch, patch)
+        self.num_prefix_tokens = 1
+        self.proj = torch.nn.Conv2d(3, width, patch, stride=patch)
+        self.cls = torch.nn.Parameter(torch.randn(1, 1, width))
+
+    def forward_features(self, x):
+        tokens = self.proj(x).flatten(2).transpose(1, 2)
+        return torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], dim=1)
+
+
+def test_perception_encoder_loads_through_the_optional_timm_extra(tmp_path, monkeypatch):
+    """A timm PE folder goes through timm when it is importable (a fake module here: timm itself needs
+    torchvision): bilinear resize to 16 patches, mean/std 0.5, the CLS token dropped; without timm the
+    error says what to install; non-PE timm folders are refused."""
+    import sys
+    import types
+
+    write_json(tmp_path / "config.json", {"architecture": "vit_pe_core_large_patch14_336", "num_classes": 0})
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    monkeypatch.setitem(sys.modules, "timm", None)  # `import timm` raises ImportError
+    with pytest.raises(DiffusabilityError, match="optional 'timm' package with a torchvision"):
+        load_teacher(tmp_path)
+
+    torch.manual_seed(0)
+    built = {}
+
+    def create_model(name, pretrained, pretrained_cfg_overlay, num_classes, dynamic_img_size):
+        built.update(name=name, file=pretrained_cfg_overlay["file"], num_classes=num_classes,
+                     dynamic=dynamic_img_size, pretrained=pretrained)
+        return FakeTimmViT(14)
+
+    monkeypatch.setitem(sys.modules, "timm", types.SimpleNamespace(create_model=create_model))
+    teacher = load_teacher(tmp_path)
+    assert built == {"name": "vit_pe_core_large_patch14_336", "file": str(tmp_path / "model.safetensors"),
+                     "num_classes": 0, "dynamic": True, "pretrained": True}
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    pixels = torch.nn.functional.interpolate((x + 1) / 2, size=(224, 224), mode="bilinear", align_corners=False)
+    expected = teacher.model.model.forward_features((pixels - 0.5) / 0.5)[:, 1:]
+    got = teacher.feature_map(x, (16, 16))
+    torch.testing.assert_close(got, expected.transpose(1, 2).reshape(2, 6, 16, 16), rtol=1e-5, atol=1e-5)
+
+    write_json(tmp_path / "config.json", {"architecture": "vit_base_patch16_224"})
+    with pytest.raises(DiffusabilityError, match="only Perception Encoder models"):
         load_teacher(tmp_path)

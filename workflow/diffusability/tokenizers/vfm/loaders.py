@@ -9,8 +9,10 @@ installs). Supported ``model_type`` values and their encoder family (row of ``PR
     vit (a MoCo v3 checkpoint converted by ``vfm.mocov3``), radio (C-RADIO).
 
 The Perception Encoder (PE-Core / Spatial / Lang) has no native image model in transformers
-5.23: it is only reachable through ``TimmWrapperModel`` (timm's ``vit_pe_*``), i.e. through timm,
-so its folders are refused with a message that says so.
+5.23: it is only reachable through timm (``vit_pe_*``). A timm folder (``config.json`` with
+``architecture``) is therefore loaded by :mod:`.timm_teacher`, which imports timm lazily — an optional
+extra for environments with a matching torchvision; transformers folders that wrap timm are refused
+with the reason.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from .teacher import VisionFoundationTeacher
 
 _PE_MISSING = ("the Perception Encoder (PE-Core/PE-Spatial/PE-Lang) has no native image model in transformers "
                "5.23 (only TimmWrapperModel around timm's vit_pe_*, and timm needs torchvision, which must not be "
-               "installed here); a PE teacher needs a native PE vision model in transformers or a port of its "
-               "vision tower")
+               "installed here); give the timm folder itself instead (config.json with 'architecture', "
+               "model.safetensors): it loads through the optional timm extra where timm and torchvision are "
+               "installed")
 
 #: model_type values that name a PE (or another timm-backed) model; refused with the reason.
 UNAVAILABLE = {
@@ -179,9 +182,7 @@ def _read_model_type(directory: Path) -> str:
     config = read_json(config_path)
     model_type = config.get("model_type")
     if model_type is None and "architecture" in config:  # a timm hub folder (e.g. timm/vit_pe_core_*)
-        architecture = str(config["architecture"])
-        reason = _PE_MISSING if "_pe_" in architecture else "timm models need torchvision, which must not be installed"
-        raise DiffusabilityError(f"{config_path}: timm checkpoint {architecture!r} cannot be loaded: {reason}")
+        return TIMM
     if model_type in UNAVAILABLE:
         raise DiffusabilityError(f"{config_path}: model_type {model_type!r} cannot be a teacher: "
                                  f"{UNAVAILABLE[model_type]}")
@@ -194,10 +195,20 @@ def _read_model_type(directory: Path) -> str:
     return model_type
 
 
+#: what _read_model_type returns for a timm folder (config.json with ``architecture``, no ``model_type``)
+TIMM = "timm"
+
+
 def load_vfm_teacher(directory: str | Path, pyramid_layers: Sequence[int] = (-1,)) -> VisionFoundationTeacher:
-    """A frozen teacher from a local transformers folder (``save_pretrained`` layout); no download."""
+    """A frozen teacher from a local transformers folder (``save_pretrained`` layout) or a timm PE folder;
+    no download."""
     directory = Path(directory)
     model_type = _read_model_type(directory)
+    if model_type == TIMM:
+        from .timm_teacher import load_timm_teacher
+
+        return load_timm_teacher(directory, str(read_json(directory / "config.json")["architecture"]),
+                                 pyramid_layers)
     adapter = ADAPTERS[model_type]
     try:
         import transformers

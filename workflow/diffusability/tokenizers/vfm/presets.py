@@ -55,7 +55,7 @@ PREPROCESSING: dict[str, Preprocessing] = {
     "mocov3": Preprocessing(None, "bilinear", False, IMAGENET_MEAN, IMAGENET_STD,
                             "MoCov3-L/16 stays at 256; position embeddings resampled (bicubic) to the grid"),
     "pe": Preprocessing(PATCHES_16, "bilinear", False, HALF, HALF,
-                        "PE-Core/Spatial/Lang; no native transformers image model (see loaders)"),
+                        "PE-Core/Spatial/Lang; timm only (vfm.timm_teacher, the optional timm extra)"),
     "radio": Preprocessing(256, "bilinear", False, ZERO, UNIT,
                            "C-RADIOv3-B/L, patch 16; the model normalises internally; spatial features"),
     "siglip": Preprocessing(NATIVE, "bicubic", True, HALF, HALF,

@@ -1,4 +1,4 @@
-"""Wall time of the dry run of the full paper study (config/paper.yaml, 3,795 jobs): goal ≤ 15 s.
+"""Wall time of the dry run of the full paper study (config/paper.yaml, 3,881 jobs): goal ≤ 15 s.
 
 Lays out a temporary working directory like the repository root (Snakefile and workflow/ linked,
 config/paper.yaml with its /path/to/ placeholders pointed at empty stand-in folders and files),

@@ -121,3 +121,57 @@ def test_channel_statistics_closed_form():
     values = torch.tensor([0, 1, 2, 3, 12, 13, 14, 15], dtype=torch.float64)
     assert mean[0].item() == pytest.approx(values.mean().item())
     assert std[0].item() == pytest.approx(values.std(unbiased=True).item(), rel=1e-6)
+
+
+def test_a_killed_encode_resumes_after_its_last_chunk_and_ends_with_the_same_files(stage, tmp_path, monkeypatch):
+    """encode writes its files chunk by chunk with a progress record; a job killed after the first chunk
+    continues from there when rerun (the done chunk is not encoded again) and its latent files are
+    byte-identical to those of an uninterrupted run. A partial file of another spec is not resumed."""
+    from diffusability.io import ResumableTensorFile
+    from diffusability.tokenizers import commands
+
+    monkeypatch.setattr(commands, "ENCODE_CHUNK", 8)  # train: chunks [0, 8), [8, 16), [16, 20)
+    spec = json.dumps({"seed": 5, "batch_size": 3, "flip": True})
+    args = ["encode", "--tokenizer", str(stage / "tok"), "--train", str(stage / "train.safetensors"),
+            "--val", str(stage / "val.safetensors"), "--spec", spec, "--out"]
+    assert main(args + [str(tmp_path / "straight")]) == 0
+
+    original, calls = commands.encode_images, []
+
+    def dies_on_the_second_chunk(*a, **kw):
+        calls.append((kw["start"], kw["stop"]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the job is killed mid-run
+        return original(*a, **kw)
+
+    monkeypatch.setattr(commands, "encode_images", dies_on_the_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        main(args + [str(tmp_path / "killed")])
+    assert (tmp_path / "killed" / "train.safetensors.partial").is_file()
+    assert not (tmp_path / "killed" / "train.safetensors").exists()
+
+    calls.clear()
+    monkeypatch.setattr(commands, "encode_images", lambda *a, **kw: (calls.append((kw["start"], kw["stop"])),
+                                                                       original(*a, **kw))[1])
+    assert main(args + [str(tmp_path / "killed")]) == 0
+    assert calls[0] == (8, 16)  # the finished chunk [0, 8) was kept
+    for name in ("train", "val"):  # written by our own deterministic writer: compare bytes
+        assert (tmp_path / "killed" / f"{name}.safetensors").read_bytes() == \
+            (tmp_path / "straight" / f"{name}.safetensors").read_bytes(), name
+    killed, straight = (load_tensors(tmp_path / run / "stats.safetensors") for run in ("killed", "straight"))
+    assert all(torch.equal(killed[k], straight[k]) for k in ("mean", "std"))
+    assert not list((tmp_path / "killed").glob("*.partial")) and not list((tmp_path / "killed").glob("*.progress.json"))
+
+    # Another fingerprint (or layout) starts over instead of mixing contents.
+    first = ResumableTensorFile(tmp_path / "x.safetensors", {"a": ("float32", (4, 2))}, fingerprint={"spec": 1})
+    first.arrays["a"][:2] = 1.0
+    first.mark("a", 2)
+    del first
+    assert ResumableTensorFile(tmp_path / "x.safetensors", {"a": ("float32", (4, 2))},
+                               fingerprint={"spec": 1}).done["a"] == 2
+    other = ResumableTensorFile(tmp_path / "x.safetensors", {"a": ("float32", (4, 2))}, fingerprint={"spec": 2})
+    assert other.done["a"] == 0 and not other.resumed
+    other.arrays["a"][:] = 3.0
+    other.mark("a", 4)
+    other.commit()
+    assert torch.equal(load_tensors(tmp_path / "x.safetensors")["a"], torch.full((4, 2), 3.0))

@@ -140,6 +140,89 @@ def memory_map_tensors(path: PathLike, keys: list[str]) -> dict:
     return out
 
 
+class ResumableTensorFile:
+    """A ``.safetensors`` file written region by region, that a killed job continues where it stopped.
+
+    Every tensor's dtype and shape is known in advance, so the header is written first and each tensor's
+    data region is filled through a writable memory map of ``<path>.partial`` (nothing has to fit in
+    memory). ``mark(name, rows)`` flushes and records in ``<path>.progress.json`` how many leading rows of
+    a tensor are final; a rerun with the same layout and ``fingerprint`` (what the content depends on)
+    reopens the partial file and continues from there, anything else starts over. ``commit()`` renames the
+    finished file onto ``path`` (atomically) and removes the progress record.
+
+    Args:
+        tensors: name → (numpy dtype name, shape); laid out in sorted-name order.
+        metadata: the file's string metadata; fingerprint: JSON-able identity of the content.
+    """
+
+    def __init__(self, path: PathLike, tensors: Mapping[str, tuple[str, tuple[int, ...]]],
+                 metadata: Mapping[str, str] | None = None, fingerprint: Any = None):
+        import numpy as np
+
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.progress_path = self.path.with_name(self.path.name + ".progress.json")
+        to_safetensors = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
+        header: dict[str, Any] = {"__metadata__": dict(sorted((metadata or {}).items()))} if metadata else {}
+        offset, layout = 0, {}
+        for name in sorted(tensors):
+            dtype, shape = np.dtype(tensors[name][0]), tuple(int(d) for d in tensors[name][1])
+            require(dtype.name in to_safetensors, f"{path}: tensor {name!r}: unsupported dtype {dtype}")
+            size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            header[name] = {"dtype": to_safetensors[dtype.name], "shape": list(shape),
+                            "data_offsets": [offset, offset + size]}
+            layout[name] = (dtype, shape, offset)
+            offset += size
+        text = json.dumps(header, separators=(",", ":"))
+        text += " " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+        self._header = len(text).to_bytes(8, "little") + text.encode()
+        self._identity = {"header": hashlib.sha256(self._header).hexdigest(), "fingerprint": fingerprint}
+        self.done = {name: 0 for name in tensors}
+        resumed = self._resume()
+        if not resumed:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.partial, "wb") as handle:
+                handle.write(self._header)
+                handle.truncate(len(self._header) + offset)
+            self._write_progress()
+        start = len(self._header)
+        self.arrays = {name: np.memmap(self.partial, dtype=dtype, mode="r+", offset=start + begin, shape=shape)
+                       for name, (dtype, shape, begin) in layout.items()}
+        self.resumed = resumed
+
+    def _resume(self) -> bool:
+        if not (self.partial.is_file() and self.progress_path.is_file()):
+            return False
+        try:
+            progress = read_json(self.progress_path)
+        except DiffusabilityError:
+            return False
+        with open(self.partial, "rb") as handle:
+            same_header = handle.read(len(self._header)) == self._header
+        expected = json.loads(json.dumps(self._identity, default=_json_default))
+        if not same_header or progress.get("identity") != expected:
+            return False
+        self.done.update({k: int(v) for k, v in progress.get("done", {}).items() if k in self.done})
+        return True
+
+    def _write_progress(self) -> None:
+        write_json(self.progress_path, {"identity": self._identity, "done": self.done})
+
+    def mark(self, name: str, rows: int) -> None:
+        """Flush tensor ``name`` and record its first ``rows`` rows as final."""
+        self.arrays[name].flush()
+        self.done[name] = int(rows)
+        self._write_progress()
+
+    def commit(self) -> None:
+        """Flush everything, rename the file onto ``path`` and drop the progress record."""
+        for array in self.arrays.values():
+            array.flush()
+        self.arrays = {}
+        os.replace(self.partial, self.path)
+        self.progress_path.unlink(missing_ok=True)
+
+
 def load_arrays(path: PathLike) -> dict:
     """Load ``.npz`` or ``.safetensors`` into a dict of numpy arrays."""
     import numpy as np

@@ -128,12 +128,14 @@ def posterior_noise(seed: int, split: str, start: int, stop: int, shape: tuple[i
 
 
 def encode_images(model, images, seed: int, split: str, batch_size: int, sample: bool = True,
-                  mirror: bool = False, device: str = "cpu"):
-    """uint8 (N,H,W,3) → float32 CPU latents (N,C,h,w): posterior samples (or means if ``sample`` is False).
+                  mirror: bool = False, device: str = "cpu", start: int = 0, stop: int | None = None):
+    """uint8 (N,H,W,3) → float32 CPU latents of images [start, stop): posterior samples (or means if
+    ``sample`` is False), shape (stop − start, C, h, w).
 
     ``images`` may be any array-like that slices to uint8 numpy/torch batches (a memory-mapped shard
     split is read batch by batch); ``mirror`` encodes each image flipped left-right. The model runs on
-    ``device``; the posterior noise is drawn on the CPU, so it is the same on every device.
+    ``device``; the posterior noise is drawn on the CPU by image index, so it is the same on every device,
+    batch size and range.
     """
     import torch
 
@@ -141,12 +143,13 @@ def encode_images(model, images, seed: int, split: str, batch_size: int, sample:
     from ..imaging import to_model_input
     from ..progress import progress
 
-    count = images.shape[0]
-    require(count >= 1, f"encode: the {split} split is empty")
+    stop = images.shape[0] if stop is None else stop
+    require(stop - start >= 1, f"encode: the {split} split is empty")
     outputs = []
     with torch.no_grad():
-        for rows in progress(iterate_batches(count, batch_size), total=-(-count // batch_size),
-                             desc=f"encode {split}"):
+        for rows in progress(iterate_batches(stop - start, batch_size), total=-(-(stop - start) // batch_size),
+                             desc=f"encode {split} [{start}, {stop})"):
+            rows = slice(start + rows.start, start + rows.stop)
             batch = torch.as_tensor(images[rows])
             if mirror:
                 batch = batch.flip(2)  # (n, H, W, 3): W is axis 2
@@ -157,6 +160,61 @@ def encode_images(model, images, seed: int, split: str, batch_size: int, sample:
                 latents = latents + posterior.std * noise.to(latents.device)
             outputs.append(latents.float().cpu())
     return torch.cat(outputs)
+
+
+#: images encoded between two progress records of an encode job (a killed job redoes at most this many)
+ENCODE_CHUNK = 8192
+
+
+def latent_shape(model, images, device: str) -> tuple[int, int, int]:
+    """(C, h, w) of the tokenizer's latents for these images (one image encoded)."""
+    import torch
+
+    from ..imaging import to_model_input
+
+    with torch.no_grad():
+        return tuple(model.encode(to_model_input(torch.as_tensor(images[0:1])).to(device)).mode().shape[1:])
+
+
+def encode_split_to_file(model, split, path, *, seed: int, name: str, batch_size: int, device: str,
+                         metadata: dict, fingerprint: dict, mirror_copy: bool = False, mask_spec: dict | None = None):
+    """Encode a split into ``path`` (.safetensors: ``latents`` float32 (N,C,h,w), ``labels`` int64 (N,),
+    optionally ``latents_flip`` and pooled ``masks`` bool (N,h,w)), chunk by chunk, resumably.
+
+    The file is written through :class:`~diffusability.io.ResumableTensorFile`: a killed job that is rerun
+    continues after the last finished chunk of ``ENCODE_CHUNK`` images and ends with the same bytes.
+    """
+    import numpy as np
+
+    from ..io import ResumableTensorFile
+    from ..progress import log
+
+    count = len(split)
+    require(count >= 1, f"encode: the {name} split is empty")
+    shape = latent_shape(model, split.images, device)
+    tensors = {"latents": ("float32", (count, *shape)), "labels": ("int64", (count,))}
+    if mirror_copy:
+        tensors["latents_flip"] = ("float32", (count, *shape))
+    if mask_spec is not None:
+        tensors["masks"] = ("bool", (count, *shape[1:]))
+    out = ResumableTensorFile(path, tensors, metadata, fingerprint)
+    if out.resumed:
+        log.info("encode %s: resuming %s (%s)", name, path, out.done)
+    if out.done["labels"] < count:
+        out.arrays["labels"][:] = np.asarray(split.labels, dtype=np.int64)
+        out.mark("labels", count)
+    streams = [("latents", name, False)] + ([("latents_flip", f"{name}_flip", True)] if mirror_copy else [])
+    for key, noise_split, mirror in streams:
+        for start in range(out.done[key], count, ENCODE_CHUNK):
+            stop = min(start + ENCODE_CHUNK, count)
+            out.arrays[key][start:stop] = encode_images(model, split.images, seed, noise_split, batch_size,
+                                                        mirror=mirror, device=device, start=start,
+                                                        stop=stop).numpy()
+            out.mark(key, stop)
+    if mask_spec is not None and out.done["masks"] < count:
+        out.arrays["masks"][:] = pooled_masks(split, shape[1:], mask_spec["rule"], mask_spec["threshold"]).numpy()
+        out.mark("masks", count)
+    out.commit()
 
 
 def pooled_masks(split, grid: tuple[int, int], rule: str, threshold: float, batch_size: int = 1024):
@@ -173,19 +231,28 @@ def pooled_masks(split, grid: tuple[int, int], rule: str, threshold: float, batc
     return torch.as_tensor(np.concatenate(pieces)).bool()
 
 
-def channel_statistics(latents):
-    """Per-channel mean and unbiased std over (N, h, w) of latents (N,C,h,w): two float32 (C,) tensors."""
-    values = latents.double().transpose(0, 1).reshape(latents.shape[1], -1)
-    require(values.shape[1] >= 2, "encode: need at least 2 latent values per channel for a std")
-    return values.mean(dim=1).float(), values.std(dim=1, unbiased=True).float()
+def channel_statistics(latents, chunk: int = 65536):
+    """Per-channel mean and unbiased std over (N, h, w) of latents (N,C,h,w) (a tensor or a memory map),
+    two float64 passes over chunks of ``chunk`` latents: two float32 (C,) tensors."""
+    import torch
+
+    count, channels = latents.shape[0], latents.shape[1]
+    values = count * latents.shape[2] * latents.shape[3]
+    require(values >= 2, "encode: need at least 2 latent values per channel for a std")
+
+    def chunks():
+        for start in range(0, count, chunk):
+            yield torch.as_tensor(latents[start:start + chunk]).double().transpose(0, 1).reshape(channels, -1)
+
+    mean = sum(part.sum(dim=1) for part in chunks()) / values
+    variance = sum((part - mean[:, None]).pow(2).sum(dim=1) for part in chunks()) / (values - 1)
+    return mean.float(), variance.sqrt().float()
 
 
 def run_encode(args: argparse.Namespace) -> int:
-    import torch
-
     from ..data.splits import open_image_split
     from ..devices import resolve_device
-    from ..io import save_tensors
+    from ..io import file_sha256, memory_map_tensors, save_tensors
     from ..progress import log
     from .factory import load_tokenizer
 
@@ -198,24 +265,23 @@ def run_encode(args: argparse.Namespace) -> int:
     model = load_tokenizer(args.tokenizer).to(device)
     out = Path(args.out)
     metadata = {"tokenizer": str(args.tokenizer), "posterior": "sample", "seed": str(spec["seed"])}
+    # what the files' content depends on: a partial file of another tokenizer or spec is never resumed
+    identity = {"tokenizer": file_sha256(Path(args.tokenizer) / "model.safetensors"), "spec": spec}
     train = open_image_split(args.train)
     val = open_image_split(args.val, need_masks=True)
-    train_latents = encode_images(model, train.images, spec["seed"], "train", batch_size, device=device)
+    common = dict(seed=spec["seed"], batch_size=batch_size, device=device, metadata=metadata)
+    # LightningDiT's cache with encode.flip: each training image also encoded mirrored (its own noise
+    # stream); the statistics stay those of the unflipped copy.
+    encode_split_to_file(model, train, out / "train.safetensors", name="train", mirror_copy=bool(spec["flip"]),
+                         fingerprint={**identity, "images": str(args.train)}, **common)
+    encode_split_to_file(model, val, out / "val.safetensors", name="val",
+                         mask_spec={"rule": spec["mask_pooling"], "threshold": spec["mask_threshold"]},
+                         fingerprint={**identity, "images": str(args.val)}, **common)
+    train_latents = memory_map_tensors(out / "train.safetensors", ["latents"])["latents"]
     mean, std = channel_statistics(train_latents)
-    val_latents = encode_images(model, val.images, spec["seed"], "val", batch_size, device=device)
-    masks = pooled_masks(val, tuple(val_latents.shape[-2:]), spec["mask_pooling"], spec["mask_threshold"])
-    train_tensors = {"latents": train_latents, "labels": torch.as_tensor(train.labels).long()}
-    if spec["flip"]:
-        # LightningDiT's cache: each training image also encoded mirrored (its own noise stream);
-        # the statistics stay those of the unflipped copy.
-        train_tensors["latents_flip"] = encode_images(model, train.images, spec["seed"], "train_flip", batch_size,
-                                                      mirror=True, device=device)
-    save_tensors(out / "train.safetensors", train_tensors, metadata)
-    save_tensors(out / "val.safetensors", {"latents": val_latents, "labels": torch.as_tensor(val.labels).long(),
-                                           "masks": masks}, metadata)
     save_tensors(out / "stats.safetensors", {"mean": mean, "std": std}, metadata)
-    log.info("encode: %d train and %d val latents of shape %s in %s", train_latents.shape[0],
-             val_latents.shape[0], tuple(train_latents.shape[1:]), out)
+    log.info("encode: %d train and %d val latents of shape %s in %s", len(train), len(val),
+             tuple(train_latents.shape[1:]), out)
     return 0
 
 

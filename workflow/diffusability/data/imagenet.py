@@ -125,11 +125,22 @@ def class_wnids(train_root: str | os.PathLike) -> list[str]:
 
 # ----------------------------------------------------------------------------- decoding
 
-def load_center_cropped(path: str | os.PathLike, size: int) -> np.ndarray:
-    """Decode one image file, convert to RGB, ADM center crop → uint8 (size, size, 3)."""
+def open_image(path: str | os.PathLike):
+    """A PIL image of a file path, or of a row of an on-disk Hugging Face dataset (``<dir>::<row>::<name>``)."""
+    import io
+
     from PIL import Image
 
-    with Image.open(path) as image:
+    from .hf_dataset import is_row_reference, read_row_bytes
+
+    if is_row_reference(str(path)):
+        return Image.open(io.BytesIO(read_row_bytes(str(path))))
+    return Image.open(path)
+
+
+def load_center_cropped(path: str | os.PathLike, size: int) -> np.ndarray:
+    """Decode one image (file or dataset row), convert to RGB, ADM center crop → uint8 (size, size, 3)."""
+    with open_image(path) as image:
         image.load()
         rgb = image.convert("RGB")
     return np.asarray(adm_center_crop(rgb, size), dtype=np.uint8)
@@ -142,7 +153,7 @@ def load_cropped_mask_ids(mask_path: str | os.PathLike, image_path: str, size: i
     from .imagenet_s import read_mask_ids
 
     ids = read_mask_ids(mask_path)
-    with Image.open(image_path) as image:
+    with open_image(image_path) as image:
         width, height = image.size
     if ids.shape != (height, width):
         raise ValueError(f"mask {mask_path} is {ids.shape[1]}x{ids.shape[0]}, image is {width}x{height}")
@@ -211,6 +222,11 @@ def prepare_imagenet_splits(spec) -> dict:
     Returns ``{"train": split, "val": split}`` with the arrays of :func:`load_images` (no ``bad``).
     """
     cfg = spec.imagenet
+    from .hf_dataset import is_hf_dataset
+
+    for folder in (cfg.train_dir, cfg.val_dir):
+        require(not is_hf_dataset(folder), f"{folder}: an on-disk Hugging Face dataset is read through "
+                                           "data.imagenet.storage: shards (the in-memory route lists image folders)")
     wnids = class_wnids(cfg.train_dir)
     require(spec.n_classes <= len(wnids),
             f"spec key 'n_classes': {spec.n_classes} requested, {cfg.train_dir} has {len(wnids)} classes")

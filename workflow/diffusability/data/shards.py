@@ -32,6 +32,13 @@ MANIFEST_COLUMNS = ("path", "wnid", "label", "sha256", "bytes")
 
 
 def _hash_one(path: str) -> tuple[str, int]:
+    from .hf_dataset import is_row_reference, read_row_bytes
+
+    if is_row_reference(path):
+        import hashlib
+
+        data = read_row_bytes(path)
+        return hashlib.sha256(data).hexdigest(), len(data)
     return file_sha256(path), os.path.getsize(path)
 
 
@@ -41,10 +48,18 @@ def build_manifest(image_root: str | os.PathLike, train_root: str | os.PathLike,
 
     Labels are positions in the sorted wnid folder names of ``train_root`` (the same labels for
     train and val); a wnid absent from the train tree is an error. Rows are sorted by path.
+    An on-disk Hugging Face dataset (``save_to_disk``) is listed instead by rows, with its own labels
+    (``data.hf_dataset``; ``train_root`` is then not read).
     """
     import pandas as pd
 
+    from .hf_dataset import is_hf_dataset, list_rows
     from .imagenet import class_wnids, list_image_folder
+
+    if is_hf_dataset(image_root):
+        rows = list_rows(image_root)
+        return pd.DataFrame({**rows, "label": np.asarray(rows["label"], dtype=np.int64),
+                             "bytes": np.asarray(rows["bytes"], dtype=np.int64)})[list(MANIFEST_COLUMNS)]
 
     label_of = {w: k for k, w in enumerate(class_wnids(train_root))}
     listing = list_image_folder(image_root, cache_dir)
@@ -180,7 +195,9 @@ def select_rows(manifest, *, n_classes: int | None = None, n_images: int = 0, se
     if n_classes is not None:
         chosen = chosen[chosen["label"] < n_classes]
     if keep_stems is not None:
-        stems = chosen["path"].map(lambda p: Path(p).stem)
+        from .hf_dataset import image_stem
+
+        stems = chosen["path"].map(image_stem)
         chosen = chosen[stems.isin(keep_stems)]
         require(len(chosen), f"{name}: no image has a mask among the {len(keep_stems)} masks")
     return chosen.iloc[select_subset(n_images, len(chosen), seed, name)]
@@ -213,8 +230,10 @@ def write_shards(manifest, out_dir: str | os.PathLike, *, image_size: int, shard
     if masks_dir is not None:
         from .imagenet_s import index_masks
 
+        from .hf_dataset import image_stem
+
         by_stem = index_masks(masks_dir)
-        mask_paths = [str(by_stem[Path(p).stem]) if Path(p).stem in by_stem else None for p in paths]
+        mask_paths = [str(by_stem[image_stem(p)]) if image_stem(p) in by_stem else None for p in paths]
         if mask_categories is not None:
             from .imagenet_s import class_id_to_label, read_categories
 

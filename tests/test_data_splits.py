@@ -141,6 +141,15 @@ def test_every_stage_gives_the_same_result_on_file_and_shards(stores, monkeypatc
     assert file["reconstruction"].equals(shards["reconstruction"])
 
 
+def trained_tokenizer(root, paths):
+    """The tokenizer the stage test trains on the file split (trained here when that test did not run)."""
+    tokenizer = root / "file" / "tok"
+    if not (tokenizer / "model.safetensors").is_file():
+        _run("train-tokenizer", "--spec", json.dumps(TOKENIZER), "--train", paths["train"]["file"],
+             "--teacher", root / "teacher", "--out", tokenizer)
+    return tokenizer
+
+
 def test_reconstruction_rfid_rows_use_the_fid_inception(stores, tmp_path):
     """--inception-weights adds rfid rows: the Fréchet distance of Inception pool3 features of the originals
     and of the posterior-mean reconstructions (recomputed here through the generation-metrics path)."""
@@ -154,10 +163,7 @@ def test_reconstruction_rfid_rows_use_the_fid_inception(stores, tmp_path):
     torch.manual_seed(0)
     state = {k: v for k, v in FIDInceptionV3().state_dict().items() if k != "softmax_weight"}
     save_tensors(tmp_path / "inception.safetensors", state)
-    tokenizer = root / "file" / "tok"
-    if not (tokenizer / "model.safetensors").is_file():  # the stage test trains it; train here when run alone
-        _run("train-tokenizer", "--spec", json.dumps(TOKENIZER), "--train", paths["train"]["file"],
-             "--teacher", root / "teacher", "--out", tokenizer)
+    tokenizer = trained_tokenizer(root, paths)
     _run("reconstruction", "--tokenizer", tokenizer, "--data", paths["val"]["shards"], "--feature-net",
          root / "teacher", "--inception-weights", tmp_path / "inception.safetensors", "--spec",
          json.dumps({"batch_size": 4}), "--out", tmp_path / "rec.parquet")
@@ -187,10 +193,7 @@ def test_reconstruction_lpips_rows_average_the_per_image_distance(stores, tmp_pa
     vgg = {f"features.{k}": v for k, v in LPIPSVGG().features.state_dict().items()}
     heads = {f"lin{level}.weight": torch.rand(1, c, 1, 1) for level, c in enumerate((64, 128, 256, 512, 512))}
     save_tensors(tmp_path / "lpips.safetensors", {**vgg, **heads})
-    tokenizer = root / "file" / "tok"
-    if not (tokenizer / "model.safetensors").is_file():
-        _run("train-tokenizer", "--spec", json.dumps(TOKENIZER), "--train", paths["train"]["file"],
-             "--teacher", root / "teacher", "--out", tokenizer)
+    tokenizer = trained_tokenizer(root, paths)
     _run("reconstruction", "--tokenizer", tokenizer, "--data", paths["val"]["file"], "--feature-net",
          root / "teacher", "--lpips-weights", tmp_path / "lpips.safetensors", "--spec",
          json.dumps({"batch_size": 4}), "--out", tmp_path / "rec.parquet")

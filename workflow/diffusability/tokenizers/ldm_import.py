@@ -74,23 +74,9 @@ def import_ldm_tokenizer(state: Mapping[str, Any], spec: TokenizerSpec | Mapping
     The spec must describe the checkpoint's channel plan (e.g. ``paper_f16d32()`` for VA-VAE);
     a mismatch is an error that lists the first missing/unexpected names.
     """
-    from ..io import save_tensors, write_json
-    from .factory import CONFIG_FILE, WEIGHTS_FILE, build_tokenizer
+    from .pretrained import write_checked_tokenizer
 
     spec = as_spec(spec)
     require(spec.architecture == "conv", "import_ldm_tokenizer: only the conv architecture has an LDM layout")
-    model = build_tokenizer(spec)
     converted = convert_ldm_state_dict(state, len(spec.channel_mult))
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(converted))
-    unexpected = sorted(set(converted) - set(expected))
-    require(not missing and not unexpected,
-            f"LDM checkpoint does not match the spec's channel plan: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    for key, value in converted.items():
-        require(tuple(value.shape) == tuple(expected[key].shape),
-                f"LDM checkpoint: {key} has shape {tuple(value.shape)}, the spec expects {tuple(expected[key].shape)}")
-    out_dir = Path(out_dir)
-    save_tensors(out_dir / WEIGHTS_FILE, {k: v.float().contiguous() for k, v in converted.items()},
-                 metadata={"format": "diffusability-conv-vae", "source": "ldm-autoencoderkl"})
-    write_json(out_dir / CONFIG_FILE, spec.to_dict())
-    return out_dir
+    return write_checked_tokenizer(converted, spec, out_dir, source="ldm-autoencoderkl")

@@ -23,7 +23,6 @@ import cProfile
 import io
 import os
 import pstats
-import re
 import statistics
 import subprocess
 import sys
@@ -31,11 +30,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from diffusability.snakemake_output import job_counts
+
 REPO = Path(__file__).resolve().parent.parent
 GOAL_SECONDS = 15.0
 DRY_RUN_ARGS = ("-n", "--cores", "1", "--quiet", "rules", "--configfile", "config/paper.yaml",
                 "--replace-workflow-config")
-_ROW = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s+(\d+)$")
 
 
 def lay_out_workdir(work: Path) -> None:
@@ -73,19 +73,6 @@ def timed_run(args: list[str], work: Path) -> tuple[float, str]:
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed:\n{output[-3000:]}")
     return seconds, output
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """{rule: count} from the job-stats table of a dry run (first table only)."""
-    counts: dict[str, int] = {}
-    for line in output.splitlines():
-        line = line.strip()
-        if line.startswith("total"):
-            break
-        match = _ROW.match(line)
-        if match and match.group(1) not in ("job", "count"):
-            counts[match.group(1)] = int(match.group(2))
-    return counts
 
 
 def profile_dry_run(work: Path, top: int) -> str:

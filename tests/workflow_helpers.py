@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 from pathlib import Path
 
-_ROW = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s+(\d+)$")
+from diffusability.snakemake_output import job_counts
 
 
 def run_snakemake(exe: str, workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -18,15 +17,7 @@ def planned_jobs(exe: str, workdir: Path, *args: str, targets: tuple[str, ...] =
     result = run_snakemake(exe, workdir, *targets, "-n", "--cores", "1", *args, "--quiet", "rules", timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
-    counts: dict[str, int] = {}
-    for line in output.splitlines():
-        line = line.strip()
-        if line.startswith("total"):
-            break
-        match = _ROW.match(line)
-        if match and match.group(1) not in ("job", "count"):
-            counts[match.group(1)] = int(match.group(2))
-    return counts
+    return job_counts(output)
 
 
 def expected_full_counts(config: dict) -> dict[str, int]:

@@ -28,18 +28,24 @@ def _command(*args: str) -> list[str]:
 
 def _kill_after_first_checkpoint(command: list[str], checkpoints: Path, done: Path, timeout: float = 240) -> None:
     """Start ``command``, SIGKILL it as soon as a checkpoint exists; fail if it finished first."""
+    _kill_when(command, lambda: checkpoints.is_dir() and any(p.suffix == ".pt" for p in checkpoints.iterdir()),
+               done, timeout)
+
+
+def _kill_when(command: list[str], ready, done: Path, timeout: float = 240) -> None:
+    """Start ``command``, SIGKILL it as soon as ``ready()`` holds; fail if it finished first."""
     process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            if checkpoints.is_dir() and any(p.suffix == ".pt" for p in checkpoints.iterdir()):
+            if ready():
                 process.send_signal(signal.SIGKILL)
                 break
             if process.poll() is not None:
-                pytest.fail(f"the run ended before its first checkpoint: {process.stderr.read().decode()[-2000:]}")
+                pytest.fail(f"the run ended before it could be killed: {process.stderr.read().decode()[-2000:]}")
             time.sleep(0.02)
         else:
-            pytest.fail("no checkpoint appeared in time")
+            pytest.fail("the kill point was not reached in time")
     finally:
         process.wait()
     assert process.returncode == -signal.SIGKILL
@@ -91,3 +97,42 @@ def test_tokenizer_training_survives_sigkill(tmp_path):
     _kill_after_first_checkpoint(command, killed / "checkpoints", killed / "model.safetensors")
     _run(command)
     _assert_same_tensors(straight / "model.safetensors", killed / "model.safetensors")
+
+
+def test_encode_survives_sigkill(tmp_path):
+    """encode killed after its first progress record continues from there and writes the same latent files."""
+    from diffusability.io import read_json
+
+    rng = np.random.default_rng(1)
+    for split, count in (("train", 3000), ("val", 64)):
+        masks = np.zeros((count, 16, 16), dtype=bool)
+        masks[:, 4:12, 4:12] = True
+        save_tensors(tmp_path / f"{split}.safetensors",
+                     {"images": rng.integers(0, 256, size=(count, 16, 16, 3), dtype=np.uint8),
+                      "labels": np.zeros(count, dtype=np.int64), "masks": masks})
+    tokenizer = {"name": "t", "seed": 0, "image_size": 16, "base_channels": 8, "channel_mult": [1, 2],
+                 "latent_channels": 2, "steps": 1, "batch_size": 4}
+    _run(_command("train-tokenizer", "--spec", json.dumps(tokenizer), "--train", str(tmp_path / "train.safetensors"),
+                  "--out", str(tmp_path / "tok")))
+    spec = json.dumps({"seed": 0, "batch_size": 16, "chunk": 32, "flip": True})
+
+    def encode(out: Path) -> list[str]:
+        return _command("encode", "--tokenizer", str(tmp_path / "tok"), "--train", str(tmp_path / "train.safetensors"),
+                        "--val", str(tmp_path / "val.safetensors"), "--spec", spec, "--out", str(out))
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    _run(encode(straight))
+    progress = killed / "train.safetensors.progress.json"
+
+    def first_chunk_recorded() -> bool:
+        try:
+            return progress.is_file() and read_json(progress)["done"]["latents"] > 0
+        except Exception:  # noqa: BLE001 - a record being replaced at this instant: look again
+            return False
+
+    _kill_when(encode(killed), first_chunk_recorded, killed / "train.safetensors")
+    assert (killed / "train.safetensors.partial").is_file()
+    _run(encode(killed))
+    for name in ("train", "val"):
+        assert (killed / f"{name}.safetensors").read_bytes() == (straight / f"{name}.safetensors").read_bytes()
+    _assert_same_tensors(straight / "stats.safetensors", killed / "stats.safetensors")

@@ -130,8 +130,7 @@ def test_a_killed_encode_resumes_after_its_last_chunk_and_ends_with_the_same_fil
     from diffusability.io import ResumableTensorFile
     from diffusability.tokenizers import commands
 
-    monkeypatch.setattr(commands, "ENCODE_CHUNK", 8)  # train: chunks [0, 8), [8, 16), [16, 20)
-    spec = json.dumps({"seed": 5, "batch_size": 3, "flip": True})
+    spec = json.dumps({"seed": 5, "batch_size": 3, "flip": True, "chunk": 8})  # train: [0, 8), [8, 16), [16, 20)
     args = ["encode", "--tokenizer", str(stage / "tok"), "--train", str(stage / "train.safetensors"),
             "--val", str(stage / "val.safetensors"), "--spec", spec, "--out"]
     assert main(args + [str(tmp_path / "straight")]) == 0

@@ -16,7 +16,8 @@ from typing import Any, Mapping
 
 from ..errors import require
 
-ENCODE_DEFAULTS = {"seed": 0, "batch_size": 256, "mask_pooling": "max", "mask_threshold": 0.5, "flip": False}
+ENCODE_DEFAULTS = {"seed": 0, "batch_size": 256, "mask_pooling": "max", "mask_threshold": 0.5, "flip": False,
+                   "chunk": 8192}
 RECONSTRUCTION_DEFAULTS = {"seed": None, "batch_size": 256, "is_splits": 10}
 #: posterior noise is drawn in fixed blocks of images so the latents do not depend on batch_size
 NOISE_BLOCK = 256
@@ -162,10 +163,6 @@ def encode_images(model, images, seed: int, split: str, batch_size: int, sample:
     return torch.cat(outputs)
 
 
-#: images encoded between two progress records of an encode job (a killed job redoes at most this many)
-ENCODE_CHUNK = 8192
-
-
 def latent_shape(model, images, device: str) -> tuple[int, int, int]:
     """(C, h, w) of the tokenizer's latents for these images (one image encoded)."""
     import torch
@@ -177,12 +174,13 @@ def latent_shape(model, images, device: str) -> tuple[int, int, int]:
 
 
 def encode_split_to_file(model, split, path, *, seed: int, name: str, batch_size: int, device: str,
-                         metadata: dict, fingerprint: dict, mirror_copy: bool = False, mask_spec: dict | None = None):
+                         metadata: dict, fingerprint: dict, chunk: int = ENCODE_DEFAULTS["chunk"],
+                         mirror_copy: bool = False, mask_spec: dict | None = None):
     """Encode a split into ``path`` (.safetensors: ``latents`` float32 (N,C,h,w), ``labels`` int64 (N,),
     optionally ``latents_flip`` and pooled ``masks`` bool (N,h,w)), chunk by chunk, resumably.
 
     The file is written through :class:`~diffusability.io.ResumableTensorFile`: a killed job that is rerun
-    continues after the last finished chunk of ``ENCODE_CHUNK`` images and ends with the same bytes.
+    continues after its last finished chunk of ``chunk`` images and ends with the same bytes.
     """
     import numpy as np
 
@@ -205,8 +203,8 @@ def encode_split_to_file(model, split, path, *, seed: int, name: str, batch_size
         out.mark("labels", count)
     streams = [("latents", name, False)] + ([("latents_flip", f"{name}_flip", True)] if mirror_copy else [])
     for key, noise_split, mirror in streams:
-        for start in range(out.done[key], count, ENCODE_CHUNK):
-            stop = min(start + ENCODE_CHUNK, count)
+        for start in range(out.done[key], count, chunk):
+            stop = min(start + chunk, count)
             out.arrays[key][start:stop] = encode_images(model, split.images, seed, noise_split, batch_size,
                                                         mirror=mirror, device=device, start=start,
                                                         stop=stop).numpy()
@@ -260,6 +258,7 @@ def run_encode(args: argparse.Namespace) -> int:
     require(spec["mask_pooling"] in ("max", "fraction"),
             f"encode spec: mask_pooling must be 'max' or 'fraction', got {spec['mask_pooling']!r}")
     require(int(spec["batch_size"]) >= 1, f"encode spec: batch_size must be ≥ 1, got {spec['batch_size']}")
+    require(int(spec["chunk"]) >= 1, f"encode spec: chunk must be ≥ 1, got {spec['chunk']}")
     batch_size = int(spec["batch_size"])
     device = resolve_device(args.device)
     model = load_tokenizer(args.tokenizer).to(device)
@@ -269,7 +268,9 @@ def run_encode(args: argparse.Namespace) -> int:
     identity = {"tokenizer": file_sha256(Path(args.tokenizer) / "model.safetensors"), "spec": spec}
     train = open_image_split(args.train)
     val = open_image_split(args.val, need_masks=True)
-    common = dict(seed=spec["seed"], batch_size=batch_size, device=device, metadata=metadata)
+    # images between two progress records: a killed job redoes at most this many per file
+    common = dict(seed=spec["seed"], batch_size=batch_size, device=device, metadata=metadata,
+                  chunk=int(spec["chunk"]))
     # LightningDiT's cache with encode.flip: each training image also encoded mirrored (its own noise
     # stream); the statistics stay those of the unflipped copy.
     encode_split_to_file(model, train, out / "train.safetensors", name="train", mirror_copy=bool(spec["flip"]),

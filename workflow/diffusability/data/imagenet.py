@@ -148,8 +148,6 @@ def load_center_cropped(path: str | os.PathLike, size: int) -> np.ndarray:
 
 def load_cropped_mask_ids(mask_path: str | os.PathLike, image_path: str, size: int) -> np.ndarray:
     """ImageNet-S class ids of one image's mask → int32 (size, size), aligned with the image's crop."""
-    from PIL import Image
-
     from .imagenet_s import read_mask_ids
 
     ids = read_mask_ids(mask_path)

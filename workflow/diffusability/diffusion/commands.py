@@ -65,8 +65,6 @@ def load_normalised_latents(latent_dir: Path, split: str = "train", flipped: boo
     With ``lazy`` the latents (and flipped copies) are :class:`NormalisedLatents` over a memory map of
     the file instead of tensors in memory.
     """
-    import torch
-
     from ..errors import require
     from ..io import load_tensors, memory_map_tensors
 

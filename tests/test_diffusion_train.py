@@ -70,11 +70,32 @@ def test_resume_after_interruption_equals_a_straight_run(tmp_path):
     assert any(not torch.equal(ema[k], init[k]) for k in ema)
 
 
-def test_resume_with_a_different_spec_is_refused(tmp_path):
+def test_a_finished_run_of_other_latents_or_spec_is_never_returned(tmp_path):
+    """Finding A: a finished checkpoint of other latents (or another lr) is set aside, not resumed."""
     latents, labels = toy_data()
-    train_diffusion(latents, labels, TINY, tmp_path, 3, stop_after=2)
-    with pytest.raises(DiffusabilityError, match="lr"):
-        train_diffusion(latents, labels, dict(TINY, lr=5e-3), tmp_path, 3)
+    other = latents.flip(0).contiguous()
+    train_diffusion(other, labels.flip(0), TINY, tmp_path / "other", 3)
+    train_diffusion(latents, labels, dict(TINY, lr=5e-3), tmp_path / "lr", 3)
+    train_diffusion(latents, labels, TINY, tmp_path / "run", 3)  # finished: its checkpoint stays
+    train_diffusion(other, labels.flip(0), TINY, tmp_path / "run", 3)
+    assert (tmp_path / "run" / "checkpoints.superseded").is_dir()
+    a, b = load_tensors(tmp_path / "other" / "ema.safetensors"), load_tensors(tmp_path / "run" / "ema.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    train_diffusion(latents, labels, dict(TINY, lr=5e-3), tmp_path / "run", 3)
+    a, b = load_tensors(tmp_path / "lr" / "ema.safetensors"), load_tensors(tmp_path / "run" / "ema.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_more_steps_continue_the_same_run(tmp_path):
+    """steps is not part of the identity: raising it continues from the finished checkpoint."""
+    latents, labels = toy_data()
+    train_diffusion(latents, labels, TINY, tmp_path / "straight", 3)
+    train_diffusion(latents, labels, dict(TINY, steps=4), tmp_path / "continued", 3)
+    train_diffusion(latents, labels, TINY, tmp_path / "continued", 3)
+    assert not (tmp_path / "continued" / "checkpoints.superseded").exists()
+    a = load_tensors(tmp_path / "straight" / "ema.safetensors")
+    b = load_tensors(tmp_path / "continued" / "ema.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_gradient_accumulation_matches_the_full_batch(tmp_path):

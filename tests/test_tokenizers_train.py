@@ -102,19 +102,60 @@ def test_precision_is_fp32_or_bf16(tmp_path):
         train_tokenizer(_images(), None, {**TINY, "precision": "fp16"}, tmp_path)
 
 
-def test_resume_with_a_different_spec_is_refused_and_an_older_checkpoint_is_fp32(tmp_path):
-    assert train_tokenizer(_images(), None, TINY, tmp_path, stop_after=3) is None
-    with pytest.raises(DiffusabilityError, match="different spec"):
-        train_tokenizer(_images(), None, {**TINY, "lr": 2e-3}, tmp_path)
-    with pytest.raises(DiffusabilityError, match="different spec"):
-        train_tokenizer(_images(), None, {**TINY, "precision": "bf16"}, tmp_path)
-    # a checkpoint written before the precision key existed resumes as fp32
+def _weights(directory):
+    return load_tensors(directory / "model.safetensors")
+
+
+def test_a_checkpoint_of_another_run_is_set_aside_and_training_starts_fresh(tmp_path):
+    """Finding A/B: neither a changed setting nor changed inputs resume (or return) the old model."""
+    images, other = _images(), _images()[::-1].copy()
+    train_tokenizer(images, None, {**TINY, "lr": 2e-3}, tmp_path / "fresh")  # the reference runs
+    train_tokenizer(other, None, TINY, tmp_path / "other")
+    # a finished run, then a changed setting: the old checkpoints move aside, no error, new weights
+    train_tokenizer(images, None, TINY, tmp_path / "run")
+    train_tokenizer(images, None, {**TINY, "lr": 2e-3}, tmp_path / "run")
+    assert (tmp_path / "run" / "checkpoints.superseded").is_dir()
+    fresh, changed = _weights(tmp_path / "fresh"), _weights(tmp_path / "run")
+    assert all(torch.equal(fresh[k], changed[k]) for k in fresh)
+    # changed inputs, same spec: a fresh run on the new images, equal to a straight run on them
+    train_tokenizer(other, None, TINY, tmp_path / "run")
+    expected, got = _weights(tmp_path / "other"), _weights(tmp_path / "run")
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    # a checkpoint without a run identity (older version) is set aside too
+    state = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    del state["identity"]
+    save_checkpoint(tmp_path / "run" / "checkpoints", state["step"], state)
+    train_tokenizer(other, None, TINY, tmp_path / "run")
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints.superseded") is not None
+
+
+def test_the_input_paths_define_the_identity(tmp_path):
+    """Same arrays, but the named input file changed: the interrupted run is not resumed."""
+    from diffusability.tokenizers.train import training_identity
+    from diffusability.tokenizers.spec import as_spec
+
+    data = tmp_path / "train.bin"
+    data.write_bytes(b"first")
+    before = training_identity(as_spec(TINY), {"train": data, "teacher": None})
+    data.write_bytes(b"second")
+    assert training_identity(as_spec(TINY), {"train": data, "teacher": None}) != before
+    assert training_identity(as_spec({**TINY, "name": "renamed", "checkpoint_every": 1}),
+                             {"train": data, "teacher": None}) == \
+        training_identity(as_spec(TINY), {"train": data, "teacher": None})
+
+
+def test_checkpoints_load_without_unpickling_code(tmp_path):
+    """Finding 9: a planted checkpoint that would run code on load is refused with a clear error."""
+    train_tokenizer(_images(), None, TINY, tmp_path, stop_after=3)
     path = latest_checkpoint(tmp_path / "checkpoints")
-    state = load_checkpoint(path)
-    del state["spec"]["precision"]
-    save_checkpoint(tmp_path / "checkpoints", state["step"], state)
-    train_tokenizer(_images(), None, TINY, tmp_path)
-    assert read_json(tmp_path / "config.json")["precision"] == "fp32"
+
+    class Planted:
+        def __reduce__(self):
+            return (print, ("planted code ran",))
+
+    torch.save({"identity": Planted()}, path)
+    with pytest.raises(DiffusabilityError, match="unreadable checkpoint"):
+        load_checkpoint(path)
 
 
 BF16_RUN = textwrap.dedent("""

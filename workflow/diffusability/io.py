@@ -25,12 +25,15 @@ PathLike = str | os.PathLike
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
-    The temporary file lives in the same directory so the final ``os.replace`` is atomic.
+    The temporary file lives in the same directory so the final ``os.replace`` is atomic. It gets
+    the permissions of a file created by ``open`` (0666 minus the umask), not ``mkstemp``'s 0600:
+    on a shared cluster folder the group must be able to read the tables.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix,
                                dir=target.parent)
+    os.fchmod(fd, 0o666 & ~_current_umask())
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -39,6 +42,13 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _current_umask() -> int:
+    """The process umask (read by setting and restoring it; there is no getter before Python 3.13's os)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: PathLike, obj: Any) -> None:
@@ -73,19 +83,58 @@ def _json_default(obj: Any) -> Any:
 
 
 def save_tensors(path: PathLike, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> None:
-    """Save a dict of torch tensors or numpy arrays to a ``.safetensors`` file, atomically."""
+    """Save a dict of torch tensors or numpy arrays to a ``.safetensors`` file, atomically.
+
+    The header is written by :func:`safetensors_header` (tensors and metadata keys in sorted order),
+    not by the safetensors library, whose metadata order varies from process to process: identical
+    content gives identical bytes, so a file's hash identifies its content.
+    """
     import numpy as np
     import torch
-    from safetensors.torch import save_file
 
-    converted = {}
-    for name, value in sorted(tensors.items()):  # sorted: identical inputs give identical bytes
-        if isinstance(value, np.ndarray):
-            value = torch.from_numpy(np.ascontiguousarray(value))
-        require(isinstance(value, torch.Tensor), f"{path}: tensor {name!r} is {type(value).__name__}")
-        converted[name] = value.detach().cpu().contiguous()
+    arrays, dtypes = {}, {}
+    for name, value in sorted(tensors.items()):
+        dtypes[name] = None
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().contiguous()
+            if value.dtype == torch.bfloat16:  # numpy has no bfloat16: its bits travel as int16
+                value, dtypes[name] = value.view(torch.int16), _BFLOAT16
+            value = value.numpy()
+        require(isinstance(value, np.ndarray), f"{path}: tensor {name!r} is {type(value).__name__}")
+        arrays[name] = np.ascontiguousarray(value)
+        dtypes[name] = dtypes[name] or arrays[name].dtype
+    header, _ = safetensors_header(path, {k: (dtypes[k], v.shape) for k, v in arrays.items()}, metadata)
     with atomic_path(path) as tmp:
-        save_file(converted, str(tmp), metadata=dict(sorted(metadata.items())) if metadata else None)
+        with open(tmp, "wb") as handle:
+            handle.write(header)
+            for name in sorted(arrays):
+                handle.write(memoryview(arrays[name].reshape(-1).view(np.uint8)))
+
+
+def safetensors_header(path: PathLike, tensors: Mapping[str, tuple[Any, tuple[int, ...]]],
+                       metadata: Mapping[str, str] | None = None) -> tuple[bytes, dict]:
+    """(header bytes, {name: (numpy dtype, shape, byte offset)}) of a safetensors file, deterministically.
+
+    Tensors are laid out in sorted-name order; the JSON header has sorted keys, no spaces, and is
+    padded to a multiple of 8 bytes so the data starts aligned (as safetensors itself writes it).
+    """
+    import numpy as np
+
+    to_safetensors = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
+    header: dict[str, Any] = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}} if metadata else {}
+    offset, layout = 0, {}
+    for name in sorted(tensors):
+        dtype, shape = tensors[name][0], tuple(int(d) for d in tensors[name][1])
+        code = "BF16" if dtype is _BFLOAT16 else to_safetensors.get(np.dtype(dtype).name)
+        require(code is not None, f"{path}: tensor {name!r}: unsupported dtype {dtype}")
+        itemsize = 2 if code == "BF16" else np.dtype(dtype).itemsize
+        size = int(np.prod(shape, dtype=np.int64)) * itemsize
+        header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        layout[name] = (dtype, shape, offset)
+        offset += size
+    text = json.dumps(header, separators=(",", ":"), sort_keys=True)
+    text += " " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text.encode(), layout
 
 
 def load_tensors(path: PathLike, keys: list[str] | None = None) -> dict:
@@ -102,6 +151,9 @@ def load_tensors(path: PathLike, keys: list[str] | None = None) -> dict:
             out[key] = handle.get_tensor(key)
     return out
 
+
+#: Marker for bfloat16 tensors (numpy has no bfloat16: their bits travel as int16).
+_BFLOAT16 = object()
 
 #: safetensors dtype names → numpy dtypes (the ones the project writes)
 _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "I64": "int64", "I32": "int32",
@@ -162,20 +214,10 @@ class ResumableTensorFile:
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.progress_path = self.path.with_name(self.path.name + ".progress.json")
-        to_safetensors = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
-        header: dict[str, Any] = {"__metadata__": dict(sorted((metadata or {}).items()))} if metadata else {}
-        offset, layout = 0, {}
-        for name in sorted(tensors):
-            dtype, shape = np.dtype(tensors[name][0]), tuple(int(d) for d in tensors[name][1])
-            require(dtype.name in to_safetensors, f"{path}: tensor {name!r}: unsupported dtype {dtype}")
-            size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            header[name] = {"dtype": to_safetensors[dtype.name], "shape": list(shape),
-                            "data_offsets": [offset, offset + size]}
-            layout[name] = (dtype, shape, offset)
-            offset += size
-        text = json.dumps(header, separators=(",", ":"))
-        text += " " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
-        self._header = len(text).to_bytes(8, "little") + text.encode()
+        self._header, layout = safetensors_header(
+            path, {name: (np.dtype(dtype), shape) for name, (dtype, shape) in tensors.items()}, metadata)
+        offset = sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+                     for dtype, shape, _ in layout.values())
         self._identity = {"header": hashlib.sha256(self._header).hexdigest(), "fingerprint": fingerprint}
         self.done = {name: 0 for name in tensors}
         resumed = self._resume()

@@ -45,8 +45,8 @@ rule imagenet_manifest:
         "logs/imagenet_manifest/{split}.log",
     threads: imagenet_workers
     shell:
-        "{DIFFUSABILITY} imagenet-manifest --image-root {params.root} --train-dir {params.train} "
-        "--workers {threads} {params.cache} --out {output} > {log} 2>&1"
+        "{DIFFUSABILITY} imagenet-manifest --image-root {params.root:q} --train-dir {params.train:q} "
+        "--workers {threads} {params.cache} --out {output:q} > {log:q} 2>&1"
 
 
 rule imagenet_shards:
@@ -61,7 +61,7 @@ rule imagenet_shards:
         "logs/imagenet_shards/{split}.log",
     threads: imagenet_workers
     shell:
-        "{DIFFUSABILITY} imagenet-shards --manifest {input} --out-dir {params.out} --spec {params.spec} > {log} 2>&1"
+        "{DIFFUSABILITY} imagenet-shards --manifest {input} --out-dir {params.out:q} --spec {params.spec} > {log:q} 2>&1"
 
 
 rule imagenet_shards_all:
@@ -82,7 +82,7 @@ rule prepare_data:
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {DIFFUSABILITY} prepare-data --spec {params.spec} "
-        "--out-train {output.train} --out-val {output.val} > {log} 2>&1"
+        "--out-train {output.train:q} --out-val {output.val:q} > {log:q} 2>&1"
 
 
 rule train_teacher:
@@ -100,4 +100,4 @@ rule train_teacher:
     threads: 2  # alone on the critical path: every tokenizer waits for it
     shell:
         "OMP_NUM_THREADS={threads} {DIFFUSABILITY} train-teacher --spec {params.spec} "
-        "--train {input.train} --val {input.val} --out {params.out} > {log} 2>&1"
+        "--train {input.train:q} --val {input.val:q} --out {params.out:q} > {log:q} 2>&1"

@@ -17,5 +17,5 @@ rule train_diffusion:
         "logs/train_diffusion/{tok}/{bb}.log",
     threads: THREADS
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch} train-diffusion --latents {params.latents} "
-        "--spec {params.spec} --out {params.out} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.launch} train-diffusion --latents {params.latents:q} "
+        "--spec {params.spec} --out {params.out:q} > {log:q} 2>&1"

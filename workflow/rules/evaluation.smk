@@ -20,8 +20,8 @@ def generation_inputs(samples):
 def generation_args(wildcards, input):
     """--feature-net and reference arguments of a generation-metrics job."""
     if INCEPTION:
-        return f"--feature-net inception {inception_args()} --reference-stats {input.reference}"
-    return f"--feature-net {Path(input.teacher).parent} --reference {input.val}"
+        return f"--feature-net inception {inception_args()} --reference-stats {shlex.quote(input.reference)}"
+    return f"--feature-net {shlex.quote(str(Path(input.teacher).parent))} --reference {shlex.quote(input.val)}"
 
 
 if INCEPTION:
@@ -41,8 +41,8 @@ if INCEPTION:
             "logs/reference_stats.log",
         threads: THREADS
         shell:
-            "OMP_NUM_THREADS={threads} {DIFFUSABILITY} reference-stats --images {input.images} --feature-net inception "
-            "{params.net} {params.adopt} --keep-features --batch-size {params.batch} --out {output} > {log} 2>&1"
+            "OMP_NUM_THREADS={threads} {DIFFUSABILITY} reference-stats --images {input.images:q} --feature-net inception "
+            "{params.net} {params.adopt} --keep-features --batch-size {params.batch} --out {output:q} > {log:q} 2>&1"
 
 
 rule generation_metrics:
@@ -57,8 +57,8 @@ rule generation_metrics:
         "logs/generation_metrics/{tok}/{bb}/cfg{cfg}.log",
     threads: THREADS
     shell:
-        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} generation-metrics --samples {input.samples} "
-        "{params.net} --spec {params.spec} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} generation-metrics --samples {input.samples:q} "
+        "{params.net} --spec {params.spec} --out {output:q} > {log:q} 2>&1"
 
 
 rule untrained_generation_metrics:
@@ -73,8 +73,8 @@ rule untrained_generation_metrics:
         "logs/generation_metrics/{tok}/{bb}/untrained.log",
     threads: THREADS
     shell:
-        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} generation-metrics --samples {input.samples} "
-        "{params.net} --spec {params.spec} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} generation-metrics --samples {input.samples:q} "
+        "{params.net} --spec {params.spec} --out {output:q} > {log:q} 2>&1"
 
 
 rule trajectory_metrics:
@@ -87,8 +87,8 @@ rule trajectory_metrics:
         "logs/trajectory_metrics/{tok}/{bb}/cfg{cfg}.log",
     threads: THREADS
     shell:
-        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} trajectory-metrics --trajectories {input.trajectories} "
-        "--out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} trajectory-metrics --trajectories {input.trajectories:q} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 # FDr in representation spaces (generation.representations; no jobs when unset).

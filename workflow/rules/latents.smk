@@ -18,5 +18,5 @@ rule encode:
         "logs/encode/{tok}.log",
     threads: THREADS
     shell:
-        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} encode --tokenizer {params.tokenizer} "
-        "--train {input.train} --val {input.val} --spec {params.spec} --out {params.out} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} encode --tokenizer {params.tokenizer:q} "
+        "--train {input.train:q} --val {input.val:q} --spec {params.spec} --out {params.out:q} > {log:q} 2>&1"

@@ -1,10 +1,14 @@
 # Proxy metrics of each tokenizer: on the normalised validation latents (latent_metrics), with the
-# tokenizer's encoder/decoder (tokenizer_metrics: equivariance, iFID) and with each trained diffusion
+# tokenizer's encoder/decoder (tokenizer_metrics: equivariance, iFID, Fisher geometry) and with each trained diffusion
 # model (model_metrics: FI/FIR from its score). The last two run only when `metrics.tokenizer.enabled`
 # / `metrics.model.enabled` name something; their rows join the metrics table in `aggregate`.
 
 TOKENIZER_METRICS = bool(config["metrics"]["tokenizer"]["enabled"])
 MODEL_METRICS = bool(config["metrics"]["model"]["enabled"])
+# the Fisher-geometry modules are inputs only when that family is on (so editing them reruns nothing else)
+TOKENIZER_FISHER_GEOMETRY_CODE = (
+    ("metrics/fisher_geometry.py", "metrics/fisher.py", "metrics/viv.py")
+    if "fisher_geometry" in config["metrics"]["tokenizer"]["enabled"] else ())
 
 
 def latent_metric_inputs(wildcards):
@@ -39,8 +43,8 @@ rule latent_metrics:
         "logs/latent_metrics/{tok}.log",
     threads: THREADS
     shell:
-        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} latent-metrics --latents {params.latents} "
-        "--spec {params.spec} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} latent-metrics --latents {params.latents:q} "
+        "--spec {params.spec} --out {output:q} > {log:q} 2>&1"
 
 
 rule tokenizer_metrics:
@@ -49,7 +53,8 @@ rule tokenizer_metrics:
         val=data_split("val"),
         latents=[layout.latents_file("{tok}", name) for name in ("train", "val", "stats")],
         teacher=layout.teacher_file("model.safetensors"),
-        code=code("metrics/model_commands.py", "metrics/equivariance.py", "metrics/continuity.py"),
+        code=code("metrics/model_commands.py", "metrics/equivariance.py", "metrics/continuity.py",
+                  *TOKENIZER_FISHER_GEOMETRY_CODE),
     output:
         layout.tokenizer_metric_rows("{tok}"),
     params:
@@ -61,9 +66,9 @@ rule tokenizer_metrics:
         "logs/tokenizer_metrics/{tok}.log",
     threads: THREADS
     shell:
-        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} tokenizer-metrics --tokenizer {params.tokenizer} "
-        "--data {input.val} --latents {params.latents} --feature-net {params.teacher} --spec {params.spec} "
-        "--out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} tokenizer-metrics --tokenizer {params.tokenizer:q} "
+        "--data {input.val:q} --latents {params.latents:q} --feature-net {params.teacher:q} --spec {params.spec} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 rule model_metrics:
@@ -83,5 +88,5 @@ rule model_metrics:
         "logs/model_metrics/{tok}/{bb}.log",
     threads: THREADS
     shell:
-        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} model-metrics --diffusion {params.diffusion} "
-        "--latents {params.latents} --spec {params.spec} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} model-metrics --diffusion {params.diffusion:q} "
+        "--latents {params.latents:q} --spec {params.spec} --out {output:q} > {log:q} 2>&1"

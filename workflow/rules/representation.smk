@@ -29,10 +29,10 @@ def representation_inputs(wildcards):
 
 def representation_args(wildcards, input):
     """--space NAME MODEL STATS per space [--inception-rows ROWS]."""
-    args = [f"--space {space} {shlex.quote(folder)} {input['stats_' + space]}"
+    args = [f"--space {space} {shlex.quote(folder)} {shlex.quote(input['stats_' + space])}"
             for space, folder in REPRESENTATIONS.items()]
     if INCEPTION:
-        args.append(f"--inception-rows {input.inception_rows}")
+        args.append(f"--inception-rows {shlex.quote(input.inception_rows)}")
     return " ".join(args)
 
 
@@ -54,8 +54,8 @@ if REPRESENTATIONS:
             "logs/representation_reference_stats/{space}.log",
         threads: THREADS
         shell:
-            "OMP_NUM_THREADS={threads} {DIFFUSABILITY} representation-stats --images {input.images} "
-            "--space {wildcards.space} --model {params.model} --batch-size {params.batch} --out {output} > {log} 2>&1"
+            "OMP_NUM_THREADS={threads} {DIFFUSABILITY} representation-stats --images {input.images:q} "
+            "--space {wildcards.space} --model {params.model} --batch-size {params.batch} --out {output:q} > {log:q} 2>&1"
 
     rule representation_metrics:
         input:
@@ -69,5 +69,5 @@ if REPRESENTATIONS:
             "logs/representation_metrics/{tok}/{bb}/cfg{cfg}.log",
         threads: THREADS
         shell:
-            "OMP_NUM_THREADS={threads} {DIFFUSABILITY} representation-metrics --samples {input.samples} "
-            "{params.spaces} --spec {params.spec} --out {output} > {log} 2>&1"
+            "OMP_NUM_THREADS={threads} {DIFFUSABILITY} representation-metrics --samples {input.samples:q} "
+            "{params.spaces} --spec {params.spec} --out {output:q} > {log:q} 2>&1"

@@ -14,7 +14,7 @@ rule sample:
         **({"trajectories": layout.trajectories_file("{tok}", "{bb}", "{cfg}")} if RECORD_TRAJECTORIES else {}),
     params:
         launch=launcher,
-        trajectories=lambda wc, output: f"--trajectories {output.trajectories}" if RECORD_TRAJECTORIES else "",
+        trajectories=lambda wc, output: f"--trajectories {shlex.quote(output.trajectories)}" if RECORD_TRAJECTORIES else "",
         spec=as_arg(cfg.sampling_spec(config)),
         diffusion=lambda wc, input: str(Path(input.ema).parent),
         tokenizer=lambda wc, input: str(Path(input.tokenizer).parent),
@@ -23,9 +23,9 @@ rule sample:
         "logs/sample/{tok}/{bb}/cfg{cfg}.log",
     threads: THREADS
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch} sample --diffusion {params.diffusion} "
-        "--tokenizer {params.tokenizer} --latents {params.latents} --spec {params.spec} "
-        "--cfg-scale {wildcards.cfg} --out {output.samples} {params.trajectories} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.launch} sample --diffusion {params.diffusion:q} "
+        "--tokenizer {params.tokenizer:q} --latents {params.latents:q} --spec {params.spec} "
+        "--cfg-scale {wildcards.cfg} --out {output.samples:q} {params.trajectories} > {log:q} 2>&1"
 
 
 rule sample_untrained:
@@ -44,5 +44,5 @@ rule sample_untrained:
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {params.launch} sample --untrained "
-        "--tokenizer {params.tokenizer} --latents {params.latents} --spec {params.spec} "
-        "--cfg-scale 1.0 --out {output} > {log} 2>&1"
+        "--tokenizer {params.tokenizer:q} --latents {params.latents:q} --spec {params.spec} "
+        "--cfg-scale 1.0 --out {output:q} > {log:q} 2>&1"

@@ -16,14 +16,16 @@ rule train_tokenizer:
         launch=launcher,
         spec=lambda wc: as_arg(cfg.tokenizer_spec(config, wc.tok)),
         out=lambda wc, output: str(Path(output.model).parent),
-        # A configured VFM (local folder) replaces the domain network as the alignment teacher.
-        teacher=lambda wc, input: cfg.tokenizer_teacher(config, wc.tok) or str(Path(input.teacher).parent),
+        # A configured VFM (local folder) replaces the domain network as the alignment teacher. A
+        # function of the wildcards only, so that a changed `teacher` is a params change and reruns
+        # the chain (a parameter computed from the inputs is not a rerun trigger).
+        teacher=lambda wc: cfg.tokenizer_teacher(config, wc.tok) or str(Path(layout.teacher_file()).parent),
     log:
         "logs/train_tokenizer/{tok}.log",
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {params.launch} train-tokenizer --spec {params.spec} "
-        "--train {input.train} --teacher {params.teacher} --out {params.out} > {log} 2>&1"
+        "--train {input.train:q} --teacher {params.teacher:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule import_tokenizer:
@@ -40,7 +42,7 @@ rule import_tokenizer:
         "logs/import_tokenizer/{tok}.log",
     shell:
         "{DIFFUSABILITY} import-tokenizer --source {params.source} --spec {params.spec} "
-        "--out {params.out} > {log} 2>&1"
+        "--out {params.out:q} > {log:q} 2>&1"
 
 
 LPIPS_WEIGHTS = config["generation"].get("lpips_weights")
@@ -66,5 +68,5 @@ rule reconstruction:
         "logs/reconstruction/{tok}.log",
     threads: THREADS
     shell:
-        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} reconstruction --tokenizer {params.tokenizer} "
-        "--data {input.val} --feature-net {params.teacher} {params.extra} --spec {params.spec} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} reconstruction --tokenizer {params.tokenizer:q} "
+        "--data {input.val:q} --feature-net {params.teacher:q} {params.extra} --spec {params.spec} --out {output:q} > {log:q} 2>&1"

@@ -111,5 +111,8 @@ def run_train_diffusion(args: argparse.Namespace) -> int:
     latents, labels, extra = load_normalised_latents(args.latents, flipped=spec.flip_augment, lazy=True)
     log.info("training %s on %d latents of shape %s%s", spec.name, latents.shape[0], tuple(latents.shape[1:]),
              " (+ flipped copies, p = 0.5)" if spec.flip_augment else "")
-    train_diffusion(latents, labels, spec, args.out, spec.num_classes, latents_flip=extra.get("latents_flip"))
+    # what the weights depend on besides the spec: a checkpoint of other latents is never resumed
+    inputs = {"latents": Path(args.latents) / "train.safetensors", "stats": Path(args.latents) / "stats.safetensors"}
+    train_diffusion(latents, labels, spec, args.out, spec.num_classes, latents_flip=extra.get("latents_flip"),
+                    inputs=inputs)
     return 0

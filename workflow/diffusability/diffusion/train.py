@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..checkpointing import (capture_rng_state, check_finite, latest_checkpoint, load_checkpoint,
+from ..checkpointing import (capture_rng_state, check_finite, resume_checkpoint,
                              restore_rng_state, save_checkpoint)
 from ..errors import DiffusabilityError, require
 from ..io import load_tensors, provenance, read_json, save_tensors, write_json, write_parquet
@@ -34,8 +34,6 @@ from .transport import flow_matching_loss, sample_time
 #: A step whose loss exceeds this multiple of the running loss average is logged as a spike.
 SPIKE_FACTOR = 3.0
 SPIKE_WARMUP_STEPS = 20
-#: Fingerprint keys newer than some checkpoints, with the value that older checkpoints imply.
-ADDED_SPEC_KEYS = {"flip_augment": False}
 
 
 def as_spec(spec: DiffusionSpec | dict) -> DiffusionSpec:
@@ -142,25 +140,38 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
 
 
-def _check_resume_compatible(state: dict, spec: DiffusionSpec, shape: dict, path: Path) -> None:
-    # keys added to the spec after a checkpoint was written count as their default there
-    old = {**{k: v for k, v in ADDED_SPEC_KEYS.items() if k not in state["fingerprint"]}, **state["fingerprint"]}
-    new = {**spec.training_fingerprint(), **shape}
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    require(not changed, f"{path}: checkpoint was written with a different spec/data "
-                         f"({', '.join(f'{k}: {old.get(k)!r} → {new.get(k)!r}' for k in changed)}); "
-                         "delete the checkpoints/ directory to start over")
+def training_identity(spec: DiffusionSpec, shape: dict, inputs: dict | None, latents: torch.Tensor,
+                      labels: torch.Tensor, latents_flip: torch.Tensor | None) -> dict:
+    """The run identity (:func:`diffusability.identity.run_identity`) of a diffusion training run: the
+    spec's :meth:`~DiffusionSpec.training_fingerprint`, the data shape, and the content of the inputs
+    (``inputs``: named paths, e.g. the latent and statistics files; without them — the Python API,
+    tests — the hash of the tensors themselves)."""
+    from ..identity import run_identity
+
+    result_spec = {**spec.training_fingerprint(), **shape}
+    if inputs is None:
+        import hashlib
+
+        digest = hashlib.sha256()
+        for tensor in (latents, labels, latents_flip):
+            if tensor is not None:
+                digest.update(torch.as_tensor(tensor[:]).contiguous().numpy().tobytes())
+        return {**run_identity(result_spec, {}), "arrays": digest.hexdigest()}
+    return run_identity(result_spec, inputs)
 
 
 def train_diffusion(latents: torch.Tensor, labels: torch.Tensor, spec: DiffusionSpec | dict, out_dir: str | Path,
                     num_classes: int, *, latents_flip: torch.Tensor | None = None,
-                    stop_after: int | None = None) -> Path:
+                    stop_after: int | None = None, inputs: dict | None = None) -> Path:
     """Train the backbone of ``spec`` on latents (N, C, h, w) float32 (already normalised) with labels (N,) int64.
 
     ``latents_flip`` (N, C, h, w): the latents of the horizontally flipped images, normalised like
     ``latents``; required when ``spec.flip_augment`` (each draw then takes it with probability 0.5,
     see :func:`flip_choices`), ignored otherwise.
-    Resumes by itself from the newest checkpoint in ``out_dir/checkpoints``. ``stop_after`` ends
+    Resumes by itself from the newest checkpoint in ``out_dir/checkpoints`` when it was written by the
+    same run (:func:`training_identity`: same fingerprint, data shape and input content — ``inputs``
+    names the input files; without them the tensors are hashed); any other checkpoint folder is moved
+    aside and training starts fresh. ``stop_after`` ends
     the call after that step (checkpoint written, no final files): a hook that simulates an
     interrupted job. Returns ``out_dir``.
     """
@@ -192,17 +203,14 @@ def train_diffusion(latents: torch.Tensor, labels: torch.Tensor, spec: Diffusion
                                   weight_decay=spec.weight_decay, eps=spec.adam_eps)
     start_step, log_rows, loss_average = 0, [], None
     checkpoint_dir = out_dir / "checkpoints"
-    resume_path = latest_checkpoint(checkpoint_dir)
+    identity = training_identity(spec, shape_info, inputs, latents, labels, latents_flip)
+    resume_path, state = resume_checkpoint(checkpoint_dir, identity, max_step=spec.steps)
     if resume_path is not None:
-        state = load_checkpoint(resume_path)
-        _check_resume_compatible(state, spec, shape_info, resume_path)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         restore_rng_state(state["rng"])
         start_step, log_rows, loss_average = state["step"], state["log"], state["loss_average"]
-        require(start_step <= spec.steps, f"{resume_path}: checkpoint is at step {start_step}, beyond "
-                                          f"steps = {spec.steps}")
         log.info("resuming diffusion training from %s (step %d)", resume_path, start_step)
     model, optimizer = accelerator.prepare(model, optimizer)
     # the compiled wrapper shares its parameters with `model`; only the forward passes go through it
@@ -218,7 +226,7 @@ def train_diffusion(latents: torch.Tensor, labels: torch.Tensor, spec: Diffusion
                 "data_order": {"seed": spec.seed, "epoch": step * spec.batch_size // n,
                                "position": step * spec.batch_size % n},
                 "log": log_rows, "loss_average": loss_average,
-                "fingerprint": {**spec.training_fingerprint(), **shape_info}, "spec": spec.to_dict()})
+                "identity": identity, "spec": spec.to_dict()})
         accelerator.wait_for_everyone()
 
     model.train()

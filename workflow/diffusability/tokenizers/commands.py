@@ -87,13 +87,19 @@ def run_train_tokenizer(args: argparse.Namespace) -> int:
     from ..progress import log
     from .train import train_tokenizer
 
+    from .spec import as_spec
+
     split = open_image_split(args.train)
     teacher = None
     if args.teacher:
         from .teachers import load_teacher
 
         teacher = load_teacher(args.teacher)
-    train_tokenizer(split.images, split.labels, args.spec, args.out, teacher=teacher)
+    # what the weights depend on besides the spec: a checkpoint of other inputs is never resumed
+    spec = as_spec(args.spec)
+    inputs = {"train": args.train, "teacher": args.teacher,
+              "lpips_weights": spec.lpips_weights if spec.perceptual == "lpips" else None}
+    train_tokenizer(split.images, split.labels, spec, args.out, teacher=teacher, inputs=inputs)
     log.info("train-tokenizer: wrote %s", args.out)
     return 0
 

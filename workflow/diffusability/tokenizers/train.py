@@ -44,8 +44,6 @@ from .spec import TokenizerSpec, as_spec
 
 LOG_FILE = "train_log.parquet"
 CHECKPOINT_DIR = "checkpoints"
-#: Spec keys newer than some checkpoints, with the value that those checkpoints imply.
-ADDED_SPEC_KEYS = {"precision": "fp32"}
 #: The generator-side values of one micro-batch that the log averages over the global batch.
 GENERATOR_TERMS = ("loss", "nll", "kl", "regularizer", "l1", "gan", "gan_weight")
 
@@ -173,14 +171,28 @@ def frozen(module: nn.Module | None):
             parameter.requires_grad_(True)
 
 
-def require_same_spec(state: Mapping[str, Any], spec: TokenizerSpec, path: Any = "tokenizer checkpoint") -> None:
-    """A checkpoint resumes only the spec that wrote it (keys added since then count as their default)."""
-    saved = {**ADDED_SPEC_KEYS, **(state.get("spec") or {})}
-    current = spec.to_dict()
-    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-    require(not changed, f"{path}: written with a different spec "
-                         f"({', '.join(f'{k}: {saved.get(k)!r} → {current.get(k)!r}' for k in changed)}); "
-                         "delete the checkpoints/ folder to restart")
+#: Spec keys that do not change the trained weights (a run that differs only there resumes).
+NON_RESULT_KEYS = ("name", "checkpoint_every")
+
+
+def training_identity(spec: TokenizerSpec, inputs: Mapping[str, Any] | None, images: Any = None,
+                      labels: Any = None) -> dict[str, Any]:
+    """The run identity (:func:`diffusability.identity.run_identity`) of a tokenizer training run.
+
+    ``inputs`` names the input paths (training split, teacher); a caller that passes arrays only
+    (the Python API, tests) gets the hash of the arrays instead.
+    """
+    from ..identity import run_identity
+
+    result_spec = {k: v for k, v in spec.to_dict().items() if k not in NON_RESULT_KEYS}
+    if inputs is None:
+        import hashlib
+
+        digest = hashlib.sha256(np.ascontiguousarray(np.asarray(images)).tobytes())
+        if labels is not None:
+            digest.update(np.ascontiguousarray(np.asarray(labels, dtype=np.int64)).tobytes())
+        return {**run_identity(result_spec, {}), "arrays": digest.hexdigest()}
+    return run_identity(result_spec, inputs)
 
 
 class TokenizerTrainer:
@@ -246,12 +258,12 @@ class TokenizerTrainer:
                 "disc_optimizer": self.disc_optimizer.state_dict() if self.disc_optimizer else None,
                 "generator": self.generator.get_state(), "rng": checkpointing.capture_rng_state(),
                 "step": self.step, "log_rows": self.log_rows, "seconds": self.seconds,
-                "spec": self.spec.to_dict()}
+                "spec": self.spec.to_dict(), "identity": self.identity}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         """Restore a checkpoint into the (already prepared) modules: DDP shares their parameters,
-        and every process loads the same file."""
-        require_same_spec(state, self.spec)
+        and every process loads the same file (:func:`checkpointing.resume_checkpoint` has checked
+        that it belongs to this run)."""
         self.model.load_state_dict(state["model"])
         self.regularizer.load_state_dict(state["regularizer"])
         self.objective.load_state_dict(state["objective"])
@@ -317,12 +329,16 @@ class TokenizerTrainer:
 
 
 def train_tokenizer(images: Any, labels: Any, spec: TokenizerSpec | Mapping[str, Any] | None,
-                    out_dir: str | Path, teacher: Any = None, stop_after: int | None = None) -> Path | None:
+                    out_dir: str | Path, teacher: Any = None, stop_after: int | None = None,
+                    inputs: Mapping[str, Any] | None = None) -> Path | None:
     """Train a tokenizer on uint8 (N,S,S,3) images; write ``model.safetensors``, ``config.json``,
     ``train_log.parquet`` (and ``checkpoints/``) into ``out_dir``; return ``out_dir``.
 
     One process (``python``), or every process of a ``torchrun`` / ``accelerate launch`` job.
-    Resumes from the newest checkpoint in ``out_dir/checkpoints`` by itself. ``stop_after`` ends the
+    Resumes from the newest checkpoint in ``out_dir/checkpoints`` by itself when it was written by
+    the same run — same spec (``NON_RESULT_KEYS`` aside) and same ``inputs`` (named paths: the
+    training split and teacher; without them, the arrays' content) — and moves any other checkpoint
+    folder aside to start fresh. ``stop_after`` ends the
     run after that many steps without writing the final files (returns None): it simulates a job
     killed after its checkpoint, for tests. The spec's ``batch_size`` is the global batch; it is met
     on any number of processes by gradient accumulation over ``micro_batch_size`` (see distributed.py).
@@ -337,11 +353,11 @@ def train_tokenizer(images: Any, labels: Any, spec: TokenizerSpec | Mapping[str,
         log.warning("train_tokenizer: only %d images, batch size lowered from %d", count, spec.batch_size)
     out_dir = Path(out_dir)
     checkpoint_dir = out_dir / CHECKPOINT_DIR
-    latest = checkpointing.latest_checkpoint(checkpoint_dir)
-    resume_state = checkpointing.load_checkpoint(latest) if latest is not None else None
-    if resume_state is not None:  # refuse before any network or process group is built
-        require_same_spec(resume_state, spec, latest)
+    identity = training_identity(spec, inputs, images, labels)
+    # decided before any network or process group is built; every process reads the same folder
+    latest, resume_state = checkpointing.resume_checkpoint(checkpoint_dir, identity, max_step=spec.steps)
     trainer = TokenizerTrainer(spec, teacher)
+    trainer.identity = identity
     accelerator = trainer.accelerator
     world = accelerator.num_processes
     micro = spec.micro_batch_size or batch_size // world

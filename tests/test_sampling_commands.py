@@ -81,7 +81,7 @@ def test_train_then_sample_writes_adm_npz_and_trajectories(tmp_path, latent_dir,
 
 
 def test_untrained_baseline_from_the_spec_alone(tmp_path, latent_dir, fake_tokenizer):
-    spec = {"num_samples": 3, "num_steps": 2, "batch_size": 3, "backbone": BACKBONE}
+    spec = {"num_samples": 3, "num_steps": 2, "batch_size": 3, "trajectories": 0, "backbone": BACKBONE}
     out = tmp_path / "untrained.npz"
     run(["sample", "--untrained", "--tokenizer", "tok", "--latents", str(latent_dir), "--spec", json.dumps(spec),
          "--cfg-scale", "1.0", "--out", str(out)])

@@ -11,19 +11,11 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any
 
+from .diffusion.spec import FAMILY_DEFAULTS
 from .errors import DiffusabilityError
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
-
-# Architecture defaults of the two backbone families (MODELS.md §2.6, the paper's Table 2).
-FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sit": {"pos_embed": "sincos", "norm": "layernorm", "mlp": "gelu", "time_sampling": "uniform",
-            "loss": "mse", "betas": [0.9, 0.999]},
-    "lightningdit": {"pos_embed": "rope+sincos", "norm": "rmsnorm", "mlp": "swiglu",
-                     "time_sampling": "logit_normal", "loss": "mse+cosine", "betas": [0.9, 0.95]},
-}
 
 
 def load_schema() -> dict:
@@ -96,6 +88,11 @@ def validate_config(config: dict) -> dict:
 
 
 def _check_cross_references(config: dict) -> None:
+    sampling = config["sampling"]
+    if sampling["trajectories"] > sampling["num_samples"]:
+        raise DiffusabilityError(f"sampling.trajectories: {sampling['trajectories']} recorded trajectories need as many "
+                                 f"samples, but sampling.num_samples is {sampling['num_samples']}; set trajectories "
+                                 "≤ num_samples (0 = none)")
     flipping = [bb for bb, entry in config["backbones"].items() if entry.get("flip_augment")]
     if flipping and not config["encode"].get("flip"):
         raise DiffusabilityError(f"backbones.{flipping[0]}.flip_augment needs encode.flip: true "
@@ -128,13 +125,6 @@ def downsample_factor(tokenizer: dict) -> int:
     return 2 ** (len(tokenizer["channel_mult"]) - 1)
 
 
-def tokenizer_family(tokenizer: dict) -> str:
-    """``conv-f4d4``-style family name unless the config sets one."""
-    if tokenizer.get("family"):
-        return tokenizer["family"]
-    return f"{tokenizer['architecture']}-f{downsample_factor(tokenizer)}d{tokenizer['latent_channels']}"
-
-
 def data_spec(config: dict) -> dict:
     return {"seed": config["seed"], **config["data"]}
 
@@ -164,6 +154,8 @@ def encode_spec(config: dict) -> dict:
 def backbone_spec(config: dict, tok: str, bb: str) -> dict:
     """Everything the training of backbone ``bb`` on tokenizer ``tok``'s latents depends on."""
     entry = {k: v for k, v in config["backbones"][bb].items() if k != "cfg_scales"}
+    # The family-dependent keys (lr, betas, architecture switches) have no schema default: the
+    # family's values come from diffusion/spec.py's FAMILY_DEFAULTS, the one table of them.
     resolved = {**FAMILY_DEFAULTS[entry["family"]], **entry}
     # The same seed for every tokenizer: common random numbers make the comparison fairer.
     return {"name": bb, "seed": config["seed"],

@@ -120,11 +120,3 @@ def generation_table(generation: Iterable[str], trajectory: Iterable[str] = (),
     table = pd.concat([f for f in frames if len(f)], ignore_index=True)
     table.insert(2, "cfg_scale", table.pop("cfg").astype(float))
     return table
-
-
-def add_family(table: pd.DataFrame, tokenizers: pd.DataFrame) -> pd.DataFrame:
-    """Join each row with its tokenizer's family (for per-family correlations)."""
-    families = tokenizers.set_index("tokenizer")["family"]
-    out = table.copy()
-    out.insert(1, "family", out["tokenizer"].map(families))
-    return out

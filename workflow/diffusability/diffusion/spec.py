@@ -2,7 +2,9 @@
 
 The workflow passes the backbone's slice of the config as JSON. Keys left out (or null) take the
 documented default; family-dependent keys (positions, norm, MLP, time law, loss, lr, betas)
-default to the family's published recipe (MODELS.md §2.4, §2.6), and an explicit value wins.
+default to the family's published recipe (docs/models.md §2.4, §2.6), and an explicit value wins.
+The dataclass fields and ``FAMILY_DEFAULTS`` are the defaults; the schema's ``default:`` values
+equal them (tests/test_defaults.py).
 """
 
 from __future__ import annotations
@@ -12,13 +14,21 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import require
-from .transformer import MLPS, NORMS, POS_EMBEDS
-from .transport import LOSSES, TIME_LAWS
 
+# The choices of the architecture and recipe switches. They live here, in a module without torch,
+# so that the workflow's config code (imported by the Snakefile) can read them; transformer.py and
+# transport.py import them from here.
+POS_EMBEDS = ("sincos", "rope+sincos")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "swiglu")
+TIME_LAWS = ("uniform", "logit_normal")
+LOSSES = ("mse", "mse+cosine")
 FAMILIES = ("sit", "lightningdit")
 PRECISIONS = ("fp32", "bf16")
 
-#: What ``family`` implies for every key the user leaves unset.
+#: What ``family`` implies for every key the user leaves unset: the one source of these defaults
+#: (the workflow's ``config.backbone_spec`` and the transformer's factories read it). The paper's
+#: Table 2: SiT lr 1e-4, AdamW β2 0.999; LightningDiT lr 2e-4, β2 0.95 (docs/models.md §2.4, §2.6).
 FAMILY_DEFAULTS = {
     "sit": dict(pos_embed="sincos", norm="layernorm", mlp="gelu", time_sampling="uniform", loss="mse",
                 lr=1e-4, betas=(0.9, 0.999)),

@@ -31,10 +31,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import DiffusabilityError, require
+from .spec import FAMILY_DEFAULTS, MLPS, NORMS, POS_EMBEDS
 
-POS_EMBEDS = ("sincos", "rope+sincos")
-NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "swiglu")
+#: the architecture switches of each family, read from the one table of family defaults (spec.py)
+_FAMILY_ARCH = {family: {key: values[key] for key in ("pos_embed", "norm", "mlp")}
+                for family, values in FAMILY_DEFAULTS.items()}
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,10 @@ class TransformerConfig:
     width: int = 768
     heads: int = 12
     patch_size: int = 1
-    pos_embed: str = "sincos"
-    norm: str = "layernorm"
-    mlp: str = "gelu"
+    # SiT's switches (spec.FAMILY_DEFAULTS["sit"]); the factories below set the family's
+    pos_embed: str = _FAMILY_ARCH["sit"]["pos_embed"]
+    norm: str = _FAMILY_ARCH["sit"]["norm"]
+    mlp: str = _FAMILY_ARCH["sit"]["mlp"]
     qk_norm: bool = True
     use_checkpoint: bool = False
 
@@ -82,8 +84,8 @@ class TransformerConfig:
 # Config factories (Table 2 of the target paper)
 # --------------------------------------------------------------------------------------------
 
-_SIT = dict(pos_embed="sincos", norm="layernorm", mlp="gelu", qk_norm=True)
-_LIGHTNINGDIT = dict(pos_embed="rope+sincos", norm="rmsnorm", mlp="swiglu", qk_norm=True)
+_SIT = dict(**_FAMILY_ARCH["sit"], qk_norm=True)
+_LIGHTNINGDIT = dict(**_FAMILY_ARCH["lightningdit"], qk_norm=True)
 _B = dict(depth=12, width=768, heads=12)
 _XL = dict(depth=28, width=1152, heads=16)
 

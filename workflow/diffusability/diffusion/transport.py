@@ -11,9 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import require
-
-TIME_LAWS = ("uniform", "logit_normal")
-LOSSES = ("mse", "mse+cosine")
+from .spec import LOSSES, TIME_LAWS
 
 
 def sample_time(n: int, law: str = "uniform", generator: torch.Generator | None = None,

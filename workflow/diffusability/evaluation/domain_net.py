@@ -158,7 +158,7 @@ class DomainNetSpec:
     steps: int = 300
     batch_size: int = 128
     lr: float = 2e-3
-    weight_decay: float = 0.05
+    weight_decay: float = 1e-4
     max_shift: int = 4
     flip: bool = True
     warmup_steps: int = 20

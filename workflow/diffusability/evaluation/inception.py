@@ -270,23 +270,6 @@ def load_fid_inception(path, sha256: str | None = None) -> FIDInceptionV3:
     return model
 
 
-def extract_inception_features(model: FIDInceptionV3, images, batch_size: int = 50) -> dict[str, np.ndarray]:
-    """pool3 (N, 2048), spatial (N, 2023) and logits (N, 1008) of uint8 (N, H, W, 3) images, float64."""
-    from ..progress import progress
-
-    images = np.asarray(images)
-    require(images.dtype == np.uint8 and images.ndim == 4 and images.shape[-1] == 3,
-            f"inception images: expected uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
-    outputs: dict[str, list] = {"pool3": [], "spatial": [], "logits": []}
-    starts = range(0, len(images), batch_size)
-    with torch.no_grad():
-        for start in progress(starts, total=len(starts), desc="inception features", unit="batch"):
-            batch = model(torch.from_numpy(images[start:start + batch_size]))
-            for key in outputs:
-                outputs[key].append(batch[key].double().numpy())
-    return {key: np.concatenate(value) for key, value in outputs.items()}
-
-
 def load_adm_reference_statistics(path) -> dict[str, np.ndarray]:
     """``mu``, ``sigma``, ``mu_s``, ``sigma_s`` of an ADM reference batch (VIRTUAL_imagenet256_labeled.npz)."""
     path = Path(path)

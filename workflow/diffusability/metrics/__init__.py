@@ -5,7 +5,9 @@ Modules: ``viv`` (velocity irreducible variance), ``semantic`` (LNC, linear prob
 ``continuity`` (iFID), ``fisher``, ``trajectory``, ``normalization``; ``registry`` maps metric
 names to functions and ``compute_metrics`` returns tidy rows; ``commands`` wires them to files.
 
-Public names are imported lazily so that ``diffusability --help`` does not import torch.
+Public names are imported lazily so that ``diffusability --help`` does not import torch. Each
+public function's docstring gives shapes and a runnable example (run as doctests by pytest);
+docs/metrics.md gives the definitions, defaults and sources.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ _EXPORTS = {
     "density_statistics": "uniformity", "latent_uniformity": "uniformity",
     "affine_equivariance": "equivariance",
     "interpolated_latents": "continuity", "interpolated_fd": "continuity",
+    "class_conditional_viv": "viv", "irreducible_variance": "viv",
+    "trajectory_metrics": "trajectory",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -34,21 +34,51 @@ def affine_equivariance(encode_fn: Callable[[torch.Tensor], torch.Tensor], image
                         rotations=(1, 2, 3), scales=(0.5, 0.75), batch_size: int = 64,
                         latent_mean: torch.Tensor | None = None,
                         latent_std: torch.Tensor | None = None) -> dict:
-    """Rotate / Scale equivariance errors and consistencies of ``encode_fn``.
+    """Affine equivariance of an encoder: does ``E(τx)`` equal ``τE(x)``?
 
-    Args:
-        encode_fn: images (B, 3, H, W) in [−1, 1] → latents (B, C, h, w) (deterministic: the
-            posterior mean or a fixed-seed sample); called under ``torch.no_grad``.
-        images: (N, 3, H, W) float.
-        rotations: multiples k of 90° (``torch.rot90`` on the last two axes).
-        scales: factors s; s is used only when H·s and W·s are whole multiples of the encoder
-            stride H/h (otherwise the two latents would differ in shape) — skipped ones are listed.
-        latent_mean, latent_std: (C,) per-channel statistics to normalise latents with (as the
-            diffusion model sees them); None leaves latents raw.
-    Returns:
-        ``dict(rotate_error, rotate_consistency, scale_error, scale_consistency,
-        per_transform {"rot90_k1": {"error", "consistency"}, "scale_0.5": …}, skipped_scales [s, …], n)``;
-        a family with no usable transform reports NaN for it.
+    For rotations by k·90° (exact on both grids) and isotropic down-scales s (bilinear,
+    ``align_corners=False``, no antialias, as EQ-VAE trains), per image:
+    ``error = |E(τx) − τE(x)|²_F / |τE(x)|²_F`` (lower is better) and ``consistency`` = the mean
+    over tokens of ``cos(E(τx)[:, p], τE(x)[:, p])`` (higher is better); averaged over images, then
+    over the transforms of each family (docs/metrics.md §7).
+
+    Parameters
+    ----------
+    encode_fn : callable
+        Images (B, 3, H, W) in [−1, 1] → latents (B, C, h, w); deterministic (the posterior mean or
+        a fixed-seed sample); called under ``torch.no_grad``.
+    images : torch.Tensor, shape (N, 3, H, W)
+        Float images.
+    rotations : sequence of int, default (1, 2, 3)
+        Multiples k of 90° (``torch.rot90`` on the last two axes).
+    scales : sequence of float, default (0.5, 0.75)
+        A factor is used only when H·s and W·s are whole multiples of the encoder stride H/h
+        (otherwise the two latents differ in shape); the others are listed in ``skipped_scales``.
+    batch_size : int, default 64
+    latent_mean, latent_std : torch.Tensor, shape (C,), optional
+        Normalise the latents as the diffusion model sees them; None leaves them raw.
+
+    Returns
+    -------
+    dict
+        ``rotate_error``, ``rotate_consistency``, ``scale_error``, ``scale_consistency`` (floats;
+        NaN for a family with no usable transform), ``per_transform`` (``{"rot90_k1": {"error",
+        "consistency"}, "scale_0.5": …}``), ``skipped_scales`` and ``n``.
+
+    Examples
+    --------
+    2×2 average pooling commutes with rot90 and, at s = 0.5, with the bilinear down-scale; 0.6 is
+    skipped (8 · 0.6 is not a whole number of pixels).
+
+    >>> import torch
+    >>> import torch.nn.functional as F
+    >>> from diffusability.metrics import affine_equivariance
+    >>> images = torch.sin(3 * torch.linspace(-1, 1, 3 * 8 * 8)).reshape(1, 3, 8, 8)
+    >>> result = affine_equivariance(lambda x: F.avg_pool2d(x, 2), images, scales=(0.5, 0.6))
+    >>> round(result["rotate_error"], 6), round(result["rotate_consistency"], 6)
+    (0.0, 1.0)
+    >>> result["scale_error"], result["skipped_scales"]
+    (0.0, [0.6])
     """
     require(isinstance(images, torch.Tensor) and images.is_floating_point() and images.ndim == 4,
             f"images: expected a float tensor (N, 3, H, W), got "

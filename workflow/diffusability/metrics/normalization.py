@@ -67,12 +67,35 @@ def as_mask_tensor(masks, shape: tuple[int, int, int], name: str = "masks") -> t
 
 
 def channel_stats(latents: torch.Tensor, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and unbiased std over (N, H, W).
+    """Per-channel mean and unbiased standard deviation over (N, H, W).
 
-    Args:
-        latents: (N, C, H, W) float.
-    Returns:
-        ``(mean (C,), std (C,))`` in the input's dtype, accumulated in float64.
+    These are the statistics ``encode`` stores with every tokenizer's latents (``stats.safetensors``)
+    and the diffusion model is trained on ``(z − mean) / std``; the metrics are measured in the same
+    coordinates (docs/metrics.md §0.3).
+
+    Parameters
+    ----------
+    latents : torch.Tensor, shape (N, C, H, W)
+        Floating-point latents; at least two values per channel.
+    chunk : int, default 1024
+        Images per pass; the two passes (mean, then squared deviations) accumulate in float64
+        without a full float64 copy.
+
+    Returns
+    -------
+    mean, std : torch.Tensor, shape (C,)
+        In the input's dtype; ``std`` divides by ``N·H·W − 1``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from diffusability.metrics import channel_stats
+    >>> latents = torch.arange(16.0).reshape(2, 2, 2, 2)   # N = 2 images, C = 2 channels, 2×2 grid
+    >>> mean, std = channel_stats(latents)
+    >>> mean
+    tensor([5.5000, 9.5000])
+    >>> std
+    tensor([4.4401, 4.4401])
     """
     latents = as_latent_tensor(latents)
     n_values = latents.shape[0] * latents.shape[2] * latents.shape[3]
@@ -93,14 +116,29 @@ def channel_stats(latents: torch.Tensor, chunk: int = 1024) -> tuple[torch.Tenso
 
 
 def normalize_latents(latents: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """``(latents - mean[c]) / std[c]`` per channel.
+    """Standardise latents per channel: ``(latents − mean[c]) / std[c]``.
 
-    Args:
-        latents: (N, C, H, W) float.
-        mean, std: (C,) — e.g. from :func:`channel_stats` of the training latents.
-    Returns:
-        (N, C, H, W) in the latents' dtype. A zero or non-finite std is refused (a constant channel
-        cannot be standardised).
+    Parameters
+    ----------
+    latents : torch.Tensor, shape (N, C, H, W)
+        Floating-point latents.
+    mean, std : array-like, shape (C,)
+        Per-channel statistics, e.g. :func:`channel_stats` of the training latents. A zero or
+        non-finite std is refused (a constant channel cannot be standardised).
+
+    Returns
+    -------
+    torch.Tensor, shape (N, C, H, W)
+        In the latents' dtype.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from diffusability.metrics import channel_stats, normalize_latents
+    >>> latents = torch.arange(16.0).reshape(2, 2, 2, 2)
+    >>> z = normalize_latents(latents, *channel_stats(latents))
+    >>> z.mean(dim=(0, 2, 3)), z.std(dim=(0, 2, 3))
+    (tensor([0., 0.]), tensor([1., 1.]))
     """
     latents = as_latent_tensor(latents)
     mean = torch.as_tensor(mean, dtype=latents.dtype, device=latents.device).reshape(-1)

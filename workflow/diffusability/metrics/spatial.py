@@ -87,12 +87,40 @@ def local_distant_weights(height: int, width: int, far_dist: int = 6, device=Non
 
 def local_distant_similarity(latents: torch.Tensor, far_dist: int = 6,
                              batch_size: int = DEFAULT_BATCH) -> dict:
-    """LDS = mean cos of 4-neighbour pairs − mean cos of pairs at Manhattan distance ≥ ``far_dist``.
+    """Local-vs-Distant Similarity (LDS, iREPA): near minus far token cosine.
 
-    Args:
-        latents: (N, C, H, W) normalised latents.
-    Returns:
-        ``dict(value, per_image (N,) float64, n_used)``; higher is better.
+    Per image, the mean cosine of 4-neighbour token pairs minus the mean cosine of pairs at
+    Manhattan distance ≥ ``far_dist``; averaged over images (docs/metrics.md §3.1).
+
+    Parameters
+    ----------
+    latents : torch.Tensor, shape (N, C, H, W)
+        Normalised latents; each token is the C-vector at one grid position.
+    far_dist : int, default 6
+        iREPA's distance of "far" pairs.
+    batch_size : int, default 256
+        Images per GEMM.
+
+    Returns
+    -------
+    dict
+        ``value`` (float, higher is better), ``per_image`` (torch.Tensor (N,) float64) and
+        ``n_used`` (N).
+
+    Examples
+    --------
+    Tokens whose direction turns slowly across the grid are more alike near than far; constant
+    tokens score zero.
+
+    >>> import math
+    >>> import torch
+    >>> from diffusability.metrics import local_distant_similarity
+    >>> angle = (math.pi / 2) * torch.arange(8.0) / 7            # one angle per column of an 8×8 grid
+    >>> smooth = torch.stack([angle.cos(), angle.sin()])[:, None, :].expand(2, 8, 8)[None]
+    >>> round(local_distant_similarity(smooth)["value"], 4)
+    0.3943
+    >>> round(local_distant_similarity(torch.ones(1, 2, 8, 8))["value"], 4)
+    0.0
     """
     latents = as_latent_tensor(latents)
     weight = local_distant_weights(latents.shape[2], latents.shape[3], far_dist, latents.device)
@@ -122,12 +150,35 @@ def correlation_decay_weights(height: int, width: int, dmax: int = 8, device=Non
 
 
 def correlation_decay_slope(latents: torch.Tensor, dmax: int = 8, batch_size: int = DEFAULT_BATCH) -> dict:
-    """CDS = − OLS slope of the mean token cosine against Manhattan distance d = 1..dmax.
+    """Correlation-Decay Slope (CDS, iREPA): how fast token similarity falls with distance.
 
-    Args:
-        latents: (N, C, H, W).
-    Returns:
-        ``dict(value, per_image (N,) float64, n_used)``; higher is better (faster decay).
+    ``S_d`` is the mean cosine of token pairs at Manhattan distance d; CDS is minus the slope of
+    the least-squares line through ``(d, S_d)`` for d = 1 … ``dmax``, per image, averaged over
+    images (docs/metrics.md §3.2).
+
+    Parameters
+    ----------
+    latents : torch.Tensor, shape (N, C, H, W)
+        Normalised latents.
+    dmax : int, default 8
+        Largest distance of the fit (at least 2, at most H + W − 2).
+    batch_size : int, default 256
+
+    Returns
+    -------
+    dict
+        ``value`` (float, higher is better: faster decay), ``per_image`` (torch.Tensor (N,)
+        float64), ``n_used``.
+
+    Examples
+    --------
+    >>> import math
+    >>> import torch
+    >>> from diffusability.metrics import correlation_decay_slope
+    >>> angle = (math.pi / 2) * torch.arange(8.0) / 7
+    >>> smooth = torch.stack([angle.cos(), angle.sin()])[:, None, :].expand(2, 8, 8)[None]
+    >>> round(correlation_decay_slope(smooth)["value"], 4)
+    0.0604
     """
     latents = as_latent_tensor(latents)
     weight = correlation_decay_weights(latents.shape[2], latents.shape[3], dmax, latents.device)
@@ -138,16 +189,48 @@ def correlation_decay_slope(latents: torch.Tensor, dmax: int = 8, batch_size: in
 def semantic_region_self_similarity(latents: torch.Tensor, masks: torch.Tensor, d_pos: int = 1,
                                     d_neg: int = 6, min_fg: int = 64, min_bg: int = 64,
                                     batch_size: int = DEFAULT_BATCH) -> dict:
-    """SRSS: mean over FG anchors of [mean cos to FG tokens at 1 ≤ d ≤ d_pos − mean cos to BG tokens at d ≥ d_neg].
+    """Semantic-Region Self-Similarity (SRSS, iREPA): foreground coherence against the background.
 
-    Args:
-        latents: (N, C, H, W).
-        masks: (N, H, W) bool foreground at latent resolution.
-        min_fg, min_bg: images with fewer FG / BG tokens are excluded (iREPA: 64 each on 16×16).
-    Returns:
-        ``dict(value, per_image (N,) float64 with NaN for excluded images or images without a
-        valid anchor, n_used, n_excluded)``. ``value`` is the NaN-mean over images; a call where no
-        image has a value raises :class:`DiffusabilityError`. Higher is better.
+    For every foreground anchor token: the mean cosine to foreground tokens at distance
+    1 … ``d_pos`` minus the mean cosine to background tokens at distance ≥ ``d_neg``; averaged
+    over the anchors that have both kinds of partner, then (NaN-mean) over images
+    (docs/metrics.md §3.3).
+
+    Parameters
+    ----------
+    latents : torch.Tensor, shape (N, C, H, W)
+        Normalised latents.
+    masks : array-like of bool, shape (N, H, W)
+        Foreground at latent resolution.
+    d_pos, d_neg : int, default 1 and 6
+        Distances of the positive (foreground) and negative (background) partners.
+    min_fg, min_bg : int, default 64
+        Images with fewer foreground / background tokens are excluded (iREPA's filter on a 16×16
+        grid; scale it down for smaller grids).
+    batch_size : int, default 256
+
+    Returns
+    -------
+    dict
+        ``value`` (float, higher is better), ``per_image`` (torch.Tensor (N,) float64, NaN for
+        excluded images and images without a valid anchor), ``n_used``, ``n_excluded``. A call
+        where no image has a value raises :class:`~diffusability.errors.DiffusabilityError`.
+
+    Examples
+    --------
+    Foreground tokens all point along channel 0, background tokens along channel 1: foreground
+    neighbours agree (cosine 1), distant background disagrees (cosine 0).
+
+    >>> import torch
+    >>> from diffusability.metrics import semantic_region_self_similarity
+    >>> latents = torch.zeros(1, 2, 8, 8)
+    >>> latents[:, 0, :, :4] = 1.0
+    >>> latents[:, 1, :, 4:] = 1.0
+    >>> masks = torch.zeros(1, 8, 8, dtype=torch.bool)
+    >>> masks[:, :, :4] = True
+    >>> result = semantic_region_self_similarity(latents, masks, min_fg=8, min_bg=8)
+    >>> result["value"], result["n_used"]
+    (1.0, 1)
     """
     latents = as_latent_tensor(latents)
     n, _, h, w = latents.shape
@@ -190,10 +273,36 @@ def semantic_region_self_similarity(latents: torch.Tensor, masks: torch.Tensor, 
 
 
 def rms_spatial_contrast(latents: torch.Tensor, batch_size: int = DEFAULT_BATCH) -> dict:
-    """RMSC = sqrt(mean_p |û_p − ū|²) per image, ū the mean unit token; averaged over images.
+    """RMS Spatial Contrast (RMSC, iREPA): the spread of token directions within an image.
 
-    Returns:
-        ``dict(value, per_image (N,) float64, n_used)``; higher = more diverse token directions.
+    ``sqrt(mean_p |û_p − ū|²)`` with û_p the unit tokens and ū their mean, per image, averaged
+    over images (docs/metrics.md §3.4). A diversity measure rather than a structure measure; the
+    study reports it but leaves it out of its analyses.
+
+    Parameters
+    ----------
+    latents : torch.Tensor, shape (N, C, H, W)
+    batch_size : int, default 256
+
+    Returns
+    -------
+    dict
+        ``value`` (float; higher = more diverse directions), ``per_image`` (torch.Tensor (N,)
+        float64), ``n_used``.
+
+    Examples
+    --------
+    Half the tokens along one channel and half along another: ``sqrt(1 − |ū|²) = sqrt(1/2)``.
+
+    >>> import torch
+    >>> from diffusability.metrics import rms_spatial_contrast
+    >>> latents = torch.zeros(1, 2, 8, 8)
+    >>> latents[:, 0, :, :4] = 1.0
+    >>> latents[:, 1, :, 4:] = 1.0
+    >>> round(rms_spatial_contrast(latents)["value"], 4)
+    0.7071
+    >>> round(rms_spatial_contrast(torch.ones(1, 2, 8, 8))["value"], 4)
+    0.0
     """
     latents = as_latent_tensor(latents)
     out = torch.empty(latents.shape[0], dtype=torch.float64, device=latents.device)

@@ -13,19 +13,41 @@ from diffusability.errors import require
 
 
 def trajectory_metrics(trajectory: torch.Tensor, times: torch.Tensor) -> dict:
-    """Straightness, efficiency and per-segment length ratios of sampling trajectories.
+    """Transport efficiency of sampling trajectories: straightness, efficiency, segment length ratios.
 
-    Args:
-        trajectory: (K+1, N, ...) sampler states, index 0 = noise (t_0), index K = data (t_K).
-        times: (K+1,) strictly increasing times in this project's convention (t = 0 noise, t = 1 data).
-            REPA-style samplers that walk t from 1 to 0 must be converted (t ↦ 1 − t, reverse the list) first.
-    Returns:
-        local_straightness (N,): S_cos = mean_k cos(Δ_k, Δ_{k+1}) (eq. 10; needs K ≥ 2, else NaN);
-        global_efficiency (N,): S_eff = ‖x_{t_K} − x_{t_0}‖ / Σ_k ‖Δ_k‖ (eq. 11);
-        length_ratio (N, K): ρ_k = ‖Δ_k‖ / ((t_k − t_{k−1})·‖x_{t_K} − x_{t_0}‖);
-        segment_start_times (K,): t_{k−1} (where VIV(t) is overlaid in Fig. 10);
-        mean_local_straightness, mean_global_efficiency (floats), mean_length_ratio (K,) — means over samples.
-    All tensors are float64.
+    With segments ``Δ_k = x_{t_k} − x_{t_{k−1}}`` of the flattened sampler states
+    (docs/metrics.md §10): local straightness ``S_cos = mean_k cos(Δ_k, Δ_{k+1})`` (needs K ≥ 2,
+    else NaN), global efficiency ``S_eff = |x_{t_K} − x_{t_0}| / Σ_k |Δ_k|`` and the per-segment
+    length ratio ``ρ_k = |Δ_k| / ((t_k − t_{k−1})·|x_{t_K} − x_{t_0}|)`` (1 on the straight
+    constant-speed path). Everything is accumulated in float64.
+
+    Parameters
+    ----------
+    trajectory : torch.Tensor, shape (K+1, N, ...)
+        Sampler states; index 0 is the noise (t_0), index K the data (t_K).
+    times : array-like, shape (K+1,)
+        Strictly increasing times in this project's convention (t = 0 noise, t = 1 data); a
+        sampler that walks t from 1 to 0 must be reversed and mapped t ↦ 1 − t first.
+
+    Returns
+    -------
+    dict
+        ``local_straightness`` (N,), ``global_efficiency`` (N,), ``length_ratio`` (N, K),
+        ``segment_start_times`` (K,), and the means over samples ``mean_local_straightness``,
+        ``mean_global_efficiency`` (floats) and ``mean_length_ratio`` (K,); tensors are float64.
+
+    Examples
+    --------
+    One sample that goes right, then up: the two segments are orthogonal.
+
+    >>> import torch
+    >>> from diffusability.metrics import trajectory_metrics
+    >>> path = torch.tensor([[[0.0, 0.0]], [[1.0, 0.0]], [[1.0, 1.0]]])      # (K+1, N, D) = (3, 1, 2)
+    >>> result = trajectory_metrics(path, torch.tensor([0.0, 0.5, 1.0]))
+    >>> result["mean_local_straightness"], round(result["mean_global_efficiency"], 4)
+    (0.0, 0.7071)
+    >>> result["length_ratio"]
+    tensor([[1.4142, 1.4142]], dtype=torch.float64)
     """
     require(isinstance(trajectory, torch.Tensor) and trajectory.ndim >= 2,
             "trajectory: expected a tensor (K+1, N, ...) of sampler states")

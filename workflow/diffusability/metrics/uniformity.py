@@ -27,14 +27,29 @@ EARLY_EXAGGERATION_ITER = 250
 
 
 def sample_latent_pixels(latents: torch.Tensor, n: int = 10_000, seed: int = 0) -> np.ndarray:
-    """``n`` latent pixels (C-vectors) at a random position of each of ``n`` distinct random images.
+    """Draw ``n`` latent pixels (C-vectors): a random position of each of ``n`` distinct random images.
 
     When ``n`` exceeds the number of images, distinct (image, position) pairs are drawn instead.
+    The VA-VAE uniformity protocol samples 10,000 of them (docs/metrics.md §6).
 
-    Args:
-        latents: (N, C, H, W).
-    Returns:
-        (n, C) float64 numpy array.
+    Parameters
+    ----------
+    latents : torch.Tensor, shape (N, C, H, W)
+    n : int, default 10000
+        At most N·H·W.
+    seed : int or tuple, default 0
+        Seed of the draw (names, not the global RNG).
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, C), float64
+
+    Examples
+    --------
+    >>> import torch
+    >>> from diffusability.metrics import sample_latent_pixels
+    >>> sample_latent_pixels(torch.zeros(20, 3, 4, 4), n=5).shape
+    (5, 3)
     """
     latents = as_latent_tensor(latents)
     n_images, c, h, w = latents.shape
@@ -55,12 +70,37 @@ def sample_latent_pixels(latents: torch.Tensor, n: int = 10_000, seed: int = 0) 
 
 def tsne_embedding(points: np.ndarray, perplexity: float = 30.0, max_iter: int = 1000, seed: int = 42,
                    backend: str = "sklearn", n_jobs: int = 1) -> np.ndarray:
-    """2-D t-SNE of (n, C) points → (n, 2) float64.
+    """2-D t-SNE embedding of latent pixels.
 
-    ``backend="sklearn"``: Barnes-Hut, ``init="pca"``, ``learning_rate="auto"`` (the VA-VAE protocol).
-    ``backend="opentsne"``: openTSNE with FFT-accelerated gradients, PCA initialisation and its own
-    ``learning_rate="auto"``; ``max_iter`` counts the 250 early-exaggeration iterations as in sklearn.
-    ``n_jobs`` (threads) is used by openTSNE only; it never changes the result.
+    ``backend="sklearn"``: Barnes–Hut with ``init="pca"`` and ``learning_rate="auto"`` (the VA-VAE
+    protocol). ``backend="opentsne"``: openTSNE with FFT-accelerated gradients, PCA initialisation
+    and its own automatic learning rate — much faster at n = 10,000, but a different optimiser, so
+    its statistics compare only with other ``opentsne`` runs.
+
+    Parameters
+    ----------
+    points : numpy.ndarray, shape (n, C)
+        More than ``perplexity + 1`` points, not all identical.
+    perplexity : float, default 30.0
+    max_iter : int, default 1000
+        Iterations, counting the 250 early-exaggeration ones (as sklearn does).
+    seed : int, default 42
+        ``random_state`` of the embedding.
+    backend : {"sklearn", "opentsne"}, default "sklearn"
+    n_jobs : int, default 1
+        Threads (openTSNE only); never changes the result.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, 2), float64
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from diffusability.metrics import tsne_embedding
+    >>> points = np.random.default_rng(0).normal(size=(40, 4))
+    >>> tsne_embedding(points, perplexity=5, max_iter=250).shape
+    (40, 2)
     """
     require(backend in TSNE_BACKENDS, f"uniformity: backend must be one of {TSNE_BACKENDS}, got {backend!r}")
     points = np.asarray(points, dtype=np.float64)
@@ -90,13 +130,32 @@ def tsne_embedding(points: np.ndarray, perplexity: float = 30.0, max_iter: int =
 
 
 def density_statistics(points: np.ndarray) -> dict:
-    """CV, Gini and normalised entropy of a Gaussian KDE (Scott's rule) evaluated at the points.
+    """Spread of a Gaussian KDE (Scott's rule) evaluated at the points themselves (no grid).
 
-    Args:
-        points: (n, 2) array (a t-SNE embedding).
-    Returns:
-        ``dict(cv, gini, entropy)`` with CV = std(ρ, ddof=0)/mean(ρ), Gini = Σ(2i−n−1)ρ_(i)/(nΣρ)
-        (ρ ascending, i from 1), entropy = −Σ p log2(p + 1e-10) / log2(n), p = ρ/Σρ.
+    With ρ the density at each point: CV = std(ρ) / mean(ρ) (population std; lower is better),
+    Gini = Σ (2i − n − 1) ρ_(i) / (n Σ ρ) over ρ sorted ascending, i from 1 (lower is better), and
+    normalised entropy = −Σ p log2(p + 1e-10) / log2(n) with p = ρ / Σ ρ (higher is better)
+    (docs/metrics.md §6).
+
+    Parameters
+    ----------
+    points : numpy.ndarray, shape (n, 2)
+        A t-SNE embedding; at least 3 finite points.
+
+    Returns
+    -------
+    dict
+        ``cv``, ``gini``, ``entropy`` (floats).
+
+    Examples
+    --------
+    A regular 5×5 grid is nearly uniform: small CV and Gini, entropy close to 1.
+
+    >>> import numpy as np
+    >>> from diffusability.metrics import density_statistics
+    >>> grid = np.stack(np.meshgrid(np.arange(5.0), np.arange(5.0)), axis=-1).reshape(-1, 2)
+    >>> {key: round(value, 4) for key, value in density_statistics(grid).items()}
+    {'cv': 0.1928, 'gini': 0.1044, 'entropy': 0.9942}
     """
     from scipy.stats import gaussian_kde
 
@@ -127,15 +186,43 @@ def density_summary(density: np.ndarray) -> dict:
 def latent_uniformity(latents: torch.Tensor, n: int = 10_000, repeats: int = 10, seed: int = 42,
                       perplexity: float = 30.0, max_iter: int = 1000, backend: str = "sklearn",
                       n_jobs: int = 1) -> dict:
-    """Mean over ``repeats`` pixel subsets of the t-SNE density statistics.
+    """Latent uniformity: the VA-VAE t-SNE density statistics, averaged over pixel subsets.
 
-    Subset r is drawn with seed ``(seed, r)``; t-SNE always uses ``random_state = seed``.
-    ``backend``: "sklearn" (default, VA-VAE protocol) or "opentsne" (FFT t-SNE; see the module doc).
+    Subset r of ``n`` latent pixels is drawn with seed ``(seed, r)`` (:func:`sample_latent_pixels`),
+    embedded with :func:`tsne_embedding` (``random_state = seed``) and summarised by
+    :func:`density_statistics`; the result is the mean over ``repeats`` subsets
+    (docs/metrics.md §6).
 
-    Args:
-        latents: (N, C, H, W) normalised latents.
-    Returns:
-        ``dict(cv, gini, entropy, per_repeat [dict, …], n_points)``.
+    Parameters
+    ----------
+    latents : torch.Tensor, shape (N, C, H, W)
+        Normalised latents.
+    n : int, default 10000
+        Pixels per subset.
+    repeats : int, default 10
+        Subsets (the VA-VAE authors average 10).
+    seed : int, default 42
+    perplexity : float, default 30.0
+    max_iter : int, default 1000
+    backend : {"sklearn", "opentsne"}, default "sklearn"
+    n_jobs : int, default 1
+
+    Returns
+    -------
+    dict
+        ``cv`` (lower is better), ``gini`` (lower is better), ``entropy`` (higher is better), the
+        ``per_repeat`` list of those three, and ``n_points``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from diffusability.metrics import latent_uniformity
+    >>> latents = torch.randn(50, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    >>> result = latent_uniformity(latents, n=40, repeats=1, perplexity=5, max_iter=250)
+    >>> sorted(result)
+    ['cv', 'entropy', 'gini', 'n_points', 'per_repeat']
+    >>> 0 < result["entropy"] <= 1
+    True
     """
     latents = as_latent_tensor(latents)
     require(repeats >= 1, f"uniformity: repeats must be >= 1, got {repeats}")

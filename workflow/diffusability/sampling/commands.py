@@ -15,16 +15,17 @@ from ..errors import require
 @dataclass
 class SamplingSpec:
     """Sampler settings. ``backbone`` (a diffusion spec with num_classes) is used with ``--untrained``
-    when no ``--diffusion`` directory is given."""
+    when no ``--diffusion`` directory is given. The defaults are the schema's ``sampling`` defaults
+    (tests/test_defaults.py): ADM's 50,000 samples, 50 Euler updates, 64 recorded trajectories."""
 
     seed: int = 0
-    num_samples: int = 500
+    num_samples: int = 50_000
     num_steps: int = 50
     batch_size: int = 250
     guidance_channels: str = "all"  # "all" | "first3" (DiT/SiT/LightningDiT legacy)
     timestep_shift: float | None = None
     cfg_interval_start: float | None = None
-    trajectories: int = 0
+    trajectories: int = 64  # recorded only when the command is given --trajectories PATH
     which: str = "ema"  # "ema" | "model"
     device: str | None = None  # None: cuda when available
     backbone: dict | None = None

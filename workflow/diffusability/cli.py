@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "diffusability.sampling.commands",
     "diffusability.metrics.commands",
     "diffusability.analysis.commands",
+    "diffusability.plan",
 )
 
 

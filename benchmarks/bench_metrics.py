@@ -5,7 +5,7 @@ smooth per-image noise), 1,000 classes × 50 images, and random ellipse foregrou
 12,000 of them (the ImageNet-S919 val size). Latents are standardised per channel, as in the
 workflow. For each metric the vectorised implementation is timed on the full set, and a
 straightforward per-image (per-class, per-query) Python loop reference — what a user writes first
-from the METRICS.md definitions: plain torch ops on one image at a time in the latents' own dtype
+from the docs/metrics.md definitions: plain torch ops on one image at a time in the latents' own dtype
 (float32; iREPA's per-image Gram + distance masks for LDS/CDS/SRSS/RMSC, ``scipy.fft.dctn`` per
 image for SEC, one similarity row per query for LNC; VIV's per-class flip-flop in float64 as
 §1.4 prescribes) — is timed on a subset and extrapolated linearly to the full set (marked "~").

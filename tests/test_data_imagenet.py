@@ -16,7 +16,7 @@ from diffusability.io import load_arrays
 
 
 def reference_center_crop(pil_image, image_size):
-    """ADM's center_crop_arr, restated from its description (MODELS.md §4.1) on arrays."""
+    """ADM's center_crop_arr, restated from its description (docs/models.md §4.1) on arrays."""
     k = 0
     w, h = pil_image.size
     while min(w, h) >= 2 * image_size:  # count the halvings first, then apply them

@@ -1,4 +1,4 @@
-"""Tests for FI/FIR (METRICS.md §8): Gaussian closed forms, brute-force grid mixture, exact Gaussian velocity field."""
+"""Tests for FI/FIR (docs/metrics.md §8): Gaussian closed forms, brute-force grid mixture, exact Gaussian velocity field."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""LDS, CDS, SRSS, RMSC against brute-force loops over pairs with the METRICS.md §3 definitions."""
+"""LDS, CDS, SRSS, RMSC against brute-force loops over pairs with the docs/metrics.md §3 definitions."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Tests for the transport-efficiency metrics of sampling trajectories (METRICS.md §10)."""
+"""Tests for the transport-efficiency metrics of sampling trajectories (docs/metrics.md §10)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for the VIV metric (METRICS.md §1 and Appendix A): closed forms, brute-force loops, invariants."""
+"""Tests for the VIV metric (docs/metrics.md §1 and §14): closed forms, brute-force loops, invariants."""
 
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def test_gauss_hermite_logit_normal_matches_adaptive_quadrature(lam):
 def test_logit_normal_reference_values_and_monte_carlo():
     spectra = single_eigenvalue_spectra([1.0, 0.01])
     values = viv.viv_logit_normal(spectra)
-    assert round(float(values[0]), 4) == 1.7413          # METRICS.md §1.3
+    assert round(float(values[0]), 4) == 1.7413          # docs/metrics.md §1.3
     assert round(float(values[1]), 4) == 0.0808
     gen = torch.Generator().manual_seed(3)
     t = torch.sigmoid(torch.randn(400_000, dtype=torch.float64, generator=gen))

@@ -2,7 +2,7 @@
 
 Each model type is a tiny random network (width 32, 2 layers) saved with ``save_pretrained`` to
 tmp_path and loaded back through ``load_teacher``. The teacher's patch tokens are compared with
-the raw transformers model called on pixels preprocessed by hand from MODELS.md §1.4's table
+the raw transformers model called on pixels preprocessed by hand from docs/models.md §1.4's table
 (the numbers are typed in here, not imported), so a wrong size, mode, antialias flag, mean/std or
 prefix count fails the comparison. The MoCo v3 converter is checked against a hand-written
 timm-style ViT forward.
@@ -98,7 +98,7 @@ def test_gradients_flow_to_the_input_for_the_perceptual_loss():
 # ----------------------------------------------------------------------------- every model type
 
 def manual_pixels(x, size, mode, antialias, mean_std):
-    """MODELS.md §1.4 by hand: [-1,1] → [0,1] → resize → (x − mean) / std."""
+    """docs/models.md §1.4 by hand: [-1,1] → [0,1] → resize → (x − mean) / std."""
     x = (x + 1) / 2
     if size is not None:
         x = F.interpolate(x, size=(size, size), mode=mode, align_corners=False, antialias=antialias)

@@ -59,7 +59,7 @@ rule reconstruction:
         layout.reconstruction_rows("{tok}"),
     params:
         spec=as_arg(cfg.reconstruction_spec(config)),
-        # rFID rows with the FID Inception, LPIPS rows with LPIPS-VGG weights (MODELS.md §3.4)
+        # rFID rows with the FID Inception, LPIPS rows with LPIPS-VGG weights (docs/models.md §3.4)
         extra=(inception_args() if INCEPTION else "")
         + (f" --lpips-weights {shlex.quote(LPIPS_WEIGHTS)}" if LPIPS_WEIGHTS else ""),
         tokenizer=lambda wc, input: str(Path(input.model).parent),

@@ -6,7 +6,7 @@
 - ``trained_vs_untrained.png``: reconstruction and generation FD of trained models next to
   their untrained selves — the check that the correlations are computed on signal;
 - ``length_ratio_<tokenizer>.png``: the per-segment length ratio ρ_k of the recorded sampling
-  trajectories (METRICS.md §10, 001's Fig. 10), one panel per backbone and one line per guidance
+  trajectories (docs/metrics.md §10, the study's Fig. 10), one panel per backbone and one line per guidance
   scale, with the tokenizer's VIV(t) curve on a second y-axis when the metrics table has
   ``viv_curve`` rows (params {"t": …}). Figures never recompute metrics: no rows, no curve.
 """
@@ -149,7 +149,7 @@ def length_ratio_figure(tokenizer: str, ratios: pd.DataFrame, viv: pd.DataFrame)
 
     ``ratios``: this tokenizer's rows of :func:`length_ratio_series`; ``viv``: its rows of
     :func:`viv_curve_series` (may be empty). ρ_k is drawn at the segment start t_{k−1}, where
-    METRICS.md §10 evaluates the VIV overlay; the dotted line ρ = 1 is the straight constant-speed path.
+    docs/metrics.md §10 evaluates the VIV overlay; the dotted line ρ = 1 is the straight constant-speed path.
     """
     plt = _pyplot()
     backbones = sorted(ratios["backbone"].unique())

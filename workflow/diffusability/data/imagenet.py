@@ -3,10 +3,10 @@
 Layouts (the real ones): ``train/<wnid>/*.JPEG`` and ``val/<wnid>/ILSVRC2012_val_XXXXXXXX.JPEG``.
 Labels are the positions of the wnids in the **sorted** list of train folder names, so the
 same wnid gets the same label in both splits. Files are listed with the ``datasets``
-``imagefolder`` builder, offline (ENVIRONMENT.md "datasets offline"), and decoded here with
+``imagefolder`` builder, offline (docs/architecture.md §8), and decoded here with
 PIL so that an unreadable file is reported by path instead of failing the whole load.
 
-Geometry is ADM's ``center_crop_arr`` (MODELS.md §4.1), used by ADM, DiT, SiT, LightningDiT
+Geometry is ADM's ``center_crop_arr`` (docs/models.md §4.1), used by ADM, DiT, SiT, LightningDiT
 and REPA and by the ADM reference statistics; label maps get the same geometry with nearest
 resampling so that masks stay aligned with their images.
 """

@@ -1,10 +1,10 @@
-"""ImageNet-S segmentation masks (LUSSeg/ImageNet-S, MODELS.md §4.3).
+"""ImageNet-S segmentation masks (LUSSeg/ImageNet-S, docs/models.md §4.3).
 
 A mask is an RGB PNG at the original image resolution, stored as
 ``validation-segmentation/<wnid>/ILSVRC2012_val_XXXXXXXX.png`` beside the val image of the same
 stem. The class id of a pixel is ``R + 256·G``: 0 = other/background, 1000 = ignore (uncertain
 boundary), 1..919 = an ImageNet-S class. Foreground is ``id ∉ {0, 1000}``; ignore pixels are
-marked not valid so that area fractions can exclude them (METRICS.md §0.4).
+marked not valid so that area fractions can exclude them (docs/metrics.md §0.4).
 
 Masks go through the same ADM center crop as their images, with nearest resampling
 (:func:`diffusability.data.imagenet.adm_center_crop_labels`).

@@ -1,6 +1,6 @@
 """Foreground masks at the latent grid: pooling pixel masks onto h×w tokens.
 
-Two rules (METRICS.md §0.4):
+Two rules (docs/metrics.md §0.4):
 
 - ``"max"`` (iREPA, used for SRSS): a token is foreground if **any** of its pixels is.
 - ``"fraction"`` (the [CHOICE] for LNC): a token is foreground if the foreground share of its

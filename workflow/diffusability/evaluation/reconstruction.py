@@ -1,6 +1,6 @@
 """Reconstruction metrics of a tokenizer: PSNR on uint8 images and SSIM on [0, 1] floats.
 
-Conventions (MODELS.md §3.4, the recommended single protocol):
+Conventions (docs/models.md §3.4, the recommended single protocol):
 - PSNR per image on uint8 RGB, data range 255: 20·log10(255 / √MSE), MSE over all H·W·3 values.
   Identical images have MSE 0 and PSNR = +inf; :func:`mean_psnr` caps each image at
   ``PSNR_CAP_DB`` (100 dB, far above any lossy reconstruction: one wrong level in one

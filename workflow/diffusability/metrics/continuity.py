@@ -1,4 +1,4 @@
-"""Manifold continuity (METRICS.md §5): interpolated FID (iFID).
+"""Manifold continuity (docs/metrics.md §5): interpolated FID (iFID).
 
 Each query latent is interpolated half-way (slerp) towards one of its K cosine-nearest pool
 latents, picked at random with probability softmax(−mean squared difference); the decoded

@@ -1,4 +1,4 @@
-"""Affine equivariance of an encoder (METRICS.md §7): does E(τx) equal τE(x)?
+"""Affine equivariance of an encoder (docs/metrics.md §7): does E(τx) equal τE(x)?
 
 For rotations by k·90° (exact on both grids) and isotropic down-scales s (bilinear,
 ``align_corners=False``, no antialias — as EQ-VAE trains), per image:

@@ -1,4 +1,4 @@
-"""Fisher information (FI) and Fisher information rate (FIR) of a latent space — METRICS.md §8 (seed 002).
+"""Fisher information (FI) and Fisher information rate (FIR) of a latent space — docs/metrics.md §8 (arXiv 2604.02751).
 
 Variance-exploding channel y_s = z + √s·ε, ε ~ N(0, I), z ∈ R^D the (normalised) latent:
     J(s)  = E‖∇ log p_s(y_s)‖²          (FI, trace Fisher information)
@@ -192,7 +192,7 @@ def model_fisher(
 
 # --------------------------------------------------------------------------- scalar summaries for the registry
 
-#: default noise-variance grid of the scalar summaries (METRICS.md §8.1: log grid s ∈ [1e-3, 1e2], 32 points)
+#: default noise-variance grid of the scalar summaries (docs/metrics.md §8.1: log grid s ∈ [1e-3, 1e2], 32 points)
 S_MIN, S_MAX, S_POINTS = 1e-3, 1e2, 32
 
 
@@ -209,7 +209,7 @@ def fisher_scalars(curves: dict) -> dict:
     ``fi``  = mean over the grid of φ(s) = s·J(s)/D ∈ [0, 1]   (FI in units of its pure-noise limit D/s);
     ``fir`` = mean over the grid of ψ(s) = −s²·J'(s)/D ≥ 0     (|FIR| in the same units).
     A mean over a log-uniform grid is the average over log s, so every decade of noise counts equally.
-    Both are dimensionless, so latents of different size D compare; lower is better (METRICS.md §8.2).
+    Both are dimensionless, so latents of different size D compare; lower is better (docs/metrics.md §8.2).
     Curves of shape (…, S) give scalars of shape (…); a (K, S) stack of classes is averaged over K first.
     """
     phi, psi = curves["phi"], curves["psi"]

@@ -1,6 +1,6 @@
 """``diffusability tokenizer-metrics`` and ``diffusability model-metrics``: the proxies that need networks.
 
-* ``tokenizer-metrics``: affine equivariance of the encoder (METRICS.md §7) and iFID through the
+* ``tokenizer-metrics``: affine equivariance of the encoder (docs/metrics.md §7) and iFID through the
   decoder (§5), from a tokenizer directory, the val split, its latent directory and the feature
   network of the reconstruction step (the domain net). Rows: ``rotate_error``,
   ``rotate_consistency``, ``scale_error``, ``scale_consistency``, ``ifid``.

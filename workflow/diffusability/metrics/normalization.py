@@ -1,7 +1,7 @@
 """Latent input checks and the per-channel standardisation every metric is measured in.
 
 The diffusion model sees ``z' = (z - mu_c) / s_c`` with per-channel mean and unbiased std over
-``(N, H, W)`` of training latents (METRICS.md §0.3); the metrics are computed in those coordinates.
+``(N, H, W)`` of training latents (docs/metrics.md §0.3); the metrics are computed in those coordinates.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Semantic separability (METRICS.md §2): Latent Neighbor Consistency and the linear probe.
+"""Semantic separability (docs/metrics.md §2): Latent Neighbor Consistency and the linear probe.
 
 LNC pools each image's foreground tokens, L2-normalises the pooled vector and reports the fraction
 of its k nearest neighbours (self excluded) that share its label. Neighbours come from a chunked

@@ -1,4 +1,4 @@
-"""Spatial-structure metrics of iREPA (METRICS.md §3): LDS, CDS, SRSS, RMSC.
+"""Spatial-structure metrics of iREPA (docs/metrics.md §3): LDS, CDS, SRSS, RMSC.
 
 Every token ``u_p = Z[n, :, h, w]`` is L2-normalised (``max(|u|, 1e-8)``) and compared to the
 others of the same image by cosine; pairs are selected by the Manhattan distance of their grid

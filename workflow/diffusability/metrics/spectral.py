@@ -1,4 +1,4 @@
-"""Spectral Energy Concentration (SEC, METRICS.md §4): the share of DCT energy at high frequencies.
+"""Spectral Energy Concentration (SEC, docs/metrics.md §4): the share of DCT energy at high frequencies.
 
 Per image and channel the orthonormal 2-D DCT-II is ``F = T_H · Z · T_Wᵀ`` (two plain GEMMs over all
 images and channels of a cache-sized batch);

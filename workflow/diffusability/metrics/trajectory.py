@@ -1,4 +1,4 @@
-"""Post-hoc transport efficiency of sampling trajectories — METRICS.md §10 (001 eqs. 10–11, Fig. 10).
+"""Post-hoc transport efficiency of sampling trajectories — docs/metrics.md §10 (the study's eqs. 10–11, Fig. 10).
 
 A trajectory is the list of sampler states x_{t_0}, …, x_{t_K} (t_0 = noise, t_K = data, K segments) with
 segments Δ_k = x_{t_k} − x_{t_{k−1}} taken as flattened vectors. Everything is accumulated in float64 (cosines

@@ -1,4 +1,4 @@
-"""Latent uniformity (METRICS.md §6): the VA-VAE t-SNE density protocol.
+"""Latent uniformity (docs/metrics.md §6): the VA-VAE t-SNE density protocol.
 
 Single latent pixels (C-vectors) of random images are embedded in 2-D with t-SNE; a Gaussian KDE
 fitted on the embedding is evaluated at the embedded points themselves (no grid), and the spread

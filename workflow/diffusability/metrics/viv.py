@@ -1,4 +1,4 @@
-"""Velocity Irreducible Variance (VIV) — METRICS.md §1.
+"""Velocity Irreducible Variance (VIV) — docs/metrics.md §1.
 
 Flow matching with t = 0 noise, t = 1 data: x_t = (1−t)·x0 + t·x1, target v = x1 − x0. For a Gaussian class
 x1 ~ N(μ, Σ) with eigenvalues λ_i the part of the loss no network can remove is (eq. 4)
@@ -187,7 +187,7 @@ def fit_class_covariances(
     max_iter: int = 100, classes_per_batch: int | None = None, min_per_class: int = 2,
     return_factors: bool = False, product_dtype: torch.dtype | None = None, progress: bool = True,
 ) -> KroneckerSpectra:
-    """Kronecker flip-flop class covariances (METRICS.md §1.4), batched over classes.
+    """Kronecker flip-flop class covariances (docs/metrics.md §1.4), batched over classes.
 
     Args:
         latents: (N, C, H, W) normalised latents (as the diffusion model sees them).

@@ -1,8 +1,8 @@
 """The LDM "AutoencoderKL" convolutional VAE with a configurable channel plan.
 
 One code path serves both the paper's f16d32 tokenizer (base 128, mult (1,1,2,2,4), 2 res blocks,
-attention at 16 px and in the mid block) and the small embedded default (base 32, mult (1,2,2),
-1 res block, no attention). Layout and conventions follow MODELS.md §1.1:
+attention at 16 px and in the mid block) and the small embedded default (base 16, mult (1,2,2),
+1 res block, no attention). Layout and conventions follow docs/models.md §1.1:
 
     x (N,3,H,W) in [-1,1] → Encoder → (N,2C,h,w) → quant_conv → DiagonalGaussian over (N,C,h,w)
     z (N,C,h,w) → post_quant_conv → Decoder → (N,3,H,W)  (no tanh)

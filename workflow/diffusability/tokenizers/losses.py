@@ -1,4 +1,4 @@
-"""The VA-VAE training objective in the LDM convention (MODELS.md §1.2).
+"""The VA-VAE training objective in the LDM convention (docs/models.md §1.2).
 
     nll  = Σ_{C,H,W} ( |x − x̂| + λp·d(x, x̂) ) / exp(logvar) + logvar,   averaged over the batch
     loss = nll + kl_weight·KL + [adaptive GAN term] + [regularizer]

@@ -34,7 +34,7 @@ class TokenizerSpec:
     mid_attention: bool = False
     latent_channels: int = 4
     dropout: float = 0.0
-    # architecture "vit" only (MODELS.md §1.8): patch grid = image_size / patch_size
+    # architecture "vit" only (docs/models.md §1.8): patch grid = image_size / patch_size
     patch_size: int = 4
     vit_width: int = 128
     vit_depth: int = 2
@@ -45,7 +45,7 @@ class TokenizerSpec:
     perceptual: str = "teacher"
     lpips_weights: str | None = None
     learn_logvar: bool = True
-    # PatchGAN (MODELS.md §1.2); disc_weight 0 switches the discriminator off entirely.
+    # PatchGAN (docs/models.md §1.2); disc_weight 0 switches the discriminator off entirely.
     disc_weight: float = 0.0
     disc_start: int = 5001
     disc_layers: int = 3
@@ -133,7 +133,7 @@ def as_spec(spec: "TokenizerSpec | Mapping[str, Any] | None") -> TokenizerSpec:
 
 
 def paper_f16d32(**overrides: Any) -> TokenizerSpec:
-    """VA-VAE's f16d32 (MODELS.md §1.1) at 256 px: batch 256, lr 1e-4, KL 1e-6, PatchGAN from step 5001."""
+    """VA-VAE's f16d32 (docs/models.md §1.1) at 256 px: batch 256, lr 1e-4, KL 1e-6, PatchGAN from step 5001."""
     values = dict(name="conv-f16d32", image_size=256, base_channels=128, channel_mult=(1, 1, 2, 2, 4),
                   num_res_blocks=2, attn_resolutions=(16,), mid_attention=True, latent_channels=32,
                   batch_size=256, lr=1e-4, disc_weight=0.5, disc_start=5001, checkpoint_every=1000,

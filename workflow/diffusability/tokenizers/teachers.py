@@ -10,7 +10,7 @@ folder's ``config.json``:
   config.json): DINOv2 / WebSSL-DINO, DINOv3, CLIP, SigLIP / SigLIP2, MAE, MoCo v3 (converted by
   ``python -m diffusability.tokenizers.vfm.mocov3``) and C-RADIO. The Perception Encoder is refused
   with a clear error (no native transformers image model in 5.23). Each encoder's resize and
-  normalisation is one row of ``vfm.presets.PREPROCESSING`` (MODELS.md §1.4); the adapters live
+  normalisation is one row of ``vfm.presets.PREPROCESSING`` (docs/models.md §1.4); the adapters live
   in the ``vfm`` subpackage. Nothing is downloaded; transformers is imported lazily.
 """
 

@@ -1,4 +1,4 @@
-"""A ViT VAE tokenizer (MODELS.md §1.8, the trans-f16d32 family) with MAETok-style token masking.
+"""A ViT VAE tokenizer (docs/models.md §1.8, the trans-f16d32 family) with MAETok-style token masking.
 
     x (N,3,H,W) → patchify (p×p) → linear → + 2D sin-cos positions → [mask tokens] → ViT encoder
       → LayerNorm → linear to 2C → DiagonalGaussian over the (N,C,H/p,W/p) patch grid

@@ -1,4 +1,4 @@
-"""EQ-VAE equivariance regularizer (MODELS.md §1.5, the ``eq scale`` / ``eq flip`` clusters).
+"""EQ-VAE equivariance regularizer (docs/models.md §1.5, the ``eq scale`` / ``eq flip`` clusters).
 
 With probability ``probability`` per step, one transform T is drawn and applied identically to the
 sampled latent z (N,C,h,w) and to the image x (N,3,H,W); the decoder must reproduce T(x) from T(z):
@@ -6,7 +6,7 @@ sampled latent z (N,C,h,w) and to the image x (N,3,H,W); the decoder must reprod
 ``scale``: bilinear resize of both by s ∈ {8/32, 9/32, …, 31/32} (the latent to round(s·h), the
 image to round(s·h)·f so the pair stays consistent). ``flip``: horizontal, vertical or both.
 [CHOICE] the term is added to the ordinary reconstruction (EQ-VAE replaces it on those steps);
-``flip`` reads the paper's variant as random h/v flips (an assumption, see MODELS.md).
+``flip`` reads the paper's variant as random h/v flips (an assumption, see docs/models.md §1.5).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SSVAE's Local Correlation Regularization (MODELS.md §1.6, the ``lcr w…-th…`` cluster).
+"""SSVAE's Local Correlation Regularization (docs/models.md §1.6, the ``lcr w…-th…`` cluster).
 
 Statistic (avg_localcorr): standardise the posterior mode per channel with detached batch mean/std;
 cut the h×w grid into non-overlapping 2×2 windows; inside a window the 4 latent vectors are 4

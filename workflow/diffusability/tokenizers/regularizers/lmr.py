@@ -1,4 +1,4 @@
-"""SSVAE's Latent Masked Reconstruction (MODELS.md §1.6, the ``lmr p<a>-<b>-<c>`` cluster).
+"""SSVAE's Latent Masked Reconstruction (docs/models.md §1.6, the ``lmr p<a>-<b>-<c>`` cluster).
 
 Each training step draws a mask ratio from (0.25, 0.5, 0.75) with probabilities (a, b, c), and no
 mask with probability 1 − a − b − c. ⌊P·ratio⌋ (at least 1) random positions of the P = h·w latent

@@ -1,4 +1,4 @@
-"""MAETok-style masked encoding (MODELS.md §1.7, the ``mae r0.3 / r0.7`` cluster, ViT tokenizers only).
+"""MAETok-style masked encoding (docs/models.md §1.7, the ``mae r0.3 / r0.7`` cluster, ViT tokenizers only).
 
 At every training step a fixed fraction ``ratio`` of the encoder's patch tokens — ⌊T·ratio⌋ random
 positions, the same for the whole batch — is replaced by the encoder's learnable mask token; the

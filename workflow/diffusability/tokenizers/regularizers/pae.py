@@ -1,5 +1,5 @@
 """PAE's three latent objectives (Yue et al. 2026, "What Matters for Diffusion-Friendly Latent Manifold?",
-MODELS.md §1.9) as a regularizer of the study's VAE.
+docs/models.md §1.9) as a regularizer of the study's VAE.
 
 Only the abstract and the project page are public (the code could not be read), so the formulas below
 fill in what they leave open; every such choice is marked [ASSUMED] and is a parameter.

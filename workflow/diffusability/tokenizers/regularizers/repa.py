@@ -1,4 +1,4 @@
-"""REPA-style alignment of the latent to the teacher (MODELS.md §1.4, the ``repa`` cluster).
+"""REPA-style alignment of the latent to the teacher (docs/models.md §1.4, the ``repa`` cluster).
 
 A 3-layer MLP with SiLU (C → hidden → hidden → F, applied per latent position as 1×1 convs)
 maps the posterior sample to the teacher width; the loss is the negative cosine similarity to the

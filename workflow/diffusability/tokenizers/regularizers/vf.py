@@ -1,4 +1,4 @@
-"""VA-VAE's vision-foundation (VF) loss: mcos, mdms and their sum (MODELS.md §1.3, METRICS.md §6.1).
+"""VA-VAE's vision-foundation (VF) loss: mcos, mdms and their sum (docs/models.md §1.3).
 
 A 1×1 conv without bias projects the latent (N,C,h,w) to the teacher width F; with f the teacher
 features on the same grid:

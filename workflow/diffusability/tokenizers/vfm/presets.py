@@ -1,7 +1,7 @@
 """How each vision foundation model (VFM) of the study sees an image: one table, one place.
 
 Every encoder gets the tokenizer's [0, 1] image (N, 3, H, W) resized and normalised as below,
-so that a 256-pixel image lands on a 16×16 patch grid (MODELS.md §1.4, following iREPA's
+so that a 256-pixel image lands on a 16×16 patch grid (docs/models.md §1.4, following iREPA's
 ``ldm/vision_encoder.py``, which covers exactly the paper's VFM list). SigLIP/SigLIP2 are not in
 the study; their rows follow the transformers image processors of those checkpoints.
 

@@ -8,7 +8,7 @@ loaded — e.g. on a GPU cluster whose environment has a torchvision that matche
 A timm folder is what ``timm`` saves for the hub: ``config.json`` with ``architecture`` (e.g.
 ``vit_pe_core_base_patch16_224``) and the weights as ``model.safetensors`` (or ``pytorch_model.bin``).
 The model is built with ``pretrained=True`` from that file (no download), without its head, with a
-dynamic image size so that PE-L/14 runs at 14·16 = 224 and PE-B/16 at 256 px (MODELS.md §1.4: bilinear,
+dynamic image size so that PE-L/14 runs at 14·16 = 224 and PE-B/16 at 256 px (docs/models.md §1.4: bilinear,
 mean 0.5 / std 0.5); ``forward_features`` gives the prefix tokens then the patch tokens in row-major order.
 """
 

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "diffusability.metrics.commands",
     "diffusability.analysis.commands",
     "diffusability.plan",
+    "diffusability.analysis.predict_command",
 )
 
 

@@ -14,6 +14,8 @@ def tokenizer_table_spec():
             "kl_weight": entry["kl_weight"],
             "latent_channels": entry["latent_channels"],
             "downsample": cfg.downsample_factor(entry),
+            # with latent_channels and downsample, the latent shape `diffusability predict` checks against
+            "image_size": config["data"]["image_size"],
         }
         for tok, entry in sorted(config["tokenizers"].items())
     }
@@ -70,6 +72,26 @@ rule correlate:
     shell:
         "{DIFFUSABILITY} correlate --tables results/tables --spec {params.spec} "
         "--out-correlations {output.correlations} --out-regressions {output.regressions} > {log} 2>&1"
+
+
+rule predictions:
+    input:
+        tokenizers=layout.table("tokenizers"),
+        metrics=layout.table("metrics"),
+        generation=layout.table("generation"),
+        code=code("analysis/predict.py", "analysis/predict_command.py"),
+    output:
+        predictions=layout.table("predictions"),
+        scores=layout.table("prediction_scores"),
+        figure=report(layout.prediction_figure(), caption="../report/predictions.rst", category="Figures"),
+    params:
+        spec=as_arg(config["analysis"]),
+    log:
+        "logs/predictions.log",
+    shell:
+        "{DIFFUSABILITY} predictions --tables results/tables --spec {params.spec} "
+        "--out-predictions {output.predictions:q} --out-scores {output.scores:q} --out-figure {output.figure:q} "
+        "> {log:q} 2>&1"
 
 
 rule figures:

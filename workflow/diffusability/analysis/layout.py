@@ -97,7 +97,15 @@ def table(name: str) -> str:
     return f"{RESULTS}/tables/{name}.parquet"
 
 
-TABLES = ("tokenizers", "reconstruction", "metrics", "generation", "correlations", "regressions")
+#: the predictor's tables (analysis/predict.py): leave-one-cluster-out predictions and their scores
+PREDICTION_TABLES = ("predictions", "prediction_scores")
+
+TABLES = ("tokenizers", "reconstruction", "metrics", "generation", "correlations", "regressions", *PREDICTION_TABLES)
+
+
+def prediction_figure() -> str:
+    """Predicted vs observed generation target, out of cluster (beside results/figures, a rule's directory)."""
+    return f"{RESULTS}/prediction/predicted_vs_observed.png"
 
 
 def _pattern(template: str) -> re.Pattern:

@@ -66,4 +66,34 @@ def summarize(tables: dict[str, pd.DataFrame], target: str, provenance: dict[str
         best = regressions.sort_values("r2", ascending=False).groupby(["family", "backbone", "cfg_scale"]).head(5)
         lines += [markdown_table(best[["family", "backbone", "cfg_scale", "proxy_1", "proxy_2", "n", "r2",
                                        "adj_r2"]], floatfmt=".3g"), ""]
+    lines += prediction_section(tables.get("prediction_scores"), target)
     return "\n".join(lines)
+
+
+def prediction_section(scores: pd.DataFrame | None, target: str) -> list[str]:
+    """Out-of-cluster scores per backbone and scale: the nested selection, the selected and the best single model."""
+    lines = [f"## Predicting {target} from latent proxies, one cluster held out", ""]
+    if scores is None or scores.empty:
+        return lines + ["(no leave-one-cluster-out test: it needs ≥ 4 tokenizers in ≥ 3 clusters, and every training "
+                        "fold one tokenizer more than the model has coefficients)", ""]
+    lines += ["Each cluster of tokenizers (its regularizer) is predicted by OLS fits on the other clusters only. "
+              "`nested selection` chooses the model inside each fold (the honest score of choosing); the `selected` "
+              "model is the best of all single- and two-proxy models on the same folds, so its R² is optimistic. "
+              "Intervals (90 %): R² by cluster bootstrap, ρ by Fisher z, coverage by Clopper–Pearson; coverage of "
+              "the 90 % prediction intervals should be near 0.9.", ""]
+    from .predict import NESTED
+
+    rows = []
+    for _, group in scores.groupby(["backbone", "cfg_scale"], sort=True):
+        singles = group[group["n_proxies"] == 1].sort_values("r2_oc", ascending=False).head(1)
+        picked = pd.concat([group[group["model"] == NESTED], group[group["selected"]], singles])
+        rows.append(picked.drop_duplicates("model"))
+    table = pd.concat(rows, ignore_index=True)
+    table["role"] = table.apply(lambda r: "nested" if r["model"] == NESTED else "selected" if r["selected"]
+                                else "best single", axis=1)
+    for name in ("r2_oc", "spearman", "coverage"):
+        low, high = (f"{name}_low", f"{name}_high")
+        table[f"{name} 90 %"] = table.apply(lambda r: f"[{r[low]:.2f}, {r[high]:.2f}]", axis=1)
+    return lines + [markdown_table(table[["backbone", "cfg_scale", "role", "model", "n", "n_clusters", "r2_oc",
+                                          "r2_oc 90 %", "spearman_oc", "spearman 90 %", "coverage",
+                                          "coverage 90 %"]], floatfmt=".3g"), ""]

@@ -137,6 +137,22 @@ def safetensors_header(path: PathLike, tensors: Mapping[str, tuple[Any, tuple[in
     return len(text).to_bytes(8, "little") + text.encode(), layout
 
 
+@contextlib.contextmanager
+def reading(path: PathLike, kind: str) -> Iterator[None]:
+    """Turn any failure of a parser inside the block into a :class:`DiffusabilityError` naming the file.
+
+    A truncated, garbage or foreign file must end a command with "<file>: not a valid <kind> (…)"
+    and exit status 2, never a traceback that does not say which file was wrong.
+    """
+    try:
+        yield
+    except DiffusabilityError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every parser error of a bad file is reported the same way
+        detail = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        raise DiffusabilityError(f"{path}: not a valid {kind} ({type(exc).__name__}: {detail})") from exc
+
+
 def load_tensors(path: PathLike, keys: list[str] | None = None) -> dict:
     """Load a ``.safetensors`` file into a dict of torch tensors (optionally only ``keys``)."""
     from safetensors import safe_open
@@ -144,11 +160,12 @@ def load_tensors(path: PathLike, keys: list[str] | None = None) -> dict:
     path = Path(path)
     require(path.is_file(), f"{path}: file not found")
     out = {}
-    with safe_open(str(path), framework="pt") as handle:
-        available = list(handle.keys())
-        for key in keys if keys is not None else available:
-            require(key in available, f"{path}: has no tensor {key!r} (has {sorted(available)})")
-            out[key] = handle.get_tensor(key)
+    with reading(path, "safetensors file"):
+        with safe_open(str(path), framework="pt") as handle:
+            available = list(handle.keys())
+            for key in keys if keys is not None else available:
+                require(key in available, f"{path}: has no tensor {key!r} (has {sorted(available)})")
+                out[key] = handle.get_tensor(key)
     return out
 
 
@@ -172,9 +189,13 @@ def memory_map_tensors(path: PathLike, keys: list[str]) -> dict:
 
     path = Path(path)
     require(path.is_file(), f"{path}: file not found")
-    with open(path, "rb") as handle:
+    size = path.stat().st_size
+    with reading(path, "safetensors file"), open(path, "rb") as handle:
         header_length = int.from_bytes(handle.read(8), "little")
+        require(8 + header_length <= size, f"{path}: not a valid safetensors file (header of {header_length} bytes "
+                                           f"in a {size}-byte file: truncated or not safetensors)")
         header = json.loads(handle.read(header_length))
+        require(isinstance(header, dict), f"{path}: not a valid safetensors file (the header is not a JSON object)")
     out = {}
     for key in keys:
         require(key in header and key != "__metadata__",
@@ -183,6 +204,8 @@ def memory_map_tensors(path: PathLike, keys: list[str]) -> dict:
         require(entry["dtype"] in _SAFETENSORS_DTYPES, f"{path}: tensor {key!r} has unsupported dtype {entry['dtype']}")
         begin, end = entry["data_offsets"]
         shape = tuple(entry["shape"])
+        require(8 + header_length + end <= size, f"{path}: tensor {key!r} ends at byte {8 + header_length + end} "
+                                                 f"but the file has {size} bytes (truncated)")
         if end == begin:
             out[key] = torch.zeros(shape, dtype=getattr(torch, _SAFETENSORS_DTYPES[entry["dtype"]]))
             continue
@@ -272,7 +295,7 @@ def load_arrays(path: PathLike) -> dict:
     path = Path(path)
     require(path.is_file(), f"{path}: file not found")
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
+        with reading(path, ".npz file"), np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
     if path.suffix == ".safetensors":
         return {k: v.numpy() for k, v in load_tensors(path).items()}
@@ -340,7 +363,8 @@ def read_parquet(path: PathLike):
 
     path = Path(path)
     require(path.is_file(), f"{path}: file not found")
-    return pd.read_parquet(path)
+    with reading(path, "Parquet table"):
+        return pd.read_parquet(path)
 
 
 def parquet_metadata(path: PathLike) -> dict[str, str]:

@@ -48,11 +48,11 @@ rule aggregate:
     log:
         "logs/aggregate.log",
     shell:
-        "{DIFFUSABILITY} aggregate --spec {params.spec} --tokenizer-configs {input.tokenizer_configs} "
-        "--reconstruction {input.reconstruction} "
-        "--metrics {input.metrics} --tokenizer-metrics {input.tokenizer_metrics} "
-        "--model-metrics {input.model_metrics} --generation {input.generation} --trajectory {input.trajectory} "
-        "--untrained {input.untrained} --out-dir results/tables > {log} 2>&1"
+        "{DIFFUSABILITY} aggregate --spec {params.spec} --tokenizer-configs {input.tokenizer_configs:q} "
+        "--reconstruction {input.reconstruction:q} "
+        "--metrics {input.metrics:q} --tokenizer-metrics {input.tokenizer_metrics:q} "
+        "--model-metrics {input.model_metrics:q} --generation {input.generation:q} --trajectory {input.trajectory:q} "
+        "--untrained {input.untrained:q} --out-dir results/tables > {log:q} 2>&1"
 
 
 rule correlate:
@@ -71,7 +71,7 @@ rule correlate:
         "logs/correlate.log",
     shell:
         "{DIFFUSABILITY} correlate --tables results/tables --spec {params.spec} "
-        "--out-correlations {output.correlations} --out-regressions {output.regressions} > {log} 2>&1"
+        "--out-correlations {output.correlations:q} --out-regressions {output.regressions:q} > {log:q} 2>&1"
 
 
 rule predictions:
@@ -110,7 +110,7 @@ rule figures:
     log:
         "logs/figures.log",
     shell:
-        "{DIFFUSABILITY} figures --tables results/tables --spec {params.spec} --out-dir {output} > {log} 2>&1"
+        "{DIFFUSABILITY} figures --tables results/tables --spec {params.spec} --out-dir {output:q} > {log:q} 2>&1"
 
 
 rule summary:
@@ -124,5 +124,5 @@ rule summary:
     log:
         "logs/summary.log",
     shell:
-        "{DIFFUSABILITY} summarize --tables results/tables --spec {params.spec} --out {output} > {log} 2>&1 "
-        "&& cat {output}"
+        "{DIFFUSABILITY} summarize --tables results/tables --spec {params.spec} --out {output:q} > {log:q} 2>&1 "
+        "&& cat {output:q}"

@@ -120,5 +120,5 @@ def inception_args():
     """Quoted --inception-weights [--inception-sha256] of the config."""
     args = f"--inception-weights {shlex.quote(REFERENCE['inception_weights'])}"
     if REFERENCE["inception_sha256"]:
-        args += f" --inception-sha256 {REFERENCE['inception_sha256']}"
+        args += f" --inception-sha256 {shlex.quote(REFERENCE['inception_sha256'])}"
     return args

@@ -62,6 +62,10 @@ def run_aggregate(args: argparse.Namespace) -> None:
     from ..io import provenance, write_parquet
     from . import tables
 
+    from ..errors import require
+
+    require(isinstance(args.spec.get("tokenizers"), dict),
+            "--spec: 'tokenizers' (the study's tokenizer entries by name) is required")
     meta = provenance(args.spec.get("config"))
     frames = {
         "tokenizers": tables.tokenizer_table(args.spec["tokenizers"], args.tokenizer_configs),

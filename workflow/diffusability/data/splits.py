@@ -75,7 +75,8 @@ def open_image_split(path: str | os.PathLike, *, need_masks: bool = False) -> Im
         from safetensors import safe_open
 
         require(path.is_file(), f"{path}: file not found")
-        with safe_open(str(path), framework="pt") as handle:
+        from ..io import reading
+        with reading(path, "safetensors file"), safe_open(str(path), framework="pt") as handle:
             metadata, available = dict(handle.metadata() or {}), set(handle.keys())
         require("images" in available and "labels" in available,
                 f"{path}: an image split needs 'images' and 'labels' (has {sorted(available)})")

@@ -73,7 +73,8 @@ def load_normalised_latents(latent_dir: Path, split: str = "train", flipped: boo
         from safetensors import safe_open
 
         require(source.is_file(), f"{source}: file not found")
-        with safe_open(str(source), framework="pt") as handle:
+        from ..io import reading
+        with reading(source, "safetensors file"), safe_open(str(source), framework="pt") as handle:
             require("latents_flip" in handle.keys(),
                     f"{source}: flip_augment is set but the file has no tensor 'latents_flip' (N, C, h, w); "
                     "encode the latents with flipped copies or set flip_augment: false")
@@ -100,7 +101,7 @@ def load_normalised_latents(latent_dir: Path, split: str = "train", flipped: boo
 
 
 def run_train_diffusion(args: argparse.Namespace) -> int:
-    from ..errors import require
+    from ..errors import about, require
     from ..progress import log
     from .spec import DiffusionSpec
     from .train import train_diffusion
@@ -108,11 +109,13 @@ def run_train_diffusion(args: argparse.Namespace) -> int:
     spec = DiffusionSpec.from_dict(args.spec, source="--spec")
     require(spec.num_classes is not None, "--spec: num_classes is required (the number of class labels)")
     # memory-mapped: every training process shares the file's pages instead of holding its own copy
-    latents, labels, extra = load_normalised_latents(args.latents, flipped=spec.flip_augment, lazy=True)
+    with about(Path(args.latents) / "train.safetensors"):
+        latents, labels, extra = load_normalised_latents(args.latents, flipped=spec.flip_augment, lazy=True)
     log.info("training %s on %d latents of shape %s%s", spec.name, latents.shape[0], tuple(latents.shape[1:]),
              " (+ flipped copies, p = 0.5)" if spec.flip_augment else "")
     # what the weights depend on besides the spec: a checkpoint of other latents is never resumed
     inputs = {"latents": Path(args.latents) / "train.safetensors", "stats": Path(args.latents) / "stats.safetensors"}
-    train_diffusion(latents, labels, spec, args.out, spec.num_classes, latents_flip=extra.get("latents_flip"),
-                    inputs=inputs)
+    with about(inputs["latents"]):
+        train_diffusion(latents, labels, spec, args.out, spec.num_classes, latents_flip=extra.get("latents_flip"),
+                        inputs=inputs)
     return 0

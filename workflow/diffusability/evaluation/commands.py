@@ -96,7 +96,8 @@ def read_split_metadata(path) -> dict:
         return {"n_classes": str(shards.n_classes), "image_size": str(shards.image_size)}
     if Path(path).suffix != ".safetensors":
         return {}
-    with safe_open(str(path), framework="pt") as handle:
+    from ..io import reading
+    with reading(path, "safetensors file"), safe_open(str(path), framework="pt") as handle:
         return dict(handle.metadata() or {})
 
 
@@ -150,7 +151,8 @@ def read_reference_statistics(path) -> dict:
     path = Path(path)
     require(path.is_file(), f"{path}: reference statistics not found")
     require(path.suffix == ".npz", f"{path}: expected reference statistics as .npz (mu, sigma[, mu_s, sigma_s])")
-    with np.load(path, allow_pickle=False) as data:
+    from ..io import reading
+    with reading(path, ".npz file"), np.load(path, allow_pickle=False) as data:
         require({"mu", "sigma"} <= set(data.files), f"{path}: expected arrays mu and sigma, found {sorted(data.files)}")
         wanted = ("mu", "sigma", "mu_s", "sigma_s", "features", "n", "image_size")
         return {key: data[key] for key in wanted if key in data.files}

@@ -275,7 +275,8 @@ def load_adm_reference_statistics(path) -> dict[str, np.ndarray]:
     path = Path(path)
     require(path.is_file(), f"{path}: ADM reference batch not found (download VIRTUAL_imagenet256_labeled.npz "
                             "from the guided-diffusion evaluations page and put it here)")
-    with np.load(path, allow_pickle=False) as data:
+    from ..io import reading
+    with reading(path, ".npz file"), np.load(path, allow_pickle=False) as data:
         missing = [k for k in ("mu", "sigma", "mu_s", "sigma_s") if k not in data.files]
         require(not missing, f"{path}: missing arrays {missing} (has {data.files})")
         return {k: data[k].astype(np.float64) for k in ("mu", "sigma", "mu_s", "sigma_s")}

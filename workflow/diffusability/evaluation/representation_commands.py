@@ -63,7 +63,8 @@ def read_representation_stats(path, name: str) -> dict:
     path = Path(path)
     require(path.is_file() and path.suffix == ".npz",
             f"{path}: reference statistics of space {name!r} not found (an .npz from representation-stats)")
-    with np.load(path, allow_pickle=False) as data:
+    from ..io import reading
+    with reading(path, ".npz file"), np.load(path, allow_pickle=False) as data:
         require({"mu", "sigma", "space"} <= set(data.files),
                 f"{path}: expected arrays mu, sigma and space (from representation-stats), found {sorted(data.files)}")
         stored = str(data["space"])

@@ -19,7 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import DiffusabilityError, require
+from ..errors import DiffusabilityError, about, require
 
 
 def _parse_param(text: str) -> tuple[str, str, object]:
@@ -111,19 +111,22 @@ def run_metrics(args) -> int:
     from .normalization import channel_stats, normalize_latents
     from .registry import compute_metrics
 
-    latents, labels, masks = read_latent_inputs(load_arrays(args.input), str(args.input))
+    with about(args.input):
+        latents, labels, masks = read_latent_inputs(load_arrays(args.input), str(args.input))
     train_latents = train_labels = None
     if args.train is not None:
         train_latents, train_labels, _ = read_latent_inputs(load_arrays(args.train), str(args.train))
         require(train_labels is not None, f"{args.train}: the training latents need 'labels' (M,)")
     if args.normalize == "per-channel":
-        mean, std = channel_stats(latents)
-        latents = normalize_latents(latents, mean, std)
+        with about(args.input):
+            mean, std = channel_stats(latents)
+            latents = normalize_latents(latents, mean, std)
         if train_latents is not None:  # the same coordinates as INPUT
             train_latents = normalize_latents(train_latents, mean, std)
     params = _params_from_flags(args.param)
-    table = compute_metrics(latents, labels, masks, names=args.metrics, params=params, device=args.device,
-                            train_latents=train_latents, train_labels=train_labels)
+    with about(args.input):
+        table = compute_metrics(latents, labels, masks, names=args.metrics, params=params, device=args.device,
+                                train_latents=train_latents, train_labels=train_labels)
     write_parquet(table, args.out, provenance({"input": str(args.input), "metrics": args.metrics,
                                                "normalize": args.normalize, "params": params}))
     return 0
@@ -169,7 +172,8 @@ def run_latent_metrics(args) -> int:
         train = {k: v.numpy() for k, v in load_tensors(train_path, ["latents", "labels"]).items()}
         train_latents, train_labels, _ = read_latent_inputs(train, str(train_path))
         train_latents = normalize_latents(train_latents, stats["mean"].float(), stats["std"].float())
-    table = compute_metrics(latents, labels, masks, names=enabled, params=params, device=args.device,
-                            train_latents=train_latents, train_labels=train_labels)
+    with about(val_path):
+        table = compute_metrics(latents, labels, masks, names=enabled, params=params, device=args.device,
+                                train_latents=train_latents, train_labels=train_labels)
     write_parquet(table, args.out, provenance(args.spec, latents=str(directory)))
     return 0

@@ -50,6 +50,17 @@ def as_label_tensor(labels, n: int, name: str = "labels") -> torch.Tensor:
     return labels.long()
 
 
+def require_two_classes(labels: torch.Tensor, metric: str, name: str = "labels") -> None:
+    """Refuse a metric that compares classes when ``labels`` holds fewer than two of them.
+
+    With one class every neighbour agrees (LNC = 1) and there is no between-class structure to
+    measure: the value would look perfect and mean nothing.
+    """
+    classes = int(torch.unique(labels).numel())
+    require(classes >= 2, f"{name}: {metric} needs at least two classes, got {classes} "
+                          f"(every label is {int(labels[0]) if labels.numel() else 'absent'})")
+
+
 def as_mask_tensor(masks, shape: tuple[int, int, int], name: str = "masks") -> torch.Tensor:
     """Check and return boolean foreground masks of shape (N, H, W) (the latent grid)."""
     if not isinstance(masks, torch.Tensor):

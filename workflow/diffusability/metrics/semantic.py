@@ -12,7 +12,7 @@ import torch
 from ..errors import require
 from ..progress import progress
 from ..seeding import torch_generator
-from .normalization import as_label_tensor, as_latent_tensor, as_mask_tensor
+from .normalization import as_label_tensor, as_latent_tensor, as_mask_tensor, require_two_classes
 
 SIMILARITIES = ("cosine", "euclidean")
 
@@ -140,6 +140,7 @@ def latent_neighbor_consistency(latents: torch.Tensor, labels, masks=None, k: in
     latents = as_latent_tensor(latents)
     n, c, h, w = latents.shape
     labels = as_label_tensor(labels, n).to(latents.device)
+    require_two_classes(labels, "lnc")
     if masks is not None:
         masks = as_mask_tensor(masks, (n, h, w)).to(latents.device)
     require(k >= 1, f"lnc: k must be >= 1, got {k}")

@@ -27,6 +27,7 @@ from diffusability.metrics._linalg import (
     batched_trace, clamped_eigh, floored_cholesky, inverse_lower_triangular, ledoit_wolf_shrink,
     symmetric_eigenvalues,
 )
+from diffusability.metrics.normalization import require_two_classes
 from diffusability.progress import progress as progress_iter
 
 SHRINKAGES = ("ledoit_wolf", "none")
@@ -404,6 +405,7 @@ def class_conditional_viv(
     """
     for law in time_laws:
         _check_choice("time_laws", law, TIME_LAWS)
+    require_two_classes(torch.as_tensor(labels), "VIV")
     spectra = fit_class_covariances(
         latents, labels, shrinkage=shrinkage, tol=tol, max_iter=max_iter, classes_per_batch=classes_per_batch,
         min_per_class=min_per_class, product_dtype=product_dtype, progress=progress)
@@ -716,6 +718,7 @@ def marginal_viv(
     _check_choice("time_law", time_law, TIME_LAWS)
     if spectra is None:
         require(latents is not None and labels is not None, "marginal_viv: give latents and labels, or spectra")
+        require_two_classes(torch.as_tensor(labels), "marginal VIV")
         spectra = fit_class_covariances(latents, labels, return_factors=True, progress=progress, **fit_kwargs)
     mixture = KroneckerMixture.from_spectra(spectra)
     device = mixture.means.device

@@ -82,7 +82,8 @@ def latent_shape(latent_dir: Path) -> tuple[int, int, int]:
 
     path = latent_dir / "train.safetensors"
     require(path.is_file(), f"{path}: file not found")
-    with safe_open(str(path), framework="pt") as handle:
+    from ..io import reading
+    with reading(path, "safetensors file"), safe_open(str(path), framework="pt") as handle:
         require("latents" in handle.keys(), f"{path}: has no tensor 'latents'")
         shape = handle.get_slice("latents").get_shape()
     require(len(shape) == 4, f"{path}: latents must be (N, C, h, w), got {shape}")

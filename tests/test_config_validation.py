@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 
 import pytest
@@ -93,3 +94,19 @@ def test_snakemake_refuses_bad_config_before_any_job(workdir_factory, snakemake_
     output = result.stdout + result.stderr
     assert "backbones.sit-t.family" in output and "lightningdit" in output
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("path, value, message", [
+    (("tokenizers", "baseline", "kl_weight"), float("nan"), "tokenizers.baseline.kl_weight: nan is not a finite"),
+    (("backbones", "sit-t", "lr"), float("inf"), "backbones.sit-t.lr: inf is not a finite"),
+    (("sampling", "cfg_scales"), [1.0, 1.001], "share the file name cfg1.00"),
+])
+def test_nan_inf_and_colliding_guidance_names_are_refused(default_config, path, value, message):
+    """Fault findings 10 and 4: YAML's .nan/.inf pass a number schema; 1.0 and 1.001 would merge."""
+    config = copy.deepcopy(default_config)
+    target = config
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    with pytest.raises(DiffusabilityError, match=re.escape(message)):
+        validate_config(config)

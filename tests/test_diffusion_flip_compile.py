@@ -82,11 +82,15 @@ def test_flip_augmented_resume_equals_a_straight_run(tmp_path):
     assert not all(torch.equal(plain[k], straight[k]) for k in plain)
 
 
-def test_resume_refuses_a_checkpoint_written_without_flips(tmp_path):
+def test_a_checkpoint_written_without_flips_is_set_aside(tmp_path):
+    """Switching flip_augment on does not resume the run without flips: it trains from scratch."""
     latents, labels, flipped = toy_data()
+    train_diffusion(latents, labels, dict(TINY, flip_augment=True), tmp_path / "straight", 3, latents_flip=flipped)
     train_diffusion(latents, labels, TINY, tmp_path / "m", 3, stop_after=2)
-    with pytest.raises(DiffusabilityError, match="flip_augment"):
-        train_diffusion(latents, labels, dict(TINY, flip_augment=True), tmp_path / "m", 3, latents_flip=flipped)
+    train_diffusion(latents, labels, dict(TINY, flip_augment=True), tmp_path / "m", 3, latents_flip=flipped)
+    assert (tmp_path / "m" / "checkpoints.superseded").is_dir()
+    a, b = load_tensors(tmp_path / "straight" / "ema.safetensors"), load_tensors(tmp_path / "m" / "ema.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_flip_augment_without_flipped_latents_is_an_error(tmp_path):

@@ -102,10 +102,6 @@ def test_precision_is_fp32_or_bf16(tmp_path):
         train_tokenizer(_images(), None, {**TINY, "precision": "fp16"}, tmp_path)
 
 
-def _weights(directory):
-    return load_tensors(directory / "model.safetensors")
-
-
 def test_a_checkpoint_of_another_run_is_set_aside_and_training_starts_fresh(tmp_path):
     """Finding A/B: neither a changed setting nor changed inputs resume (or return) the old model."""
     images, other = _images(), _images()[::-1].copy()
@@ -266,3 +262,15 @@ def test_embedded_default_beats_its_untrained_self(tmp_path):
     trained = mean_psnr(psnr_uint8(val["images"], reconstruct(load_tokenizer(tmp_path), val["images"], 50)))
     untrained = mean_psnr(psnr_uint8(val["images"], reconstruct(initial_tokenizer({}).eval(), val["images"], 50)))
     assert trained > untrained + 3.0, (trained, untrained)
+
+
+def test_the_monitor_logs_proxies_and_leaves_the_weights_unchanged(tmp_path):
+    """monitor_every adds monitor_* columns every N steps; the trained weights are those of a run without it."""
+    images, labels = _images(), np.arange(len(_images())) % 2
+    train_tokenizer(images, labels, TINY, tmp_path / "plain")
+    train_tokenizer(images, labels, {**TINY, "monitor_every": 3, "monitor_images": 8}, tmp_path / "monitored")
+    plain, monitored = _weights(tmp_path / "plain"), _weights(tmp_path / "monitored")
+    assert all(torch.equal(plain[k], monitored[k]) for k in plain)
+    log = read_parquet(tmp_path / "monitored" / "train_log.parquet")
+    assert "monitor_lnc" in log.columns
+    assert log["monitor_lnc"].notna().tolist() == [step % 3 == 0 for step in log["step"]]

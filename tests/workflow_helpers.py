@@ -30,7 +30,7 @@ def expected_full_counts(config: dict) -> dict[str, int]:
         "prepare_data": 1, "train_teacher": 1,
         "train_tokenizer": n_tok, "reconstruction": n_tok, "encode": n_tok, "latent_metrics": n_tok,
         "train_diffusion": n_tok * n_bb, "sample": n_samples, "generation_metrics": n_samples,
-        "aggregate": 1, "correlate": 1, "figures": 1, "summary": 1, "all": 1,
+        "aggregate": 1, "correlate": 1, "predictions": 1, "figures": 1, "summary": 1, "all": 1,
     }
     if config["sampling"].get("trajectories", 64) > 0:
         counts["trajectory_metrics"] = n_samples

@@ -84,8 +84,42 @@ def validate_config(config: dict) -> dict:
     if errors:
         lines = "\n  ".join(_describe(e) for e in errors)
         raise DiffusabilityError(f"invalid config:\n  {lines}")
+    _check_finite_numbers(filled)
     _check_cross_references(filled)
+    _check_guidance_names(filled)
     return filled
+
+
+def _check_finite_numbers(value, path: str = "") -> None:
+    """Refuse NaN and ±inf anywhere in the config (YAML's ``.nan``/``.inf`` pass a "number" schema)."""
+    import math
+
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite_numbers(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_finite_numbers(item, f"{path}[{index}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise DiffusabilityError(f"{path}: {value} is not a finite number")
+
+
+def _check_guidance_names(config: dict) -> None:
+    """Two guidance scales must not share a file name (1.0 and 1.001 both become ``cfg1.00``)."""
+    from .analysis.layout import format_cfg
+
+    lists = {"sampling.cfg_scales": config["sampling"]["cfg_scales"]}
+    lists.update({f"backbones.{bb}.cfg_scales": entry["cfg_scales"]
+                  for bb, entry in config["backbones"].items() if entry.get("cfg_scales")})
+    for key, scales in lists.items():
+        seen: dict[str, float] = {}
+        for scale in scales:
+            name = format_cfg(scale)
+            if name in seen:
+                raise DiffusabilityError(f"{key}: the scales {seen[name]} and {scale} share the file name "
+                                         f"cfg{name} (two decimals); give scales that differ in the first two "
+                                         "decimals")
+            seen[name] = scale
 
 
 def _check_cross_references(config: dict) -> None:

@@ -56,6 +56,10 @@ class TokenizerSpec:
     # images per forward/backward on one process; None = the process's whole share of batch_size
     micro_batch_size: int | None = None
     precision: str = "fp32"
+    # training-time proxy monitor (tokenizers/monitor.py): every monitor_every steps (0 = off), on a fixed
+    # class-balanced subset of monitor_images training images; adds monitor_* columns to train_log.parquet
+    monitor_every: int = 0
+    monitor_images: int = 256
     lr: float = 1e-3
     betas: tuple[float, float] = (0.5, 0.9)
     checkpoint_every: int = 100
@@ -97,6 +101,12 @@ class TokenizerSpec:
                 f"tokenizer spec: image_size {self.image_size} not divisible by the downsample factor {factor}")
         require(self.micro_batch_size is None or (isinstance(self.micro_batch_size, int) and self.micro_batch_size >= 1),
                 f"tokenizer spec: 'micro_batch_size' must be a positive integer or null, got {self.micro_batch_size!r}")
+        require(isinstance(self.monitor_every, int) and not isinstance(self.monitor_every, bool)
+                and self.monitor_every >= 0,
+                f"tokenizer spec: 'monitor_every' must be an integer >= 0, got {self.monitor_every!r}")
+        require(isinstance(self.monitor_images, int) and not isinstance(self.monitor_images, bool)
+                and self.monitor_images >= 2,
+                f"tokenizer spec: 'monitor_images' must be an integer >= 2, got {self.monitor_images!r}")
         require(self.precision in PRECISIONS,
                 f"tokenizer spec: precision {self.precision!r} not supported (expected one of {PRECISIONS})")
         require(self.perceptual in PERCEPTUAL,

@@ -172,7 +172,7 @@ def frozen(module: nn.Module | None):
 
 
 #: Spec keys that do not change the trained weights (a run that differs only there resumes).
-NON_RESULT_KEYS = ("name", "checkpoint_every")
+NON_RESULT_KEYS = ("name", "checkpoint_every", "monitor_every", "monitor_images")
 
 
 def training_identity(spec: TokenizerSpec, inputs: Mapping[str, Any] | None, images: Any = None,
@@ -366,6 +366,11 @@ def train_tokenizer(images: Any, labels: Any, spec: TokenizerSpec | Mapping[str,
         trainer.load_state(resume_state)
         log.info("train_tokenizer: resumed from %s (step %d)", latest, trainer.step)
     order = EpochOrder(spec.seed, count, batch_size)
+    monitor = None
+    if spec.monitor_every and accelerator.is_main_process:
+        from .monitor import TokenizerMonitor
+
+        monitor = TokenizerMonitor.from_split(images, labels, None, spec.monitor_images, spec.seed)
     bar = progress(total=spec.steps, desc=f"tokenizer {spec.name}", unit="step",
                    disable=not accelerator.is_local_main_process)
     bar.update(trainer.step)
@@ -377,6 +382,8 @@ def train_tokenizer(images: Any, labels: Any, spec: TokenizerSpec | Mapping[str,
         row = trainer.train_step(torch.as_tensor(images[order.indices(trainer.step)]), layout)
         trainer.seconds += time.perf_counter() - started
         row["seconds"] = trainer.seconds
+        if monitor is not None and trainer.step % spec.monitor_every == 0:
+            row.update(monitor(trainer.model))  # the proxies of the current encoder; weights unchanged
         trainer.log_rows.append(row)
         bar.update(1)
         bar.set_postfix(loss=f"{row['loss']:.4g}", l1=f"{row['l1']:.3f}")

@@ -32,10 +32,11 @@ def data(n=24, c=4, hw=8, seed=0):
 def test_names_directions_and_groups():
     assert list(METRICS) == EXPECTED_NAMES
     lower = {"viv_uniform", "viv_logit_normal", "viv_uniform_per_dim", "viv_logit_normal_per_dim",
-             "viv_curve", "viv_marginal", "sec", "uniformity_cv", "uniformity_gini",
-             "fi", "fir", "fi_curve", "fir_curve", "fi_mixture", "fir_mixture"}
+             "viv_curve", "viv_marginal", "sec", "uniformity_cv", "uniformity_gini"}
+    # FI/FIR magnitudes are diagnostics without a better side (their data-vs-latent gap has one)
+    none = {"fi", "fir", "fi_curve", "fir_curve", "fi_mixture", "fir_mixture"}
     for name, spec in METRICS.items():
-        assert spec.direction == ("lower" if name in lower else "higher"), name
+        assert spec.direction == ("lower" if name in lower else "none" if name in none else "higher"), name
     assert GROUPS["viv"] == tuple(EXPECTED_NAMES[:4])
     assert GROUPS["uniformity"] == ("uniformity_cv", "uniformity_gini", "uniformity_entropy")
     assert GROUPS["fisher"] == ("fi", "fir")
@@ -43,6 +44,10 @@ def test_names_directions_and_groups():
     assert registry.metric_direction("rotate_error") == "lower"
     assert registry.metric_direction("scale_consistency") == "higher"
     assert registry.metric_direction("ifid") == registry.metric_direction("fir_model") == "lower"
+    for name in ("fi_gap", "fir_gap", "compression_penalty", "distortion_penalty", "curvature_penalty"):
+        assert registry.metric_direction(name) == "lower", name
+    for name in ("data_curvature", "fi_data_curve", "fir_data_curve", "fi_latent_curve", "fir_latent_curve"):
+        assert registry.metric_direction(name) == "none", name
 
 
 def test_expand_names_respects_inputs():
@@ -225,7 +230,7 @@ def test_fisher_rows_match_the_closed_form_of_a_diagonal_gaussian():
         curve = frame[frame.metric == name]
         assert [json.loads(p)["s"] for p in curve.params] == pytest.approx(s, rel=1e-12)
         assert curve.value.to_numpy() == pytest.approx(expected, rel=1e-5)
-    assert (frame.direction == "lower").all()
+    assert (frame.direction == "none").all()          # diagnostics: the alignment gap has the direction
     assert json.loads(frame.params.iloc[0])["s_points"] == 5
 
 

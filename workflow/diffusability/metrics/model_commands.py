@@ -3,7 +3,10 @@
 * ``tokenizer-metrics``: affine equivariance of the encoder (docs/metrics.md §7) and iFID through the
   decoder (§5), from a tokenizer directory, the val split, its latent directory and the feature
   network of the reconstruction step (the domain net). Rows: ``rotate_error``,
-  ``rotate_consistency``, ``scale_error``, ``scale_consistency``, ``ifid``.
+  ``rotate_consistency``, ``scale_error``, ``scale_consistency``, ``ifid``; with ``fisher_geometry``
+  (docs/fisher-geometry.md) also ``fi_gap``, ``fir_gap`` (data-vs-latent alignment of the FI/FIR
+  curves, plus the curves themselves unless ``curves`` is false) and ``compression_penalty``,
+  ``distortion_penalty``, ``curvature_penalty``, ``data_curvature`` (JVPs of the encoder).
 * ``model-metrics``: FI/FIR of a trained diffusion model (EMA weights, §8.2 a) on the normalised
   val latents. Rows: ``fi_model``, ``fir_model`` (the same summaries as the registry's ``fi``/``fir``).
 
@@ -22,7 +25,12 @@ from ..errors import reject_unknown_keys, require
 TOKENIZER_DEFAULTS = {"enabled": [], "batch_size": 64, "seed": 0,
                       "equivariance": {"rotations": [1, 2, 3], "scales": [0.5, 0.75], "max_images": None},
                       "ifid": {"k": 10, "alpha": 0.5, "pool": "train", "max_pool": None, "max_queries": None,
-                               "seed": 0}}
+                               "seed": 0},
+                      "fisher_geometry": {"data_grid": None, "sigma_min": 1e-3, "sigma_max": 100.0, "sigma_points": 32,
+                                          "shrinkage": "ledoit_wolf", "curves": True, "anchors": 256, "neighbors": 8,
+                                          "rank": 4, "collapse_ratio": 1e-4, "seed": 0}}
+#: the metric families of ``tokenizer-metrics`` (each an ``enabled`` name and a parameter object)
+TOKENIZER_FAMILIES = ("equivariance", "ifid", "fisher_geometry")
 MODEL_DEFAULTS = {"enabled": [], "seed": 0,
                   "fisher": {"s_min": 1e-3, "s_max": 100.0, "s_points": 32, "probes": 2, "max_samples": 1000,
                              "seed": 0, "batch_size": 256}}
@@ -35,9 +43,11 @@ def register(subparsers) -> None:
     from ..cli import json_spec
     from ..devices import add_device_argument
 
-    p = subparsers.add_parser("tokenizer-metrics", help="affine equivariance and iFID of a tokenizer",
-                              description="Equivariance of the encoder (rot90, down-scales) and iFID of the "
-                                          "decoder (slerp to a cosine neighbour, Fréchet distance of features).")
+    p = subparsers.add_parser("tokenizer-metrics", help="affine equivariance, iFID and Fisher geometry of a tokenizer",
+                              description="Equivariance of the encoder (rot90, down-scales), iFID of the "
+                                          "decoder (slerp to a cosine neighbour, Fréchet distance of features) "
+                                          "and Fisher geometry (data-vs-latent FI/FIR alignment, encoder "
+                                          "penalties by JVPs; docs/fisher-geometry.md).")
     p.add_argument("--tokenizer", required=True, help="tokenizer directory")
     p.add_argument("--data", required=True,
                    help="val split (.safetensors with images uint8 (N, H, W, 3) and labels, or a shard index.json)")
@@ -45,8 +55,8 @@ def register(subparsers) -> None:
                    help="latent directory of the tokenizer (val/train raw latents for iFID, stats for normalising)")
     p.add_argument("--feature-net", required=True, help="domain-net directory (features of the Fréchet distance)")
     p.add_argument("--spec", required=True, type=json_spec,
-                   help='JSON: {"enabled": ["equivariance", "ifid"], "batch_size", "equivariance": {...}, '
-                        '"ifid": {...}}')
+                   help='JSON: {"enabled": ["equivariance", "ifid", "fisher_geometry"], "batch_size", '
+                        '"equivariance": {...}, "ifid": {...}, "fisher_geometry": {...}}')
     p.add_argument("--out", required=True, help="output Parquet rows")
     add_device_argument(p)
     p.set_defaults(func=run_tokenizer_metrics)
@@ -215,6 +225,97 @@ def ifid_row(model, feature_net, images, val_latents, pool_latents, params: dict
     return _row("ifid", result["value"], result["n"], record, time.perf_counter() - started)
 
 
+def pooled_images(images, grid: tuple[int, int]) -> "torch.Tensor":
+    """(N, 3, h, w) float32 block averages of uint8 images (N, H, W, 3) in [−1, 1], read in chunks."""
+    import numpy as np
+    import torch
+
+    from ..data.splits import iterate_batches
+    from ..imaging import to_model_input
+    from .fisher_geometry import pool_to_grid
+
+    return torch.cat([pool_to_grid(to_model_input(np.asarray(images[rows])), grid)
+                      for rows in iterate_batches(images.shape[0], EQUIVARIANCE_CHUNK)])
+
+
+def fisher_alignment_rows(pooled, latents, labels, params: dict, device) -> list[dict]:
+    """fi_gap / fir_gap (and, with ``curves``, the four curves) of block-averaged images vs normalised latents."""
+    from .fisher_geometry import fisher_alignment
+
+    started = time.perf_counter()
+    result = fisher_alignment(pooled.to(device), latents.to(device), labels.to(device),
+                              sigma_min=params["sigma_min"], sigma_max=params["sigma_max"],
+                              sigma_points=params["sigma_points"], shrinkage=params["shrinkage"])
+    seconds = time.perf_counter() - started
+    n = int(latents.shape[0])
+    record = {key: params[key] for key in ("sigma_min", "sigma_max", "sigma_points", "shrinkage")}
+    record.update(data_grid=list(pooled.shape[2:]), noise_axis="sigma = s / (total variance per dimension)",
+                  data="val images, block-averaged pixels in [-1, 1]",
+                  latents="stored val latents normalised with the train statistics",
+                  data_dim=result["data"]["dim"], latent_dim=result["latent"]["dim"],
+                  data_total_variance=result["data"]["total_variance"],
+                  latent_total_variance=result["latent"]["total_variance"])
+    rows = [_row("fi_gap", result["fi_gap"], n, record, seconds), _row("fir_gap", result["fir_gap"], n, record, seconds)]
+    if params["curves"]:
+        for space in ("data", "latent"):
+            for name, key in (("fi", "phi"), ("fir", "psi")):
+                rows += [_row(f"{name}_{space}_curve", value, n, {**record, "sigma": sigma}, seconds)
+                         for sigma, value in zip(result["sigma"].tolist(), result[space][key].tolist())]
+    return rows
+
+
+def fisher_penalty_rows(model, images, pooled, mean, std, params: dict, batch_size: int, device) -> list[dict]:
+    """The encoder penalties at seeded anchor images, tangents from neighbours in block-averaged pixel space."""
+    import numpy as np
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from ..imaging import to_model_input
+    from .fisher_geometry import encoder_penalties, nearest_neighbours, summarise_penalties
+
+    started = time.perf_counter()
+    k = int(params["neighbors"])
+    anchors = seeded_subset(images.shape[0], params["anchors"], "fisher-geometry-anchors", params["seed"])
+    neighbours = nearest_neighbours(pooled.flatten(1), anchors, k)
+    shift, scale = mean.to(device)[:, None, None], std.to(device)[:, None, None]
+    model.requires_grad_(False)   # the JVPs run in grad mode: no parameter graph may be recorded
+
+    def encoder(x):  # the posterior mean, normalised as the diffusion model sees the latents
+        return (model.encode(x).mode() - shift) / scale
+
+    per_batch = max(1, batch_size // (k + 1))    # each anchor brings k neighbour images
+    parts: dict[str, list] = {}
+    for start in range(0, len(anchors), per_batch):
+        index, near = anchors[start:start + per_batch], neighbours[start:start + per_batch]
+        x = to_model_input(np.asarray(images[index.numpy()])).to(device)
+        x_near = to_model_input(np.asarray(images[near.flatten().numpy()])).to(device)
+        # forward-mode AD has no fused attention kernels: the math one
+        with sdpa_kernel(SDPBackend.MATH):
+            out = encoder_penalties(encoder, x, x_near.reshape(len(index), k, *x.shape[1:]), rank=int(params["rank"]),
+                                    collapse_ratio=float(params["collapse_ratio"]))
+        for key, value in out.items():
+            parts.setdefault(key, []).append(value.cpu())
+    summary = summarise_penalties({key: torch.cat(values) for key, values in parts.items()})
+    record = {key: params[key] for key in ("anchors", "neighbors", "rank", "collapse_ratio", "seed")}
+    record.update(data_grid=list(pooled.shape[2:]), posterior="mean", latents="normalised with the train statistics",
+                  tangents="top-r singular vectors of the secants to k nearest neighbours (block-averaged pixels)",
+                  derivatives="forward-over-forward JVP", n_anchors=summary["n_anchors"])
+    seconds = time.perf_counter() - started
+    names = {"compression": "compression_penalty", "distortion": "distortion_penalty",
+             "curvature": "curvature_penalty", "data_curvature": "data_curvature"}
+    return [_row(name, summary[key], summary["n_valid"], record, seconds) for key, name in names.items()]
+
+
+def fisher_geometry_rows(model, images, labels, latents, mean, std, params: dict, batch_size: int,
+                         device) -> list[dict]:
+    """Alignment and penalty rows (docs/fisher-geometry.md); ``latents`` (N, C, h, w) already normalised."""
+    grid = tuple(latents.shape[2:]) if params["data_grid"] is None else (int(params["data_grid"]),) * 2
+    require(labels.shape == (images.shape[0],), "fisher_geometry: the val split needs one label per image")
+    pooled = pooled_images(images, grid)
+    return (fisher_alignment_rows(pooled, latents, labels, params, device)
+            + fisher_penalty_rows(model, images, pooled, mean, std, params, batch_size, device))
+
+
 def run_tokenizer_metrics(args) -> int:
     import torch
 
@@ -224,11 +325,12 @@ def run_tokenizer_metrics(args) -> int:
     from ..io import load_tensors
     from ..tokenizers.factory import load_tokenizer
 
-    spec = resolve_spec(args.spec, TOKENIZER_DEFAULTS, "tokenizer-metrics --spec", ("equivariance", "ifid"))
+    spec = resolve_spec(args.spec, TOKENIZER_DEFAULTS, "tokenizer-metrics --spec", TOKENIZER_FAMILIES)
     batch_size = int(spec["batch_size"])
     require(batch_size >= 1, f"tokenizer-metrics --spec: batch_size must be ≥ 1, got {batch_size}")
     device = torch.device(resolve_device(args.device))
-    images = open_image_split(args.data).images   # checked: uint8 (N, H, W, 3); shards are read lazily
+    split = open_image_split(args.data)
+    images = split.images   # checked: uint8 (N, H, W, 3); shards are read lazily
     directory = Path(args.latents)
     val = load_tensors(directory / "val.safetensors", ["latents"])["latents"].float()
     require(val.dim() == 4 and val.shape[0] == images.shape[0],
@@ -250,6 +352,11 @@ def run_tokenizer_metrics(args) -> int:
                 pool = load_tensors(directory / "train.safetensors", ["latents"])["latents"].float()
             feature_net = load_domain_classifier(args.feature_net).to(device)
             rows.append(ifid_row(model, feature_net, images, val, pool, params, batch_size, device))
+        if "fisher_geometry" in spec["enabled"]:
+            labels = torch.as_tensor(split.labels, dtype=torch.int64)
+            mean, std = _load_stats(directory, val.shape[1])
+            rows += fisher_geometry_rows(model, images, labels, (val - mean[:, None, None]) / std[:, None, None],
+                                         mean, std, spec["fisher_geometry"], batch_size, device)
     _write_rows(rows, args.out, spec, tokenizer=str(args.tokenizer), latents=str(directory))
     return 0
 

@@ -62,7 +62,7 @@ class MetricSpec:
 
     name: str
     computation: str
-    direction: str  # "lower" or "higher"
+    direction: str  # "lower", "higher" or "none" (a diagnostic: no side is better, e.g. fi/fir)
     description: str
 
 
@@ -253,16 +253,18 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
     MetricSpec("srss", "srss", "higher", "semantic-region self-similarity (FG vs BG)"),
     MetricSpec("rmsc", "rmsc", "higher", "RMS spatial contrast of unit tokens"),
     MetricSpec("sec", "sec", "lower", "spectral energy above r = 0.5 of the DCT Manhattan frequency"),
-    MetricSpec("fi", "fisher_class_conditional", "lower",
-               "Fisher information of the class Gaussians: mean over log s of φ(s) = s·J(s)/D"),
-    MetricSpec("fir", "fisher_class_conditional", "lower",
-               "Fisher information rate of the class Gaussians: mean over log s of ψ(s) = −s²·J'(s)/D"),
-    MetricSpec("fi_curve", "fisher_class_conditional", "lower",
+    # FI/FIR magnitudes are diagnostics (direction "none"): what matters is their alignment with the data's
+    # curves (fi_gap/fir_gap of the tokenizer-metrics command, docs/fisher-geometry.md), not their size
+    MetricSpec("fi", "fisher_class_conditional", "none",
+               "Fisher information of the class Gaussians: mean over log s of φ(s) = s·J(s)/D (diagnostic)"),
+    MetricSpec("fir", "fisher_class_conditional", "none",
+               "Fisher information rate of the class Gaussians: mean over log s of ψ(s) = −s²·J'(s)/D (diagnostic)"),
+    MetricSpec("fi_curve", "fisher_class_conditional", "none",
                "class-averaged φ(s), one row per noise variance (params s); only when named"),
-    MetricSpec("fir_curve", "fisher_class_conditional", "lower",
+    MetricSpec("fir_curve", "fisher_class_conditional", "none",
                "class-averaged ψ(s), one row per noise variance (params s); only when named"),
-    MetricSpec("fi_mixture", "fisher_mixture", "lower", "fi of the class mixture (Monte Carlo); only when named"),
-    MetricSpec("fir_mixture", "fisher_mixture", "lower", "fir of the class mixture (Monte Carlo); only when named"),
+    MetricSpec("fi_mixture", "fisher_mixture", "none", "fi of the class mixture (Monte Carlo); only when named"),
+    MetricSpec("fir_mixture", "fisher_mixture", "none", "fir of the class mixture (Monte Carlo); only when named"),
     MetricSpec("linear_probe", "linear_probe", "higher",
                "val top-1 of a BN + linear probe trained on the flattened train latents; only when named"),
     MetricSpec("uniformity_cv", "uniformity", "lower", "CV of t-SNE KDE density"),
@@ -284,6 +286,24 @@ TOKENIZER_METRICS: dict[str, MetricSpec] = {m.name: m for m in (
     MetricSpec("scale_consistency", "equivariance", "higher", "token cosine of E(scaled x) and scaled E(x)"),
     MetricSpec("ifid", "ifid", "lower",
                "Fréchet distance of real images vs decoded slerps to a cosine neighbour (iFID protocol)"),
+    # Fisher geometry (docs/fisher-geometry.md): alignment of the data's and the latents' FI/FIR curves on the
+    # normalised noise axis σ = s / v̄, and the encoder's penalties from JVPs along data tangents
+    MetricSpec("fi_gap", "fisher_alignment", "lower",
+               "mean over log σ of |log φ_latent(σ) − log φ_data(σ)| (class-Gaussian FI curves)"),
+    MetricSpec("fir_gap", "fisher_alignment", "lower",
+               "mean over log σ of |log ψ_latent(σ) − log ψ_data(σ)| (class-Gaussian |FIR| curves)"),
+    MetricSpec("fi_data_curve", "fisher_alignment", "none", "φ(σ) of the block-averaged images, one row per σ"),
+    MetricSpec("fir_data_curve", "fisher_alignment", "none", "ψ(σ) of the block-averaged images, one row per σ"),
+    MetricSpec("fi_latent_curve", "fisher_alignment", "none", "φ(σ) of the normalised latents, one row per σ"),
+    MetricSpec("fir_latent_curve", "fisher_alignment", "none", "ψ(σ) of the normalised latents, one row per σ"),
+    MetricSpec("compression_penalty", "fisher_penalties", "lower",
+               "log-scaled fraction of data tangent directions the encoder discards"),
+    MetricSpec("distortion_penalty", "fisher_penalties", "lower",
+               "isometry defect ‖G/c² − I‖²_F / r of the encoder on data tangents"),
+    MetricSpec("curvature_penalty", "fisher_penalties", "lower",
+               "normal bending of data tangent lines by the encoder over one neighbour step"),
+    MetricSpec("data_curvature", "fisher_penalties", "none",
+               "secant energy off the data tangent frame (a property of the data, not the tokenizer)"),
 )}
 
 #: rows of the ``model-metrics`` command (one trained diffusion model per row set)
@@ -294,7 +314,7 @@ MODEL_METRICS: dict[str, MetricSpec] = {m.name: m for m in (
 
 
 def metric_direction(name: str) -> str:
-    """"lower" or "higher" for a metric, SEC sweep, tokenizer-level or model-level row name."""
+    """"lower", "higher" or "none" (diagnostic) for a metric, SEC sweep, tokenizer- or model-level row name."""
     if name.startswith("sec_r"):
         return METRICS["sec"].direction
     known = {**METRICS, **TOKENIZER_METRICS, **MODEL_METRICS}
@@ -415,8 +435,10 @@ def compute_metrics(latents, labels=None, masks=None, names=("all",), params: di
             ``latents`` — needed only by ``linear_probe``.
     Returns:
         pandas.DataFrame with columns ``metric`` (str), ``value`` (float64), ``direction``
-        ("lower"/"higher"), ``params`` (JSON str), ``n`` (int64), ``seconds`` (float64: the
-        wall time of the computation that produced the row, shared by its rows).
+        ("lower"/"higher"/"none"), ``params`` (JSON str), ``n`` (int64), ``seconds`` (float64: the
+        wall time of the computation that produced the row, shared by its rows). Metrics that
+        ``all`` selected but the inputs cannot support (e.g. SRSS's foreground threshold on a small
+        grid) are left out, with the reason in ``frame.attrs["skipped"]`` ({metric: why}).
     """
     import pandas as pd
 
@@ -438,7 +460,14 @@ def compute_metrics(latents, labels=None, masks=None, names=("all",), params: di
                 f"train_latents: shape {tuple(train_latents.shape[1:])} per latent differs from the "
                 f"validation latents' {tuple(latents.shape[1:])}")
         train = (train_latents, as_label_tensor(train_labels, train_latents.shape[0]).to(latents.device))
-    selected = expand_names(names, labels is not None, masks is not None, train is not None)
+    have = (labels is not None, masks is not None, train is not None)
+    selected = expand_names(names, *have)
+    # metrics reached only through "all" are skipped (with the reason) when the inputs are too small
+    # for their parameters; a metric asked for by name still fails with the reason
+    listed = [part.strip() for part in (names.split(",") if isinstance(names, str) else names)]
+    named = [part for part in listed if part and part != "all"]
+    explicit = set(expand_names(named, *have)) if named else set()
+    skipped: dict[str, str] = {}
     by_computation: dict[str, list[str]] = {}
     for metric in selected:
         by_computation.setdefault(METRICS[metric].computation, []).append(metric)
@@ -463,6 +492,13 @@ def compute_metrics(latents, labels=None, masks=None, names=("all",), params: di
             results = COMPUTATIONS[computation].run(latents, labels, masks, **inputs, **kwargs)
         except TypeError as exc:
             raise DiffusabilityError(f"{computation}: invalid parameters {kwargs} ({exc})") from exc
+        except DiffusabilityError as exc:
+            if explicit & set(metrics):
+                raise
+            for metric in metrics:
+                skipped[metric] = str(exc)
+            log.warning("metrics: skipped %s (asked for through 'all'): %s", ", ".join(metrics), exc)
+            continue
         seconds = time.perf_counter() - started
         log.info("metrics: %s took %.2f s", computation, seconds)
         extra = [name for name in results if name.startswith("sec_r")] if computation == "sec" else []
@@ -479,5 +515,7 @@ def compute_metrics(latents, labels=None, masks=None, names=("all",), params: di
                              "params": json.dumps(row_params, sort_keys=True), "n": int(count),
                              "seconds": seconds})
     frame = pd.DataFrame(rows, columns=["metric", "value", "direction", "params", "n", "seconds"])
-    return frame.astype({"metric": str, "value": "float64", "direction": str, "params": str,
-                         "n": "int64", "seconds": "float64"})
+    frame = frame.astype({"metric": str, "value": "float64", "direction": str, "params": str,
+                          "n": "int64", "seconds": "float64"})
+    frame.attrs["skipped"] = skipped  # {metric: why}, for the caller to report and record
+    return frame

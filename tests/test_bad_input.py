@@ -181,3 +181,30 @@ def test_the_console_command_exits_2_without_a_traceback(tmp_path):
                              "--out", str(tmp_path / "o.parquet")], capture_output=True, text=True)
     assert result.returncode == 2
     assert "garbage.safetensors" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_all_computes_what_small_inputs_allow_and_says_what_it_skipped(tmp_path, capsys):
+    """Fault finding 7: on an 8×8 grid SRSS's 64/64 token filter and uniformity's n = 10,000 cannot hold;
+    `all` leaves them out and names why, while asking for srss by name still fails naming the reason."""
+    import pandas as pd
+
+    from diffusability.io import parquet_metadata
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(60) % 3
+    latents = torch.randn(60, 4, 8, 8, generator=g) + labels.float().reshape(-1, 1, 1, 1)
+    masks = torch.zeros(60, 8, 8, dtype=torch.bool)
+    masks[:, 2:6, 2:6] = True
+    path = tmp_path / "small.safetensors"
+    save_tensors(path, {"latents": latents, "labels": labels, "masks": masks})
+    out = tmp_path / "o.parquet"
+    status, text = _run(["metrics", str(path), "--metrics", "all", "--param", "viv_marginal.draws=50",
+                         "--param", "viv.nodes=8", "--out", str(out)], capsys)
+    assert status == 0, text
+    table = pd.read_parquet(out)
+    assert {"lnc", "sec", "viv_uniform"} <= set(table["metric"])
+    assert not {"srss", "uniformity_cv"} & set(table["metric"])
+    assert "skipped srss" in text and "min_fg=64" in text and "skipped uniformity_cv" in text
+    assert "srss" in json.loads(parquet_metadata(out)["skipped"])
+    status, text = _run(["metrics", str(path), "--metrics", "srss", "--out", str(tmp_path / "p.parquet")], capsys)
+    assert status == 2 and "min_fg=64" in text

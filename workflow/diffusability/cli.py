@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    from . import io
+
+    io.CURRENT_COMMAND = args.command  # every artifact's provenance names the code that made it
     try:
         result = args.func(args)
     except DiffusabilityError as exc:

@@ -330,11 +330,26 @@ def git_commit() -> str:
         return "unknown"
 
 
+#: The ``diffusability`` subcommand this process runs (set by the CLI): its code identity goes into
+#: the provenance of every artifact the process writes.
+CURRENT_COMMAND: str | None = None
+
+
 def provenance(config: Any = None, **extra: Any) -> dict[str, str]:
-    """Metadata stored in every table: package version, git commit, config hash."""
+    """Metadata stored in every table: package version, git commit, config hash, and — inside a
+    ``diffusability`` command — the command, its code identity and the software identity
+    (:mod:`diffusability.code_identity`), so each artifact says which code made it."""
     from . import __version__
 
     meta = {"diffusability_version": __version__, "git_commit": git_commit()}
+    if CURRENT_COMMAND is not None:
+        from .code_identity import command_identity, software_identity
+
+        try:
+            meta.update(command=CURRENT_COMMAND, code_identity=command_identity(CURRENT_COMMAND),
+                        software_identity=software_identity())
+        except KeyError:  # a command registered outside the package's command modules
+            meta.update(command=CURRENT_COMMAND)
     if config is not None:
         text = json.dumps(config, sort_keys=True, default=_json_default)
         meta["config_sha256"] = hashlib.sha256(text.encode()).hexdigest()

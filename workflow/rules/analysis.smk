@@ -37,13 +37,13 @@ rule aggregate:
         generation=[layout.generation_rows(*job) for job in SAMPLE_JOBS] + REPRESENTATION_ROWS,
         trajectory=[layout.trajectory_rows(*job) for job in SAMPLE_JOBS] if RECORD_TRAJECTORIES else [],
         untrained=untrained_rows(),
-        code=code("analysis/tables.py"),
     output:
         tokenizers=layout.table("tokenizers"),
         reconstruction=layout.table("reconstruction"),
         metrics=layout.table("metrics"),
         generation=layout.table("generation"),
     params:
+        code=code_identity("aggregate"),
         spec=as_arg({"tokenizers": tokenizer_table_spec(), "config": config}),
     log:
         "logs/aggregate.log",
@@ -61,11 +61,11 @@ rule correlate:
         reconstruction=layout.table("reconstruction"),
         metrics=layout.table("metrics"),
         generation=layout.table("generation"),
-        code=code("analysis/correlations.py"),
     output:
         correlations=layout.table("correlations"),
         regressions=layout.table("regressions"),
     params:
+        code=code_identity("correlate"),
         spec=as_arg(config["analysis"]),
     log:
         "logs/correlate.log",
@@ -79,12 +79,12 @@ rule predictions:
         tokenizers=layout.table("tokenizers"),
         metrics=layout.table("metrics"),
         generation=layout.table("generation"),
-        code=code("analysis/predict.py", "analysis/predict_command.py"),
     output:
         predictions=layout.table("predictions"),
         scores=layout.table("prediction_scores"),
         figure=report(layout.prediction_figure(), caption="../report/predictions.rst", category="Figures"),
     params:
+        code=code_identity("predictions"),
         spec=as_arg(config["analysis"]),
     log:
         "logs/predictions.log",
@@ -97,7 +97,6 @@ rule predictions:
 rule figures:
     input:
         tables=[layout.table(name) for name in layout.TABLES],
-        code=code("analysis/figures.py"),
     output:
         report(
             directory("results/figures"),
@@ -106,6 +105,7 @@ rule figures:
             category="Figures",
         ),
     params:
+        code=code_identity("figures"),
         spec=as_arg(config["analysis"]),
     log:
         "logs/figures.log",
@@ -116,10 +116,10 @@ rule figures:
 rule summary:
     input:
         tables=[layout.table(name) for name in layout.TABLES],
-        code=code("analysis/summary.py"),
     output:
         report("results/report.md", caption="../report/summary.rst", category="Summary"),
     params:
+        code=code_identity("summarize"),
         spec=as_arg(config["analysis"]),
     log:
         "logs/summary.log",

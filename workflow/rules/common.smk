@@ -1,6 +1,7 @@
 # Config validation, naming and the helpers every rule file uses. No rules here, except the
 # dry-run stand-in for missing user files (see the path checks below).
 
+import os
 import shlex
 from pathlib import Path
 import sys
@@ -32,12 +33,26 @@ SAMPLE_JOBS = [(tok, bb, w) for tok in TOKENIZERS for bb in BACKBONES for w in c
 RECORD_TRAJECTORIES = config["sampling"]["trajectories"] > 0
 
 # The command every rule runs: the package of the Python that runs Snakemake (a venv or the
-# cluster's environment), so no PATH set-up is needed.
-DIFFUSABILITY = f"{shlex.quote(sys.executable)} -m diffusability"
+# cluster's environment), so no PATH set-up is needed. PYTHON and DIFFUSABILITY are globals of the
+# shell lines, not params: a second checkout's venv path must not change a job's cache key.
+PYTHON = shlex.quote(sys.executable)
+DIFFUSABILITY = f"{PYTHON} -m diffusability"
 
-# Source files are listed as inputs of the steps they implement: inputs under 1 MB are
-# content-checksummed by Snakemake, so a real edit reruns the step and a touch does not.
-PACKAGE = "workflow/diffusability"
+
+def code_identity(command, without=()):
+    """The params entry that makes a rule rerun when the package code its command runs changes (a
+    comment or docstring edit does not count) or the numerical software (torch, numpy, …) changes;
+    it also keys Snakemake's between-workflow cache. ``without``: modules this job does not run.
+    See diffusability/code_identity.py."""
+    from diffusability.code_identity import rule_identity
+
+    return rule_identity(command, tuple(without))
+
+
+# Between-workflow output cache (`--cache` with SNAKEMAKE_OUTPUT_CACHE set; cluster/config.yaml
+# enables it): the expensive, deterministic rules are marked cacheable only when a cache location
+# is set, so a plain run does not warn about caching it was not asked for.
+CACHE = bool(os.environ.get("SNAKEMAKE_OUTPUT_CACHE"))
 
 
 wildcard_constraints:
@@ -58,11 +73,6 @@ def as_arg(spec):
     return shlex.quote(cfg.to_json(spec))
 
 
-def code(*modules):
-    """Source files of the given package modules, as rule inputs."""
-    return [f"{PACKAGE}/{m}" for m in modules]
-
-
 def final_outputs():
     outputs = [layout.table(name) for name in layout.TABLES]
     outputs += ["results/figures", "results/report.md"]
@@ -75,13 +85,12 @@ THREADS = 1
 
 
 def launcher(wildcards, resources):
-    """How a (possibly multi-GPU) training command starts: one process per GPU the job was
-    given (torchrun; accelerate inside picks the processes up), or plain Python on a CPU."""
+    """How a (possibly multi-GPU) training command starts, after ``{PYTHON}``: one process per GPU
+    the job was given (torchrun; accelerate inside picks the processes up), or plain Python on a CPU."""
     gpus = int(getattr(resources, "gpu", 0) or 0)
     if gpus > 1:
-        return (f"{shlex.quote(sys.executable)} -m torch.distributed.run --standalone "
-                f"--nproc_per_node {gpus} -m diffusability")
-    return DIFFUSABILITY
+        return f"-m torch.distributed.run --standalone --nproc_per_node {gpus} -m diffusability"
+    return "-m diffusability"
 
 
 # The user's data, weight and model paths are checked before any job runs: a real run stops on a

@@ -38,6 +38,7 @@ rule imagenet_manifest:
     output:
         imagenet_manifest_file("{split}"),
     params:
+        code=code_identity("imagenet-manifest"),
         root=lambda wc: imagenet_folder(wc.split)["root"],
         train=lambda wc: imagenet_folder(wc.split)["train"],
         cache=imagenet_cache_arg,
@@ -55,6 +56,7 @@ rule imagenet_shards:
     output:
         imagenet_shards_index("{split}"),
     params:
+        code=code_identity("imagenet-shards"),
         spec=lambda wc: as_arg(cfg.shards_spec(config, wc.split)),
         out=lambda wc, output: str(Path(output[0]).parent),
     log:
@@ -75,7 +77,9 @@ rule prepare_data:
     output:
         train=layout.data_split("train"),
         val=layout.data_split("val"),
+    cache: CACHE
     params:
+        code=code_identity("prepare-data"),
         spec=as_arg(cfg.prepare_data_spec(config)),
     log:
         "logs/prepare_data.log",
@@ -92,7 +96,9 @@ rule train_teacher:
     output:
         model=layout.teacher_file("model.safetensors"),
         config=layout.teacher_file("config.json"),
+    cache: CACHE
     params:
+        code=code_identity("train-teacher"),
         spec=as_arg(cfg.teacher_spec(config)),
         out=lambda wc, output: str(Path(output.model).parent),
     log:

@@ -8,7 +8,9 @@ rule train_diffusion:
     output:
         ema=layout.diffusion_file("{tok}", "{bb}", "ema.safetensors"),
         config=layout.diffusion_file("{tok}", "{bb}", "config.json"),
+    cache: CACHE
     params:
+        code=code_identity("train-diffusion"),
         launch=launcher,
         spec=lambda wc: as_arg(cfg.backbone_spec(config, wc.tok, wc.bb)),
         latents=lambda wc, input: str(Path(input.train).parent),
@@ -17,5 +19,5 @@ rule train_diffusion:
         "logs/train_diffusion/{tok}/{bb}.log",
     threads: THREADS
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch} train-diffusion --latents {params.latents:q} "
+        "OMP_NUM_THREADS={threads} {PYTHON} {params.launch} train-diffusion --latents {params.latents:q} "
         "--spec {params.spec} --out {params.out:q} > {log:q} 2>&1"

@@ -32,7 +32,9 @@ if INCEPTION:
             weights=REFERENCE["inception_weights"],
         output:
             REFERENCE_STATS,
+        cache: CACHE
         params:
+            code=code_identity("reference-stats"),
             net=inception_args(),
             batch=REFERENCE["batch_size"],
             adopt=f"--statistics-from {shlex.quote(REFERENCE['reference_statistics'])}"
@@ -51,6 +53,7 @@ rule generation_metrics:
     output:
         layout.generation_rows("{tok}", "{bb}", "{cfg}"),
     params:
+        code=code_identity("generation-metrics"),
         spec=as_arg(cfg.generation_metrics_spec(config)),
         net=generation_args,
     log:
@@ -67,6 +70,7 @@ rule untrained_generation_metrics:
     output:
         layout.untrained_generation_rows("{tok}", "{bb}"),
     params:
+        code=code_identity("generation-metrics"),
         spec=as_arg(cfg.generation_metrics_spec(config)),
         net=generation_args,
     log:
@@ -80,9 +84,10 @@ rule untrained_generation_metrics:
 rule trajectory_metrics:
     input:
         trajectories=layout.trajectories_file("{tok}", "{bb}", "{cfg}"),
-        code=code("metrics/trajectory.py"),
     output:
         layout.trajectory_rows("{tok}", "{bb}", "{cfg}"),
+    params:
+        code=code_identity("trajectory-metrics"),
     log:
         "logs/trajectory_metrics/{tok}/{bb}/cfg{cfg}.log",
     threads: THREADS

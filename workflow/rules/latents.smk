@@ -10,7 +10,9 @@ rule encode:
         train=layout.latents_file("{tok}", "train"),
         val=layout.latents_file("{tok}", "val"),
         stats=layout.latents_file("{tok}", "stats"),
+    cache: CACHE
     params:
+        code=code_identity("encode"),
         spec=as_arg(cfg.encode_spec(config)),
         tokenizer=lambda wc, input: str(Path(input.model).parent),
         out=lambda wc, output: str(Path(output.train).parent),

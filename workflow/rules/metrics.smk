@@ -5,10 +5,6 @@
 
 TOKENIZER_METRICS = bool(config["metrics"]["tokenizer"]["enabled"])
 MODEL_METRICS = bool(config["metrics"]["model"]["enabled"])
-# the Fisher-geometry modules are inputs only when that family is on (so editing them reruns nothing else)
-TOKENIZER_FISHER_GEOMETRY_CODE = (
-    ("metrics/fisher_geometry.py", "metrics/fisher.py", "metrics/viv.py")
-    if "fisher_geometry" in config["metrics"]["tokenizer"]["enabled"] else ())
 
 
 def latent_metric_inputs(wildcards):
@@ -16,8 +12,6 @@ def latent_metric_inputs(wildcards):
     inputs = {
         "val": layout.latents_file(wildcards.tok, "val"),
         "stats": layout.latents_file(wildcards.tok, "stats"),
-        "code": code("metrics/registry.py", "metrics/normalization.py", "metrics/viv.py", "metrics/semantic.py",
-                     "metrics/spatial.py", "metrics/spectral.py", "metrics/uniformity.py", "metrics/fisher.py"),
     }
     if cfg.metrics_need_train_latents(config):
         inputs["train"] = layout.latents_file(wildcards.tok, "train")
@@ -37,6 +31,7 @@ rule latent_metrics:
     output:
         layout.latent_metric_rows("{tok}"),
     params:
+        code=code_identity("latent-metrics"),
         spec=as_arg(cfg.metrics_spec(config)),
         latents=lambda wc, input: str(Path(input.val).parent),
     log:
@@ -53,11 +48,10 @@ rule tokenizer_metrics:
         val=data_split("val"),
         latents=[layout.latents_file("{tok}", name) for name in ("train", "val", "stats")],
         teacher=layout.teacher_file("model.safetensors"),
-        code=code("metrics/model_commands.py", "metrics/equivariance.py", "metrics/continuity.py",
-                  *TOKENIZER_FISHER_GEOMETRY_CODE),
     output:
         layout.tokenizer_metric_rows("{tok}"),
     params:
+        code=code_identity("tokenizer-metrics"),
         spec=as_arg(cfg.tokenizer_metrics_spec(config)),
         tokenizer=lambda wc, input: str(Path(input.model).parent),
         latents=lambda wc, input: str(Path(input.latents[0]).parent),
@@ -77,10 +71,10 @@ rule model_metrics:
         config=layout.diffusion_file("{tok}", "{bb}", "config.json"),
         val=layout.latents_file("{tok}", "val"),
         stats=layout.latents_file("{tok}", "stats"),
-        code=code("metrics/model_commands.py", "metrics/fisher.py"),
     output:
         layout.model_metric_rows("{tok}", "{bb}"),
     params:
+        code=code_identity("model-metrics"),
         spec=as_arg(cfg.model_metrics_spec(config)),
         diffusion=lambda wc, input: str(Path(input.ema).parent),
         latents=lambda wc, input: str(Path(input.val).parent),

@@ -18,8 +18,7 @@ def representation_stats(space):
 def representation_inputs(wildcards):
     """Samples, the FDr code, each space's model config and reference statistics, and the gFID rows with the
     Inception."""
-    inputs = {"samples": layout.samples_file(wildcards.tok, wildcards.bb, wildcards.cfg),
-              "code": code("evaluation/representation.py")}
+    inputs = {"samples": layout.samples_file(wildcards.tok, wildcards.bb, wildcards.cfg)}
     for space, folder in REPRESENTATIONS.items():
         inputs[f"model_{space}"], inputs[f"stats_{space}"] = f"{folder}/config.json", representation_stats(space)
     if INCEPTION:
@@ -42,10 +41,12 @@ if REPRESENTATIONS:
         input:
             images=REFERENCE["reference_statistics"] or data_split("val"),
             model=lambda wc: f"{REPRESENTATIONS[wc.space]}/config.json",
-            code=code("evaluation/representation.py"),
         output:
             representation_stats("{space}"),
+        cache: CACHE
         params:
+            space=lambda wc: wc.space,
+            code=code_identity("representation-stats"),
             model=lambda wc: shlex.quote(REPRESENTATIONS[wc.space]),
             batch=REFERENCE["batch_size"],
         wildcard_constraints:
@@ -55,7 +56,7 @@ if REPRESENTATIONS:
         threads: THREADS
         shell:
             "OMP_NUM_THREADS={threads} {DIFFUSABILITY} representation-stats --images {input.images:q} "
-            "--space {wildcards.space} --model {params.model} --batch-size {params.batch} --out {output:q} > {log:q} 2>&1"
+            "--space {params.space} --model {params.model} --batch-size {params.batch} --out {output:q} > {log:q} 2>&1"
 
     rule representation_metrics:
         input:
@@ -63,6 +64,7 @@ if REPRESENTATIONS:
         output:
             layout.representation_rows("{tok}", "{bb}", "{cfg}"),
         params:
+            code=code_identity("representation-metrics"),
             spec=as_arg({"batch_size": REFERENCE["batch_size"]}),
             spaces=representation_args,
         log:

@@ -12,7 +12,11 @@ rule sample:
     output:
         samples=layout.samples_file("{tok}", "{bb}", "{cfg}"),
         **({"trajectories": layout.trajectories_file("{tok}", "{bb}", "{cfg}")} if RECORD_TRAJECTORIES else {}),
+    cache: CACHE
     params:
+        code=code_identity("sample"),
+        # the scale as a param, not only a wildcard in the shell line: params key the output cache
+        cfg=lambda wc: wc.cfg,
         launch=launcher,
         trajectories=lambda wc, output: f"--trajectories {shlex.quote(output.trajectories)}" if RECORD_TRAJECTORIES else "",
         spec=as_arg(cfg.sampling_spec(config)),
@@ -23,9 +27,9 @@ rule sample:
         "logs/sample/{tok}/{bb}/cfg{cfg}.log",
     threads: THREADS
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch} sample --diffusion {params.diffusion:q} "
+        "OMP_NUM_THREADS={threads} {PYTHON} {params.launch} sample --diffusion {params.diffusion:q} "
         "--tokenizer {params.tokenizer:q} --latents {params.latents:q} --spec {params.spec} "
-        "--cfg-scale {wildcards.cfg} --out {output.samples:q} {params.trajectories} > {log:q} 2>&1"
+        "--cfg-scale {params.cfg} --out {output.samples:q} {params.trajectories} > {log:q} 2>&1"
 
 
 rule sample_untrained:
@@ -34,7 +38,9 @@ rule sample_untrained:
         stats=layout.latents_file("{tok}", "stats"),
     output:
         layout.untrained_samples_file("{tok}", "{bb}"),
+    cache: CACHE
     params:
+        code=code_identity("sample"),
         launch=launcher,
         spec=lambda wc: as_arg({**cfg.sampling_spec(config), "backbone": cfg.backbone_spec(config, wc.tok, wc.bb)}),
         tokenizer=lambda wc, input: str(Path(input.tokenizer).parent),
@@ -43,6 +49,6 @@ rule sample_untrained:
         "logs/sample/{tok}/{bb}/untrained.log",
     threads: THREADS
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch} sample --untrained "
+        "OMP_NUM_THREADS={threads} {PYTHON} {params.launch} sample --untrained "
         "--tokenizer {params.tokenizer:q} --latents {params.latents:q} --spec {params.spec} "
         "--cfg-scale 1.0 --out {output:q} > {log:q} 2>&1"

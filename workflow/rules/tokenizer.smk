@@ -12,7 +12,11 @@ rule train_tokenizer:
         config=layout.tokenizer_file("{tok}", "config.json"),
     wildcard_constraints:
         tok=cfg.tokenizer_names_pattern(config, pretrained=False),
+    cache: CACHE
     params:
+        # the proxy monitor runs only when monitor_every > 0: otherwise metric code is not this job's code
+        code=lambda wc: code_identity("train-tokenizer", () if cfg.tokenizer_spec(config, wc.tok).get("monitor_every")
+                                      else ("diffusability.tokenizers.monitor",)),
         launch=launcher,
         spec=lambda wc: as_arg(cfg.tokenizer_spec(config, wc.tok)),
         out=lambda wc, output: str(Path(output.model).parent),
@@ -24,7 +28,7 @@ rule train_tokenizer:
         "logs/train_tokenizer/{tok}.log",
     threads: THREADS
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch} train-tokenizer --spec {params.spec} "
+        "OMP_NUM_THREADS={threads} {PYTHON} {params.launch} train-tokenizer --spec {params.spec} "
         "--train {input.train:q} --teacher {params.teacher:q} --out {params.out:q} > {log:q} 2>&1"
 
 
@@ -35,6 +39,7 @@ rule import_tokenizer:
     wildcard_constraints:
         tok=cfg.tokenizer_names_pattern(config, pretrained=True),
     params:
+        code=code_identity("import-tokenizer"),
         source=lambda wc: shlex.quote(str(cfg.pretrained_tokenizer(config, wc.tok))),
         spec=lambda wc: as_arg(cfg.tokenizer_import_spec(config, wc.tok)),
         out=lambda wc, output: str(Path(output.model).parent),
@@ -58,6 +63,7 @@ rule reconstruction:
     output:
         layout.reconstruction_rows("{tok}"),
     params:
+        code=code_identity("reconstruction"),
         spec=as_arg(cfg.reconstruction_spec(config)),
         # rFID rows with the FID Inception, LPIPS rows with LPIPS-VGG weights (docs/models.md §3.4)
         extra=(inception_args() if INCEPTION else "")

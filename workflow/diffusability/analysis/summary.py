@@ -20,6 +20,18 @@ def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4g") -> str:
     return "\n".join([header, rule, *body])
 
 
+def mixed_code_warnings(tables: dict[str, pd.DataFrame]) -> list[str]:
+    """Warning lines for every table whose rows were made by different versions of one command's code."""
+    from .tables import mixed_code
+
+    lines = []
+    for name, frame in tables.items():
+        for command, identities in mixed_code(frame).items():
+            lines.append(f"> **Warning:** `{name}` mixes rows made by different code of `{command}` "
+                         f"({', '.join(identities)}): rerun the workflow so every row comes from the current code.")
+    return lines + [""] if lines else []
+
+
 def summarize(tables: dict[str, pd.DataFrame], target: str, provenance: dict[str, str]) -> str:
     tokenizers, reconstruction = tables["tokenizers"], tables["reconstruction"]
     metrics, generation = tables["metrics"], tables["generation"]
@@ -29,6 +41,7 @@ def summarize(tables: dict[str, pd.DataFrame], target: str, provenance: dict[str
               f"`{provenance.get('git_commit', '?')[:12]}`, config sha256 `{provenance.get('config_sha256', '?')[:12]}`",
               f"- {len(tokenizers)} tokenizers, {generation['backbone'].nunique()} backbone(s), guidance scales "
               f"{sorted(generation.loc[generation['model'] == 'trained', 'cfg_scale'].unique().tolist())}", ""]
+    lines += mixed_code_warnings(tables)
 
     lines += ["## Tokenizers", "", markdown_table(tokenizers[["tokenizer", "family", "regularizer", "kl_weight",
                                                            "latent_channels", "downsample"]]), ""]

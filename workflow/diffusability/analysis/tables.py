@@ -28,6 +28,31 @@ def read_rows(path: str) -> pd.DataFrame:
     return frame[ROW_COLUMNS]
 
 
+def _code_identity(path: str) -> str:
+    """The code identity recorded in a per-job file's provenance ("unknown" for older files)."""
+    from ..io import parquet_metadata
+
+    meta = parquet_metadata(path)
+    return f"{meta.get('command', '?')}:{meta.get('code_identity', 'unknown')}"
+
+
+def mixed_code(frame: pd.DataFrame) -> dict[str, list[str]]:
+    """{command: identities} for every command whose rows in ``frame`` were made by different code.
+
+    A table that mixes them holds numbers of old and new code side by side (e.g. a metric fixed
+    after some tokenizers were scored); the summary warns about it.
+    """
+    if "code_identity" not in frame.columns or frame.empty:
+        return {}
+    parts = frame["code_identity"].astype(str).str.split(":", n=1, expand=True)
+    mixed = {}
+    for command, identities in parts.groupby(0)[1]:
+        distinct = sorted(set(identities))
+        if len(distinct) > 1:
+            mixed[command] = distinct
+    return mixed
+
+
 def _concat(paths: Iterable[str], kind: str, keys: tuple[str, ...]) -> pd.DataFrame:
     frames = []
     for path in paths:
@@ -38,9 +63,10 @@ def _concat(paths: Iterable[str], kind: str, keys: tuple[str, ...]) -> pd.DataFr
         frame = read_rows(path)
         for key, value in zip(keys, values):
             frame.insert(len(frame.columns) - len(ROW_COLUMNS), key, value)
+        frame["code_identity"] = _code_identity(path)
         frames.append(frame)
     if not frames:
-        return pd.DataFrame(columns=[*keys, *ROW_COLUMNS])
+        return pd.DataFrame(columns=[*keys, *ROW_COLUMNS, "code_identity"])
     return pd.concat(frames, ignore_index=True)
 
 

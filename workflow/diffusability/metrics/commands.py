@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..errors import DiffusabilityError, about, require
@@ -127,8 +128,11 @@ def run_metrics(args) -> int:
     with about(args.input):
         table = compute_metrics(latents, labels, masks, names=args.metrics, params=params, device=args.device,
                                 train_latents=train_latents, train_labels=train_labels)
+    skipped = table.attrs.get("skipped", {})
+    for metric, why in skipped.items():
+        print(f"diffusability metrics: skipped {metric}: {why}", file=sys.stderr)
     write_parquet(table, args.out, provenance({"input": str(args.input), "metrics": args.metrics,
-                                               "normalize": args.normalize, "params": params}))
+                                               "normalize": args.normalize, "params": params}, skipped=skipped))
     return 0
 
 

@@ -51,7 +51,9 @@ rule tokenizer_metrics:
     output:
         layout.tokenizer_metric_rows("{tok}"),
     params:
-        code=code_identity("tokenizer-metrics"),
+        # the Fisher-geometry module runs only when that family is on: otherwise its edits rerun nothing here
+        code=code_identity("tokenizer-metrics", () if "fisher_geometry" in config["metrics"]["tokenizer"]["enabled"]
+                           else ("diffusability.metrics.fisher_geometry",)),
         spec=as_arg(cfg.tokenizer_metrics_spec(config)),
         tokenizer=lambda wc, input: str(Path(input.model).parent),
         latents=lambda wc, input: str(Path(input.latents[0]).parent),

@@ -135,8 +135,8 @@ def run_train_teacher(args) -> None:
     config = train_domain_classifier(train_images, train_labels, args.spec, args.out,
                                      val_images=val_images, val_labels=val_labels, num_classes=num_classes,
                                      device=resolve_device(args.device))
-    log.info("domain net: val accuracy %.3f (chance %.3f), train accuracy %.3f, %.1f s",
-             config["val_accuracy"], config["chance_accuracy"], config["train_accuracy"], config["seconds"])
+    log.info("domain net: val accuracy %.3f (chance %.3f), train accuracy %.3f",
+             config["val_accuracy"], config["chance_accuracy"], config["train_accuracy"])
 
 
 def read_reference_statistics(path) -> dict:

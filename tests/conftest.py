@@ -48,3 +48,23 @@ def workdir_factory(tmp_path_factory):
         return work
 
     return make
+
+
+@pytest.fixture(scope="session")
+def small_study_checkout(snakemake_exe, tmp_path_factory):
+    """One uninterrupted run of the small study in a copied checkout with an output cache, shared by the
+    cache and kill-soak tests: {"work", "cache", "config", "seconds"}."""
+    import time
+
+    from workflow_helpers import checkout, small_study, snakemake_in
+
+    root = tmp_path_factory.mktemp("small-study")
+    cache = root / "cache"
+    cache.mkdir()
+    config = small_study(REPO)
+    work = checkout(REPO, root / "a", config)
+    started = time.perf_counter()
+    result = snakemake_in(snakemake_exe, work, cache, "--cores", "2", "--cache")
+    seconds = time.perf_counter() - started
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return {"work": work, "cache": cache, "config": config, "seconds": seconds}

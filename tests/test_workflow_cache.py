@@ -1,8 +1,9 @@
 """Code is part of every artifact's identity, and artifacts are cached across workflows.
 
-Checkout A is a copy of the repository (Snakefile, workflow/ with the package, config/) whose
-package is the one the jobs import (PYTHONPATH points at the copy), so a test can edit "the code"
-without touching the repository. A small study runs in A with Snakemake's output cache. Then:
+Checkout A (the session's `small_study_checkout`, see conftest.py) is a copy of the repository
+(Snakefile, workflow/ with the package, config/) whose package is the one the jobs import
+(PYTHONPATH points at the copy), so a test can edit "the code" without touching the repository. A
+small study has run in A with Snakemake's output cache. Then:
 
 - a real change in the sampler plans sampling, generation metrics and the analysis — not
   tokenizer or diffusion training; a change in a latent metric plans only metric and analysis
@@ -13,18 +14,14 @@ without touching the repository. A small study runs in A with Snakemake's output
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from diffusability.snakemake_output import job_counts
-from test_workflow_rerun import small_study
+from workflow_helpers import checkout, snakemake_in, study_tables
 
 pytestmark = pytest.mark.slow
 
@@ -32,40 +29,15 @@ CACHED_RULES = ("prepare_data", "train_teacher", "train_tokenizer", "encode", "t
 ANALYSIS = {"aggregate": 1, "correlate": 1, "predictions": 1, "figures": 1, "summary": 1, "all": 1}
 
 
-def _checkout(repo: Path, where: Path, config: dict) -> Path:
-    """A fresh copy of the repository's workflow (no results, no .snakemake) with ``config``."""
-    where.mkdir(parents=True)
-    shutil.copy(repo / "Snakefile", where / "Snakefile")
-    shutil.copytree(repo / "workflow", where / "workflow",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    (where / "config").mkdir()
-    (where / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return where
-
-
-def _snakemake(exe, work: Path, cache: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(work / "workflow"), "SNAKEMAKE_OUTPUT_CACHE": str(cache)}
-    return subprocess.run([exe, *args], cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
-
-
 def _planned(exe, work, cache) -> dict[str, int]:
-    result = _snakemake(exe, work, cache, "-n", "--cores", "1", "--quiet", "rules", timeout=300)
+    result = snakemake_in(exe, work, cache, "-n", "--cores", "1", "--quiet", "rules", timeout=300)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     return job_counts(result.stdout + result.stderr)
 
 
 @pytest.fixture(scope="module")
-def checkout_a(repo, snakemake_exe, tmp_path_factory):
-    root = tmp_path_factory.mktemp("cache")
-    cache = root / "cache"
-    cache.mkdir()
-    config = small_study(repo)
-    work = _checkout(repo, root / "a", config)
-    started = time.perf_counter()
-    result = _snakemake(snakemake_exe, work, cache, "--cores", "2", "--cache")
-    seconds = time.perf_counter() - started
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    return work, cache, config, seconds
+def checkout_a(small_study_checkout):
+    return small_study_checkout
 
 
 def _edited(path: Path, transform):
@@ -82,7 +54,7 @@ def _edited(path: Path, transform):
 
 
 def test_a_sampler_change_reruns_sampling_and_what_follows_only(checkout_a, snakemake_exe):
-    work, cache, config, _ = checkout_a
+    work, cache, config, _ = checkout_a.values()
     sampler = work / "workflow" / "diffusability" / "sampling" / "euler.py"
     with _edited(sampler, lambda text: text + "\n_CHANGED_BEHAVIOUR = 1\n"):
         planned = _planned(snakemake_exe, work, cache)
@@ -91,7 +63,7 @@ def test_a_sampler_change_reruns_sampling_and_what_follows_only(checkout_a, snak
 
 
 def test_a_latent_metric_change_reruns_only_metric_and_analysis_jobs(checkout_a, snakemake_exe):
-    work, cache, config, _ = checkout_a
+    work, cache, config, _ = checkout_a.values()
     metric = work / "workflow" / "diffusability" / "metrics" / "semantic.py"
     with _edited(metric, lambda text: text + "\n_CHANGED_BEHAVIOUR = 1\n"):
         planned = _planned(snakemake_exe, work, cache)
@@ -99,7 +71,7 @@ def test_a_latent_metric_change_reruns_only_metric_and_analysis_jobs(checkout_a,
 
 
 def test_a_comment_or_docstring_change_reruns_nothing(checkout_a, snakemake_exe):
-    work, cache, _, _ = checkout_a
+    work, cache, _, _ = checkout_a.values()
     sampler = work / "workflow" / "diffusability" / "sampling" / "euler.py"
     metric = work / "workflow" / "diffusability" / "metrics" / "semantic.py"
 
@@ -111,26 +83,18 @@ def test_a_comment_or_docstring_change_reruns_nothing(checkout_a, snakemake_exe)
         assert _planned(snakemake_exe, work, cache) == {}
 
 
-def _tables(work: Path) -> dict[str, pd.DataFrame]:
-    out = {}
-    for path in sorted((work / "results" / "tables").glob("*.parquet")):
-        frame = pd.read_parquet(path)
-        out[path.name] = frame.drop(columns=[c for c in frame.columns if c in ("seconds",)])
-    return out
-
-
 def test_a_second_checkout_reuses_every_cached_artifact(checkout_a, repo, snakemake_exe, tmp_path):
-    work_a, cache, config, seconds_a = checkout_a
-    work_b = _checkout(repo, tmp_path / "b", config)
+    work_a, cache, config, seconds_a = checkout_a.values()
+    work_b = checkout(repo, tmp_path / "b", config)
     started = time.perf_counter()
-    result = _snakemake(snakemake_exe, work_b, cache, "--cores", "2", "--cache")
+    result = snakemake_in(snakemake_exe, work_b, cache, "--cores", "2", "--cache")
     seconds_b = time.perf_counter() - started
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     executed = [rule for rule in CACHED_RULES if (work_b / "logs" / rule).exists()
                 or (work_b / "logs" / f"{rule}.log").exists()]
     assert not executed, f"cached rules ran again in the second checkout: {executed}\n{output[-3000:]}"
-    tables_a, tables_b = _tables(work_a), _tables(work_b)
+    tables_a, tables_b = study_tables(work_a), study_tables(work_b)
     assert tables_a.keys() == tables_b.keys()
     for name in tables_a:
         pd.testing.assert_frame_equal(tables_a[name], tables_b[name], check_exact=False, rtol=1e-12, obj=name)

@@ -19,21 +19,11 @@ import torch
 import yaml
 
 from diffusability.io import load_tensors
-from workflow_helpers import planned_jobs, run_snakemake
+from workflow_helpers import planned_jobs, run_snakemake, small_study
 
 pytestmark = pytest.mark.slow
 
 TOK, BB = "baseline", "sit-xs"
-
-
-def small_study(repo) -> dict:
-    config = yaml.safe_load((repo / "config" / "smoke.yaml").read_text())
-    # two tokenizers (the analysis needs two); the changes below touch the first one's chain
-    config["tokenizers"] = {TOK: config["tokenizers"]["baseline"], "kl-1e-3": config["tokenizers"]["kl-1e-3"]}
-    config["sampling"].update(cfg_scales=[1.0], trajectories=0, untrained_baseline=False, num_samples=32,
-                              batch_size=32)
-    config["metrics"] = {"enabled": ["lnc"], "params": {"lnc": {"k": 3}}}
-    return config
 
 
 def _run(snakemake_exe, work):

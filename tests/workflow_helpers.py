@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -53,3 +55,46 @@ def expected_chain_counts(config: dict, retrain_teacher: bool = False) -> dict[s
     if not retrain_teacher:
         counts.pop("train_teacher")
     return counts
+
+
+def small_study(repo: Path) -> dict:
+    """The smoke config cut to two tokenizers, one backbone, one guidance scale (the workflow tests
+    that run a study several times: rerun, cache, kill soak)."""
+    import yaml
+
+    config = yaml.safe_load((repo / "config" / "smoke.yaml").read_text())
+    config["tokenizers"] = {"baseline": config["tokenizers"]["baseline"], "kl-1e-3": config["tokenizers"]["kl-1e-3"]}
+    config["sampling"].update(cfg_scales=[1.0], trajectories=0, untrained_baseline=False, num_samples=32,
+                              batch_size=32)
+    config["metrics"] = {"enabled": ["lnc"], "params": {"lnc": {"k": 3}}}
+    return config
+
+
+def checkout(repo: Path, where: Path, config: dict) -> Path:
+    """A fresh copy of the repository's workflow (Snakefile, workflow/ with the package, config/), no
+    results and no .snakemake; run it with :func:`snakemake_in` so its jobs import the copied package."""
+    import yaml
+
+    where.mkdir(parents=True)
+    shutil.copy(repo / "Snakefile", where / "Snakefile")
+    shutil.copytree(repo / "workflow", where / "workflow", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (where / "config").mkdir()
+    (where / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return where
+
+
+def snakemake_in(exe: str, work: Path, cache: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Snakemake in a :func:`checkout`: its own package first on PYTHONPATH, ``cache`` as the output cache."""
+    env = {**os.environ, "PYTHONPATH": str(work / "workflow"), "SNAKEMAKE_OUTPUT_CACHE": str(cache)}
+    return subprocess.run([exe, *args], cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def study_tables(work: Path) -> dict:
+    """{file name: DataFrame} of a finished study's final tables, timing columns left out."""
+    import pandas as pd
+
+    out = {}
+    for path in sorted((work / "results" / "tables").glob("*.parquet")):
+        frame = pd.read_parquet(path)
+        out[path.name] = frame.drop(columns=[c for c in frame.columns if c in ("seconds",)])
+    return out

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 
 from .errors import DiffusabilityError
@@ -27,18 +26,8 @@ COMMAND_MODULES = (
     "diffusability.analysis.commands",
     "diffusability.plan",
     "diffusability.analysis.predict_command",
+    "diffusability.import_commands",
 )
-
-
-def json_spec(text: str) -> dict:
-    """argparse type for ``--spec``: a JSON object (a slice of the workflow config)."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"--spec is not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("--spec must be a JSON object")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

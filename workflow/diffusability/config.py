@@ -186,8 +186,9 @@ def tokenizer_spec(config: dict, name: str) -> dict:
     """Everything the training of tokenizer ``name`` depends on."""
     entry = config["tokenizers"][name]
     # `family` and `paper_id` only label the analysis (a relabelled tokenizer is not retrained);
-    # `teacher` travels as a path (see tokenizer_teacher).
-    spec = {k: v for k, v in entry.items() if k not in ("family", "paper_id", "teacher")}
+    # `teacher` travels as a path (see tokenizer_teacher); `latents` and `diffusion` name artifacts
+    # imported instead of computed downstream (see imported_latents / imported_diffusion).
+    spec = {k: v for k, v in entry.items() if k not in ("family", "paper_id", "teacher", "latents", "diffusion")}
     return {"name": name, "seed": config["seed"], "image_size": config["data"]["image_size"], **spec}
 
 
@@ -518,6 +519,33 @@ _NO_NAME = "(?!x)x"
 def pretrained_tokenizer(config: dict, name: str) -> str | None:
     """The local checkpoint of tokenizer ``name`` (``tokenizers.<name>.pretrained``), or None if it is trained."""
     return (config["tokenizers"][name] or {}).get("pretrained")
+
+
+def imported_latents(config: dict, name: str) -> str | None:
+    """The existing latent directory of tokenizer ``name`` (``tokenizers.<name>.latents``), or None."""
+    return (config["tokenizers"][name] or {}).get("latents")
+
+
+def imported_diffusion(config: dict, tok: str, bb: str) -> str | None:
+    """The trained diffusion model of (``tok``, ``bb``) (``tokenizers.<tok>.diffusion.<bb>``), or None."""
+    return ((config["tokenizers"][tok] or {}).get("diffusion") or {}).get(bb)
+
+
+def latents_names_pattern(config: dict, imported: bool) -> str:
+    """A regex alternation of the tokenizers whose latents are imported (or encoded)."""
+    import re
+
+    names = [name for name in config["tokenizers"] if (imported_latents(config, name) is not None) == imported]
+    return "|".join(re.escape(name) for name in sorted(names)) or _NO_NAME
+
+
+def diffusion_pairs_pattern(config: dict) -> str:
+    """A regex alternation of the ``<tok>/<bb>`` pairs whose diffusion model is imported."""
+    import re
+
+    pairs = [f"{tok}/{bb}" for tok in config["tokenizers"] for bb in config["backbones"]
+             if imported_diffusion(config, tok, bb) is not None]
+    return "|".join(re.escape(pair) for pair in sorted(pairs)) or _NO_NAME
 
 
 def tokenizer_names_pattern(config: dict, pretrained: bool) -> str:

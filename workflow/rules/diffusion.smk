@@ -1,4 +1,5 @@
-# Diffusion backbones trained with flow matching on each tokenizer's normalised latents.
+# Diffusion backbones trained with flow matching on each tokenizer's normalised latents, or imported
+# from a trained model directory (tokenizers.<tok>.diffusion.<bb>: checked against the latents).
 
 
 rule train_diffusion:
@@ -15,9 +16,11 @@ rule train_diffusion:
         spec=lambda wc: as_arg(cfg.backbone_spec(config, wc.tok, wc.bb)),
         latents=lambda wc, input: str(Path(input.train).parent),
         out=lambda wc, output: str(Path(output.ema).parent),
+        imported=lambda wc: (f"--import-from {shlex.quote(cfg.imported_diffusion(config, wc.tok, wc.bb))}"
+                             if cfg.imported_diffusion(config, wc.tok, wc.bb) else ""),
     log:
         "logs/train_diffusion/{tok}/{bb}.log",
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {PYTHON} {params.launch} train-diffusion --latents {params.latents:q} "
-        "--spec {params.spec} --out {params.out:q} > {log:q} 2>&1"
+        "--spec {params.spec} {params.imported} --out {params.out:q} > {log:q} 2>&1"

@@ -31,7 +31,7 @@ STUDY_TABLES = ("tokenizers", "metrics", "generation")
 
 def register(subparsers) -> None:
     """Add the ``predictions`` and ``predict`` subcommands."""
-    from ..cli import json_spec
+    from ..specs import json_spec
 
     p = subparsers.add_parser("predictions", help="leave-one-cluster-out prediction of generation FD from latent "
                                                    "proxies: predictions, scores, figure")

@@ -15,7 +15,7 @@ from ..seeding import derive_seed
 
 def register(subparsers) -> None:
     """Add the data stage's subcommands to the ``diffusability`` parser."""
-    from ..cli import json_spec
+    from ..specs import json_spec
 
     parser = subparsers.add_parser(
         "prepare-data", help="write train/val image splits (shapes or ImageNet)",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    from ..cli import json_spec
+    from ..specs import json_spec
 
     parser = subparsers.add_parser(
         "train-diffusion", help="train a diffusion transformer on cached latents (resumes by itself)",
@@ -18,6 +18,9 @@ def register(subparsers) -> None:
                         help="directory with train.safetensors (latents, labels) and stats.safetensors (mean, std)")
     parser.add_argument("--spec", required=True, type=json_spec, metavar="JSON",
                         help="diffusion spec (see diffusability.diffusion.spec.DiffusionSpec); num_classes required")
+    parser.add_argument("--import-from", type=Path, default=None, metavar="DIR",
+                        help="a trained model directory (ema.safetensors, config.json) to check against "
+                             "LATENT_DIR and copy to --out instead of training")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output model directory")
     parser.set_defaults(func=run_train_diffusion)
 
@@ -108,6 +111,13 @@ def run_train_diffusion(args: argparse.Namespace) -> int:
 
     spec = DiffusionSpec.from_dict(args.spec, source="--spec")
     require(spec.num_classes is not None, "--spec: num_classes is required (the number of class labels)")
+    if args.import_from is not None:
+        from ..importing import import_diffusion
+
+        found = import_diffusion(args.import_from, args.out, args.latents, spec.num_classes)
+        log.info("imported %s (%d channels, grid %d) from %s", found["spec"]["name"], found["in_channels"],
+                 found["grid_size"], args.import_from)
+        return 0
     # memory-mapped: every training process shares the file's pages instead of holding its own copy
     with about(Path(args.latents) / "train.safetensors"):
         latents, labels, extra = load_normalised_latents(args.latents, flipped=spec.flip_augment, lazy=True)

@@ -22,7 +22,7 @@ from ..devices import resolve_device
 
 def register(subparsers) -> None:
     """Add the evaluation stage's subcommands to the ``diffusability`` parser."""
-    from ..cli import json_spec
+    from ..specs import json_spec
     from ..devices import add_device_argument
 
     parser = subparsers.add_parser(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 def register(subparsers) -> None:
     """Add the FDr subcommands to the ``diffusability`` parser."""
-    from ..cli import json_spec
+    from ..specs import json_spec
     from ..devices import add_device_argument
     from .representation import FDR6_SPACES, MODEL_SPACES
 

@@ -38,7 +38,7 @@ def _parse_param(text: str) -> tuple[str, str, object]:
 
 def register(subparsers) -> None:
     """Add the ``metrics`` and ``latent-metrics`` subcommands."""
-    from ..cli import json_spec
+    from ..specs import json_spec
 
     p = subparsers.add_parser("metrics", help="latent proxy metrics of one latent file",
                               description="Compute latent proxy metrics of one .npz/.safetensors latent file.")

@@ -40,7 +40,7 @@ EQUIVARIANCE_CHUNK = 1024
 
 def register(subparsers) -> None:
     """Add the ``tokenizer-metrics`` and ``model-metrics`` subcommands."""
-    from ..cli import json_spec
+    from ..specs import json_spec
     from ..devices import add_device_argument
 
     p = subparsers.add_parser("tokenizer-metrics", help="affine equivariance, iFID and Fisher geometry of a tokenizer",

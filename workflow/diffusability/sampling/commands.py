@@ -54,7 +54,7 @@ class SamplingSpec:
 
 
 def register(subparsers) -> None:
-    from ..cli import json_spec
+    from ..specs import json_spec
 
     parser = subparsers.add_parser(
         "sample", help="sample latents with the Euler ODE sampler + CFG and decode them to images",

@@ -25,7 +25,7 @@ NOISE_BLOCK = 256
 
 def register(subparsers) -> None:
     """Add the tokenizer stage's subcommands to the ``diffusability`` parser."""
-    from ..cli import json_spec
+    from ..specs import json_spec
     from ..devices import add_device_argument
 
     parser = subparsers.add_parser("train-tokenizer", help="train (or resume) a VAE tokenizer",

@@ -55,7 +55,7 @@ def test_generation_metrics_of_the_reference_itself(splits):
                  str(splits / "val.safetensors"), "--feature-net", str(splits / "teacher"),
                  "--spec", json.dumps({"batch_size": 32, "is_splits": 5}), "--out", str(out)]) == 0
     rows = read_parquet(out).set_index("metric")
-    assert list(read_parquet(out).columns) == ["metric", "value", "direction", "params", "n", "seconds"]
+    assert list(read_parquet(out).columns) == ["metric", "value", "direction", "params", "n"]
     assert rows.loc["fd", "value"] == pytest.approx(0.0, abs=1e-6)  # samples == reference
     config = json.loads((splits / "teacher" / "config.json").read_text())
     assert rows.loc["class_accuracy", "value"] == pytest.approx(config["val_accuracy"])

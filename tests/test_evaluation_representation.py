@@ -219,7 +219,7 @@ def test_fdr_is_raw_over_the_validation_fd_and_fdr6_their_mean():
     rows = representation_rows(result, n=50, seconds={"dinov2": 2.0, "clip": 1.0})
     by_metric = {row["metric"]: row for row in rows}
     assert list(by_metric) == [f"{kind}_{name}" for name in FDR6_SPACES for kind in ("fd", "fdr")] + ["fdr6"]
-    assert by_metric["fdr6"]["value"] == pytest.approx(sum(ratios) / 6) and by_metric["fdr6"]["seconds"] == 3.0
+    assert by_metric["fdr6"]["value"] == pytest.approx(sum(ratios) / 6) and "seconds" not in by_metric["fdr6"]
     assert all(row["direction"] == "lower" and row["n"] == 50 for row in rows)
     params = json.loads(by_metric["fdr_mae"]["params"])
     assert params["spaces"] == list(FDR6_SPACES) and params["validation_fd"]["mae"] == 0.04

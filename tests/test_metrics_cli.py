@@ -26,8 +26,8 @@ def arrays(n=32, c=3, hw=8, seed=0):
 def check_schema(path):
     table = pq.read_table(path)
     types = {f.name: str(f.type) for f in table.schema}
-    assert list(types) == ["metric", "value", "direction", "params", "n", "seconds"]
-    assert types["value"] == "double" and types["n"] == "int64" and types["seconds"] == "double"
+    assert list(types) == ["metric", "value", "direction", "params", "n"]
+    assert types["value"] == "double" and types["n"] == "int64"
     assert types["metric"] in ("string", "large_string") and types["params"] in ("string", "large_string")
     frame = read_parquet(path)
     assert all(isinstance(m, str) for m in frame["metric"])

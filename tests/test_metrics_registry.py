@@ -73,9 +73,8 @@ def test_rows_match_direct_calls_and_schema():
     latents, labels, masks = data()
     table = compute_metrics(latents, labels, masks, names=["lds", "sec", "srss"],
                             params={"srss": {"min_fg": 4, "min_bg": 4, "d_neg": 4}, "lds": {"far_dist": 4}})
-    assert list(table.columns) == ["metric", "value", "direction", "params", "n", "seconds"]
+    assert list(table.columns) == ["metric", "value", "direction", "params", "n"]  # wall times go to the log
     assert table["value"].dtype == np.float64 and table["n"].dtype == np.int64
-    assert table["seconds"].dtype == np.float64
     assert list(table["metric"]) == ["lds", "srss", "sec", "sec_r0.25", "sec_r0.5", "sec_r0.75"]
     row = table.set_index("metric")
     assert row.loc["lds", "value"] == local_distant_similarity(latents, far_dist=4)["value"]
@@ -103,7 +102,7 @@ def test_shared_computation_runs_once(monkeypatch):
     table = compute_metrics(latents, names="uniformity",
                             params={"uniformity": {"n": 60, "repeats": 1, "perplexity": 5, "max_iter": 250}})
     assert len(calls) == 1 and list(table["metric"]) == list(GROUPS["uniformity"])
-    assert table["seconds"].nunique() == 1 and (table["n"] == 60).all()
+    assert (table["n"] == 60).all()
 
 
 def test_refuses_degenerate_inputs():
@@ -133,7 +132,7 @@ def test_viv_group_gives_four_rows():
     assert list(table["metric"]) == list(GROUPS["viv"])
     row = table.set_index("metric")["value"]
     assert row["viv_uniform_per_dim"] == pytest.approx(row["viv_uniform"] / (3 * 16))
-    assert (table["n"] == 32).all() and table["seconds"].nunique() == 1
+    assert (table["n"] == 32).all()
     json.loads(table["params"].iloc[0])  # JSON even with a torch dtype default
 
 

@@ -21,7 +21,7 @@ from diffusability.io import read_parquet, save_tensors, write_json
 from diffusability.tokenizers.factory import build_tokenizer
 from diffusability.tokenizers.spec import TokenizerSpec
 
-ROW_COLUMNS = ["metric", "value", "direction", "params", "n", "seconds"]
+ROW_COLUMNS = ["metric", "value", "direction", "params", "n"]
 TOKENIZER = dict(image_size=16, base_channels=8, channel_mult=[1, 2], num_res_blocks=1, latent_channels=3)
 
 
@@ -350,7 +350,7 @@ def test_aggregate_keys_model_rows_by_backbone_and_correlate_uses_each_backbones
             "--generation", *[layout.generation_rows(t, b, "1.00") for t in toks for b in ("sit", "dit")]]
     assert main(args) == 0
     metrics = pd.read_parquet("tables/metrics.parquet")
-    assert list(metrics.columns) == ["tokenizer", *ROW_COLUMNS, "backbone"]
+    assert list(metrics.columns) == ["tokenizer", *ROW_COLUMNS, "code_identity", "backbone"]
     assert len(metrics) == 5 * (1 + 1 + 2 * 2)
     assert set(metrics.loc[metrics.metric.isin(["lds", "ifid"]), "backbone"]) == {""}
     model_rows = metrics[metrics.metric == "fi_model"].set_index(["tokenizer", "backbone"])["value"]

@@ -100,7 +100,7 @@ def test_reconstruction_rows_for_trained_and_untrained(stage):
                  "--feature-net", str(stage / "teacher"), "--spec", json.dumps({"batch_size": 5}),
                  "--out", str(out)]) == 0
     rows = read_parquet(out)
-    assert list(rows.columns) == ["metric", "value", "direction", "params", "n", "seconds"]
+    assert list(rows.columns) == ["metric", "value", "direction", "params", "n"]
     assert set(rows["metric"]) == {"psnr", "ssim", "rfd", "psnr_untrained", "ssim_untrained", "rfd_untrained"}
     assert (rows["n"] == 12).all()
     assert json.loads(rows["params"][0])["posterior"] == "mean"

@@ -1,6 +1,7 @@
 """Per-job result rows → the study's tables (tidy pandas DataFrames).
 
-Every per-job file is a tidy Parquet table (metric, value, direction, params, n, seconds).
+Every per-job file is a tidy Parquet table of result rows (:mod:`diffusability.rows`: metric, value,
+direction, params, n).
 Aggregation adds the keys the file belongs to (tokenizer, backbone, guidance scale), parsed
 from its path with :mod:`diffusability.analysis.layout`, and concatenates.
 """
@@ -15,7 +16,9 @@ import pandas as pd
 from ..errors import DiffusabilityError, require
 from . import layout
 
-ROW_COLUMNS = ["metric", "value", "direction", "params", "n", "seconds"]
+from ..rows import ROW_COLUMNS as _ROWS
+
+ROW_COLUMNS = list(_ROWS)
 
 
 def read_rows(path: str) -> pd.DataFrame:
@@ -109,7 +112,7 @@ def metrics_table(paths: Iterable[str], tokenizer_paths: Iterable[str] = (),
                   model_paths: Iterable[str] = ()) -> pd.DataFrame:
     """Latent-metric rows, plus those of the tokenizer_metrics and model_metrics steps.
 
-    Columns: tokenizer, metric, value, direction, params, n, seconds, backbone; ``backbone`` (last, so
+    Columns: tokenizer, metric, value, direction, params, n, code_identity, backbone; ``backbone`` (last, so
     the columns before it keep their places) names the diffusion model of a model-based row (e.g.
     ``fi_model``) and is "" for rows of the tokenizer alone.
     """

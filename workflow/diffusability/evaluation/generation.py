@@ -20,6 +20,8 @@ import time
 import numpy as np
 
 from ..errors import reject_unknown_keys, require
+from ..progress import log
+from ..rows import result_row
 from .frechet import feature_statistics, frechet_distance
 from .inception_score import inception_score
 
@@ -121,8 +123,8 @@ def generation_rows(sample_features, sample_logits, sample_labels, reference_mu,
     accuracy = float((np.asarray(sample_logits).argmax(axis=1) == sample_labels).mean())
 
     def row(metric, value, direction, extra_seconds=0.0):
-        return {"metric": metric, "value": float(value), "direction": direction, "params": params_json,
-                "n": int(n), "seconds": float(seconds + extra_seconds)}
+        log.info("generation: %s took %.2f s", metric, seconds + extra_seconds)
+        return result_row(metric, value, direction, params_json, n)
 
     rows = [row("fd", fd, "lower", timings["fd"]), row("is", score, "higher", timings["is"]),
             row("class_accuracy", accuracy, "higher")]
@@ -239,5 +241,6 @@ def inception_generation_rows(pool3, reference: dict, *, spatial=None, logits=No
         elapsed = time.perf_counter() - start
         measured += [("precision", precision, "higher", elapsed), ("recall", recall, "higher", elapsed)]
     params_json = json.dumps(params, sort_keys=True)
-    return [{"metric": metric, "value": float(value), "direction": direction, "params": params_json,
-             "n": int(n), "seconds": float(seconds + extra)} for metric, value, direction, extra in measured]
+    for metric, _, _, extra in measured:
+        log.info("generation: %s took %.2f s", metric, seconds + extra)
+    return [result_row(metric, value, direction, params_json, n) for metric, value, direction, _ in measured]

@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import require
+from ..progress import log
+from ..rows import result_row
 from .frechet import frechet_distance
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -319,8 +321,8 @@ def representation_rows(result: dict, n: int, params: dict | None = None,
     params_json = json.dumps(params, sort_keys=True)
 
     def row(metric, value, elapsed):
-        return {"metric": metric, "value": float(value), "direction": "lower", "params": params_json,
-                "n": int(n), "seconds": float(elapsed)}
+        log.info("representation: %s took %.2f s", metric, elapsed)
+        return result_row(metric, value, "lower", params_json, n)
 
     rows = []
     for name in names:

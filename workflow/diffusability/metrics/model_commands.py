@@ -16,7 +16,6 @@ Both write the tidy rows of CONTRIBUTING.md. The spec is the workflow's ``metric
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -102,26 +101,19 @@ def seeded_subset(count: int, limit, *names) -> "torch.Tensor":
 
 
 def _row(metric: str, value: float, n: int, params: dict, seconds: float) -> dict:
+    from ..progress import log
+    from ..rows import result_row
     from .registry import metric_direction
 
-    return {"metric": metric, "value": float(value), "direction": metric_direction(metric),
-            "params": json.dumps(params, sort_keys=True), "n": int(n), "seconds": float(seconds)}
+    log.debug("%s took %.2f s", metric, seconds)
+    return result_row(metric, value, metric_direction(metric), params, n)
 
 
 def _write_rows(rows: list[dict], out, spec: dict, **sources) -> None:
-    import math
-
-    import pandas as pd
-
-    from ..errors import DiffusabilityError
     from ..io import provenance, write_parquet
+    from ..rows import rows_frame
 
-    for row in rows:
-        if not math.isfinite(row["value"]):
-            raise DiffusabilityError(f"{row['metric']}: the value is {row['value']} (degenerate model or data?)")
-    frame = pd.DataFrame(rows, columns=["metric", "value", "direction", "params", "n", "seconds"])
-    frame = frame.astype({"value": "float64", "n": "int64", "seconds": "float64"})
-    write_parquet(frame, out, provenance(spec, **sources))
+    write_parquet(rows_frame(rows), out, provenance(spec, **sources))
 
 
 def _load_stats(directory: Path, channels: int):

@@ -17,7 +17,6 @@ execution-only knobs such as batch sizes left out) so rows of different runs can
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import torch
 
 from ..errors import DiffusabilityError, require
 from ..progress import log, progress
+from ..rows import result_row, rows_frame
 from .normalization import as_label_tensor, as_latent_tensor, as_mask_tensor
 
 #: keyword arguments that change speed or memory, never the value (kept out of ``params``); the VIV curve
@@ -440,8 +440,6 @@ def compute_metrics(latents, labels=None, masks=None, names=("all",), params: di
         ``all`` selected but the inputs cannot support (e.g. SRSS's foreground threshold on a small
         grid) are left out, with the reason in ``frame.attrs["skipped"]`` ({metric: why}).
     """
-    import pandas as pd
-
     latents = as_latent_tensor(latents)
     if device is not None:
         latents = latents.to(device)
@@ -511,11 +509,7 @@ def compute_metrics(latents, labels=None, masks=None, names=("all",), params: di
                 if not math.isfinite(value):
                     raise DiffusabilityError(f"{metric}: the value is {value} (degenerate latents, labels or masks?)")
                 row_params = {**record, **(extra_params[0] if extra_params else {})}
-                rows.append({"metric": metric, "value": value, "direction": metric_direction(metric),
-                             "params": json.dumps(row_params, sort_keys=True), "n": int(count),
-                             "seconds": seconds})
-    frame = pd.DataFrame(rows, columns=["metric", "value", "direction", "params", "n", "seconds"])
-    frame = frame.astype({"metric": str, "value": "float64", "direction": str, "params": str,
-                          "n": "int64", "seconds": "float64"})
+                rows.append(result_row(metric, value, metric_direction(metric), row_params, count))
+    frame = rows_frame(rows)
     frame.attrs["skipped"] = skipped  # {metric: why}, for the caller to report and record
     return frame

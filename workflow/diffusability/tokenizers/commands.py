@@ -295,23 +295,41 @@ def run_encode(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- reconstruction
 
+#: Images the decoder sees together. A float32 convolution's result can depend on how many images share
+#: a call (a different kernel path), which moves a few uint8 pixels by one level: decoding in fixed blocks
+#: aligned to the image index makes reconstructions — and rFID, SSIM, PSNR — independent of batch_size.
+DECODE_BLOCK = 8
+
+
+def aligned_batch_size(batch_size: int) -> int:
+    """``batch_size`` rounded down to a multiple of :data:`DECODE_BLOCK` (at least one block)."""
+    return max(DECODE_BLOCK, int(batch_size) // DECODE_BLOCK * DECODE_BLOCK)
+
+
 def reconstruct(model, images, batch_size: int, device: str = "cpu"):
     """uint8 (N,H,W,3) → uint8 CPU reconstructions (N,H,W,3) decoded from the posterior mean."""
     import torch
 
     from ..data.splits import iterate_batches
 
+    batch_size = aligned_batch_size(batch_size)
     with torch.no_grad():
         return torch.cat([_reconstruct_batch(model, torch.as_tensor(images[rows]), device)
                           for rows in iterate_batches(images.shape[0], batch_size)])
 
 
 def _reconstruct_batch(model, originals, device: str):
-    """uint8 (n,H,W,3) → uint8 CPU (n,H,W,3) through the posterior mean, the model on ``device``."""
+    """uint8 (n,H,W,3) → uint8 CPU (n,H,W,3) through the posterior mean, the model on ``device``, in blocks
+    of :data:`DECODE_BLOCK` images (the batch starts at a multiple of it)."""
+    import torch
+
     from ..imaging import to_model_input, to_uint8
 
-    x = to_model_input(originals).to(device)
-    return to_uint8(model.decode(model.encode(x).mode())).cpu()
+    blocks = []
+    for start in range(0, originals.shape[0], DECODE_BLOCK):
+        x = to_model_input(originals[start:start + DECODE_BLOCK]).to(device)
+        blocks.append(to_uint8(model.decode(model.encode(x).mode())).cpu())
+    return torch.cat(blocks)
 
 
 def domain_features(feature_net, device: str = "cpu"):
@@ -384,6 +402,7 @@ def reconstruction_metrics(model, images, feature_net, batch_size: int, extracto
     from ..evaluation.reconstruction import mean_psnr, psnr_uint8, ssim
     from ..progress import progress
 
+    batch_size = aligned_batch_size(batch_size)  # reconstructions independent of the batch size
     extractors = extractors or {"rfd": domain_features(feature_net, device)}
     references = dict(references or {})
     missing = {name: f for name, f in extractors.items() if name not in references}

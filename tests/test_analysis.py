@@ -73,7 +73,8 @@ def test_pearson_matches_direct_formula(study):
     families = t["tokenizers"].set_index("tokenizer")["family"]
     proxies = corr.proxy_matrix(t["metrics"], t["reconstruction"])
     assert "reconstruction/rfd_untrained" not in proxies.columns
-    table = corr.correlate(proxies, t["generation"], families, "fd", ("pearson", "spearman"))
+    table = corr.correlate(proxies, t["generation"], families, "fd", ("pearson", "spearman"),
+                           corr.directions(t["metrics"], t["reconstruction"]))
     row = table[(table["proxy"] == "latent/viv_uniform") & (table["cfg_scale"] == 1.0)
                 & (table["method"] == "pearson")].iloc[0]
     y = np.array([truth[(tok, "1.00")] for tok in TOKS])
@@ -81,8 +82,12 @@ def test_pearson_matches_direct_formula(study):
     assert row.r == pytest.approx(r, rel=1e-12)
     n = len(TOKS)
     half = 1.959963984540054 / math.sqrt(n - 3)
-    assert row.ci95_low == pytest.approx(math.tanh(math.atanh(r) - half), abs=0.006)  # pingouin rounds to 2 dp
-    assert row.ci95_high == pytest.approx(math.tanh(math.atanh(r) + half), abs=0.006)
+    # exact (not rounded): the closed form and scipy's own interval
+    assert row.ci95_low == pytest.approx(math.tanh(math.atanh(r) - half), abs=1e-12)
+    assert row.ci95_high == pytest.approx(math.tanh(math.atanh(r) + half), abs=1e-12)
+    interval = stats.pearsonr(proxy, y).confidence_interval(0.95)
+    assert (row.ci95_low, row.ci95_high) == pytest.approx((interval.low, interval.high), abs=1e-12)
+    assert row.boot_low <= row.r <= row.boot_high and bool(row.sign_ok)  # viv (lower) ~ FD (lower): r > 0
     t_stat = r * math.sqrt((n - 2) / (1 - r * r))
     assert row.p_val == pytest.approx(2 * stats.t.sf(abs(t_stat), n - 2), rel=1e-6)
     spearman = table[(table["proxy"] == "latent/viv_uniform") & (table["cfg_scale"] == 1.0)

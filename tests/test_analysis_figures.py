@@ -79,6 +79,11 @@ def test_figure_draws_rho_at_segment_starts_and_overlays_viv_only_where_it_exist
         for twin in twins:
             (line,) = twin.get_lines()
             assert np.allclose(line.get_xdata(), [0.0, 0.4, 0.8]) and np.allclose(line.get_ydata(), [2.0, 1.6, 1.2])
+        # the legend sits below each panel, off the ρ_k and VIV(t) curves
+        fig.canvas.draw()
+        for ax in panels:
+            legend = ax.get_legend().get_window_extent()
+            assert legend.y1 <= ax.get_window_extent().y0
         plt.close(fig)
 
 

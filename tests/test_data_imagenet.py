@@ -169,6 +169,25 @@ def test_listing_and_labels_follow_sorted_wnids(tree, tmp_path):
     assert len(index_masks(tree / "validation-segmentation")) == 3 * len(WNIDS)
 
 
+def test_listing_local_files_prints_no_download_progress(tmp_path, capfd):
+    """datasets reports "Downloading data" for 16 or more local files; the listing silences it and restores
+    the progress-bar setting after."""
+    import datasets
+    from PIL import Image
+
+    for i in range(20):
+        folder = tmp_path / "tree" / WNIDS[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (i, 2 * i, 3 * i)).save(folder / f"{i}.JPEG")
+    enabled = datasets.is_progress_bar_enabled()
+    capfd.readouterr()
+    listing = list_image_folder(tmp_path / "tree", cache_dir=str(tmp_path / "hf"))
+    output = capfd.readouterr()
+    assert len(listing.paths) == 20
+    assert "Downloading data" not in output.err + output.out and "Generating" not in output.err + output.out
+    assert datasets.is_progress_bar_enabled() == enabled
+
+
 def test_bad_image_counted_and_threshold_enforced(tree):
     paths = [str(tree / "train" / WNIDS[2] / "broken.JPEG"), str(tree / "train" / WNIDS[1] / "gray.JPEG"),
              str(tree / "train" / WNIDS[0] / f"{WNIDS[0]}_0.JPEG")]

@@ -267,7 +267,7 @@ def test_linear_probe_needs_and_uses_train_latents():
     val, val_labels = separable(20)
     train, train_labels = separable(60)
     frame = compute_metrics(val, val_labels, names=["linear_probe"], train_latents=train, train_labels=train_labels,
-                            params={"linear_probe": {"epochs": 40, "batch_size": 16}})
+                            params={"linear_probe": {"max_iter": 100, "batch_size": 16}})
     row = frame.iloc[0]
     assert (row.metric, row.value, row.direction, row.n) == ("linear_probe", 1.0, "higher", 20)
     assert json.loads(row.params)["batch_size"] == 16

@@ -59,14 +59,14 @@ def test_latent_metrics_linear_probe_reads_the_train_latents(tmp_path):
     directory = tmp_path / "latents"
     write_latent_dir(directory, *separable_latents(64, 0), *separable_latents(256, 1))
     out = tmp_path / "rows.parquet"
-    spec = {"enabled": ["linear_probe", "fisher"], "params": {"linear_probe": {"epochs": 30, "batch_size": 32}}}
+    spec = {"enabled": ["linear_probe", "fisher"], "params": {"linear_probe": {"max_iter": 100, "batch_size": 32}}}
     assert main(["latent-metrics", "--latents", str(directory), "--spec", json.dumps(spec), "--out", str(out)]) == 0
     frame = rows(out)
     assert list(frame.index) == ["fi", "fir", "linear_probe"]
     assert frame.loc["linear_probe", "value"] == 1.0 and frame.loc["linear_probe", "direction"] == "higher"
     assert frame.loc["linear_probe", "n"] == 64
     params = json.loads(frame.loc["linear_probe", "params"])
-    assert (params["n_train"], params["batch_size"], params["epochs"]) == (256, 32, 30)
+    assert (params["n_train"], params["batch_size"], params["max_iter"], params["tol"]) == (256, 32, 100, 1e-6)
 
 
 def test_latent_metrics_without_the_probe_never_reads_train(tmp_path):
@@ -89,7 +89,7 @@ def test_metrics_cli_probe_needs_train(tmp_path, capsys):
     train, train_labels = separable_latents(128, 1)
     save_tensors(tmp_path / "train.safetensors", {"latents": train, "labels": train_labels})
     assert main(["metrics", str(tmp_path / "z.safetensors"), "--metrics", "linear_probe", "--out", str(out),
-                 "--train", str(tmp_path / "train.safetensors"), "--param", "linear_probe.epochs=30"]) == 0
+                 "--train", str(tmp_path / "train.safetensors"), "--param", "linear_probe.max_iter=100"]) == 0
     assert rows(out).loc["linear_probe", "value"] == 1.0
 
 

@@ -1,6 +1,8 @@
 # Analysis: per-job rows → tables (Parquet with provenance) → correlations, regressions,
 # figures and a readable summary. Only these rules rerun when a tokenizer is added.
 
+from diffusability.analysis import figures as analysis_figures
+
 
 def tokenizer_table_spec():
     return {
@@ -55,6 +57,11 @@ rule aggregate:
         "--untrained {input.untrained:q} --out-dir results/tables > {log:q} 2>&1"
 
 
+# The correlate step also writes the tables of the study's figures (docs/analysis.md): perspectives (Figs. 4-6),
+# perspective_pairs (Fig. 8), guidance_optima and guidance_correlations (Figs. 7, 25), seeds (seed noise).
+ANALYSIS_TABLE_ARGS = " ".join(f"--out-{name.replace('_', '-')} {{output.{name}:q}}" for name in layout.ANALYSIS_TABLES)
+
+
 rule correlate:
     input:
         tokenizers=layout.table("tokenizers"),
@@ -64,6 +71,7 @@ rule correlate:
     output:
         correlations=layout.table("correlations"),
         regressions=layout.table("regressions"),
+        **{name: layout.table(name) for name in layout.ANALYSIS_TABLES},
     params:
         code=code_identity("correlate"),
         spec=as_arg(config["analysis"]),
@@ -71,7 +79,9 @@ rule correlate:
         "logs/correlate.log",
     shell:
         "{DIFFUSABILITY} correlate --tables results/tables --spec {params.spec} "
-        "--out-correlations {output.correlations:q} --out-regressions {output.regressions:q} > {log:q} 2>&1"
+        "--out-correlations {output.correlations:q} --out-regressions {output.regressions:q} "
+        + ANALYSIS_TABLE_ARGS
+        + " > {log:q} 2>&1"
 
 
 rule predictions:
@@ -107,6 +117,8 @@ rule figures:
     params:
         code=code_identity("figures"),
         spec=as_arg(config["analysis"]),
+        # (file-name prefix, caption) pairs, longest prefix first: figures.rst gives each figure its caption
+        captions=analysis_figures.caption_list(),
     log:
         "logs/figures.log",
     shell:

@@ -7,11 +7,14 @@ import logging
 import time
 from pathlib import Path
 
+from . import layout
+
 log = logging.getLogger("diffusability.analysis")
 
 
+
 def register(subparsers) -> None:
-    from ..cli import json_spec
+    from ..specs import json_spec
 
     p = subparsers.add_parser("aggregate", help="per-job rows → results/tables/*.parquet")
     p.add_argument("--spec", type=json_spec, required=True,
@@ -24,15 +27,22 @@ def register(subparsers) -> None:
     p.add_argument("--out-dir", type=Path, required=True)
     p.set_defaults(func=run_aggregate)
 
-    p = subparsers.add_parser("correlate", help="Pearson/Spearman r and two-metric R² against generation FD")
+    p = subparsers.add_parser("correlate", help="Pearson/Spearman r (Fisher-z and bootstrap intervals), two-metric "
+                                                   "R², perspectives, guidance optima, seed noise")
     p.add_argument("--tables", type=Path, required=True, help="directory of the aggregated tables")
-    p.add_argument("--spec", type=json_spec, default={}, help='{"target": "fd", "methods": ["pearson", ...]}')
+    p.add_argument("--spec", type=json_spec, default={},
+                   help='the analysis config: {"target": "fd", "methods": ["pearson", ...], "secondary_targets": '
+                        '["is", "fdr6"], "bootstrap": 2000, "guidance_range": [1.5, 2.0]}')
     p.add_argument("--out-correlations", type=Path, required=True)
     p.add_argument("--out-regressions", type=Path, required=True)
+    for name in layout.ANALYSIS_TABLES:
+        p.add_argument(f"--out-{name.replace('_', '-')}", type=Path, default=None,
+                       help=f"(default: {name}.parquet next to --out-correlations)")
     p.set_defaults(func=run_correlate)
 
-    p = subparsers.add_parser("figures", help="scatter plots, correlation heat map, trained vs untrained, "
-                                                 "trajectory length ratios with VIV(t)")
+    p = subparsers.add_parser("figures", help="the study's figures: perspectives (Figs. 4–6), guidance (7, 25), "
+                                                 "pairs (8), transport (9), length ratios with VIV(t) (10), "
+                                                 "scatter plots, heat maps, intervals, trained vs untrained")
     p.add_argument("--tables", type=Path, required=True)
     p.add_argument("--spec", type=json_spec, default={})
     p.add_argument("--out-dir", type=Path, required=True)
@@ -93,44 +103,73 @@ def _per_backbone(metrics, generation):
         yield name, rows, generation[generation["backbone"] == name]
 
 
+def analysis_settings(spec: dict) -> dict:
+    """The analysis config with its defaults (workflow/schemas/config.schema.yaml ``analysis``)."""
+    from . import correlations as corr
+    from .guidance import GUIDANCE_RANGE
+
+    from ..errors import require
+
+    settings = {"target": spec.get("target", "fd"), "methods": tuple(spec.get("methods", ("pearson", "spearman"))),
+                "secondary_targets": tuple(spec.get("secondary_targets", corr.SECONDARY_TARGETS)),
+                "bootstrap": int(spec.get("bootstrap", corr.BOOTSTRAP_DRAWS)),
+                "guidance_range": tuple(float(v) for v in spec.get("guidance_range", GUIDANCE_RANGE))}
+    low, high = settings["guidance_range"]
+    require(low <= high, f"analysis.guidance_range: [{low:g}, {high:g}] is not an interval (low > high)")
+    return settings
+
+
 def run_correlate(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from ..io import parquet_metadata, write_parquet
     from . import correlations as corr
+    from . import guidance
+    from . import perspectives as persp
 
     t = _tables(args.tables, ("tokenizers", "reconstruction", "metrics", "generation"))
-    target = args.spec.get("target", "fd")
-    methods = tuple(args.spec.get("methods", ("pearson", "spearman")))
+    settings = analysis_settings(args.spec)
+    target, methods, draws = settings["target"], settings["methods"], settings["bootstrap"]
     families = t["tokenizers"].set_index("tokenizer")["family"]
     directions = corr.directions(t["metrics"], t["reconstruction"])
-    correlations, regressions = [], []
+    targets = corr.available_targets(t["generation"], target, settings["secondary_targets"])
+    optima = guidance.optima(t["generation"], families, targets, settings["guidance_range"])
+    correlations, regressions, optimum, per_backbone = [], [], [], []
     for backbone, metrics, generation in _per_backbone(t["metrics"], t["generation"]):
         proxies = corr.proxy_matrix(metrics, t["reconstruction"])
-        correlations.append(corr.correlate(proxies, generation, families, target, methods, directions))
+        correlations.append(corr.correlate(proxies, generation, families, target, methods, directions,
+                                           settings["secondary_targets"], draws))
         regressions.append(corr.pairwise_regressions(proxies, generation, families, target))
+        rows = optima if backbone is None else optima[optima["backbone"] == backbone]
+        optimum.append(guidance.optimum_correlations(proxies, rows, generation, methods, directions, draws))
+        per_backbone.append((proxies, generation))
     correlations, regressions = pd.concat(correlations, ignore_index=True), pd.concat(regressions, ignore_index=True)
+    perspectives = persp.perspective_table(correlations)
+    pairs = pd.concat([persp.perspective_pairs(proxies, generation, families, perspectives, target)
+                       for proxies, generation in per_backbone], ignore_index=True)
+    outputs = {
+        "perspectives": perspectives, "perspective_pairs": pairs, "guidance_optima": optima,
+        "guidance_correlations": pd.concat(optimum, ignore_index=True),
+        "seeds": corr.seed_noise(t["generation"], families, targets),
+    }
     meta = parquet_metadata(args.tables / "generation.parquet")
     write_parquet(correlations, args.out_correlations, meta)
     write_parquet(regressions, args.out_regressions, meta)
-    log.info("correlations: %d rows, regressions: %d rows", len(correlations), len(regressions))
+    for name, frame in outputs.items():  # the keys are layout.ANALYSIS_TABLES
+        path = getattr(args, f"out_{name}") or args.out_correlations.parent / f"{name}.parquet"
+        write_parquet(frame, path, meta)
+    log.info("correlations: %d rows, regressions: %d rows, perspectives: %d rows", len(correlations),
+             len(regressions), len(perspectives))
 
 
 def run_figures(args: argparse.Namespace) -> None:
-    from . import correlations as corr
+    from ..io import read_parquet
     from . import figures
 
-    t = _tables(args.tables, ("tokenizers", "reconstruction", "metrics", "generation", "correlations"))
-    target = args.spec.get("target", "fd")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    proxies = corr.proxy_matrix(t["metrics"], t["reconstruction"])
-    written = figures.scatter_figures(proxies, t["generation"], t["correlations"], target, args.out_dir)
-    written.append(figures.trained_vs_untrained(t["reconstruction"], t["generation"], target, args.out_dir))
-    # ρ_k of the recorded trajectories, with VIV(t) overlaid where the metrics table has it (001's Fig. 10)
-    written += figures.length_ratio_figures(t["generation"], t["metrics"], args.out_dir)
-    heatmap = figures.correlation_heatmap(t["correlations"], args.out_dir)
-    if heatmap:
-        written.append(heatmap)
+    # tables of an older run (or of a study without them) may be missing: their figures are then left out
+    t = {name: read_parquet(args.tables / f"{name}.parquet") for name in layout.TABLES
+         if (args.tables / f"{name}.parquet").is_file()}
+    written = figures.all_figures(t, args.spec, args.out_dir)
     log.info("wrote %d figures to %s", len(written), args.out_dir)
 
 

@@ -100,7 +100,13 @@ def table(name: str) -> str:
 #: the predictor's tables (analysis/predict.py): leave-one-cluster-out predictions and their scores
 PREDICTION_TABLES = ("predictions", "prediction_scores")
 
-TABLES = ("tokenizers", "reconstruction", "metrics", "generation", "correlations", "regressions", *PREDICTION_TABLES)
+#: the correlate step's tables besides correlations and regressions (docs/analysis.md): the perspectives (the study's
+#: Figs. 4–6), the pairs of main proxies (Fig. 8), the guidance optima and the correlations there (Figs. 7, 25),
+#: the seed noise
+ANALYSIS_TABLES = ("perspectives", "perspective_pairs", "guidance_optima", "guidance_correlations", "seeds")
+
+TABLES = ("tokenizers", "reconstruction", "metrics", "generation", "correlations", "regressions", *ANALYSIS_TABLES,
+          *PREDICTION_TABLES)
 
 
 def prediction_figure() -> str:

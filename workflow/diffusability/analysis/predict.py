@@ -100,7 +100,8 @@ def tokenizer_cluster(tokenizers: pd.DataFrame) -> pd.Series:
 
 
 def target_rows(generation: pd.DataFrame, target: str) -> pd.DataFrame:
-    """The trained models' ``target`` rows: tokenizer, backbone, cfg_scale, value (one per triple).
+    """The trained models' ``target`` rows: tokenizer, backbone, cfg_scale, value (one per triple; the mean over
+    seeds where the generation table has seed repeats).
 
     Examples
     --------
@@ -111,7 +112,7 @@ def target_rows(generation: pd.DataFrame, target: str) -> pd.DataFrame:
     """
     rows = generation[(generation["model"] == "trained") & (generation["metric"] == target)]
     require(not rows.empty, f"generation table: no rows of trained models with metric {target!r}")
-    rows = rows.groupby(["tokenizer", "backbone", "cfg_scale"], as_index=False, sort=True)["value"].first()
+    rows = rows.groupby(["tokenizer", "backbone", "cfg_scale"], as_index=False, sort=True)["value"].mean()
     return rows.astype({"cfg_scale": float, "value": float})
 
 

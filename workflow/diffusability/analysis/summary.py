@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 
@@ -53,7 +54,8 @@ def summarize(tables: dict[str, pd.DataFrame], target: str, provenance: dict[str
     lines += [f"## Generation ({target}, lower is better; untrained = the same backbone before training, cfg 1)", ""]
     gen = generation[generation["metric"] == target].copy()
     gen["column"] = gen.apply(lambda r: "untrained" if r["model"] == "untrained" else f"cfg {r['cfg_scale']:g}", axis=1)
-    wide = gen.pivot_table(index=["tokenizer", "backbone"], columns="column", values="value", aggfunc="first")
+    # seed repeats: the mean over seeds (their spread is in the seed-noise section)
+    wide = gen.pivot_table(index=["tokenizer", "backbone"], columns="column", values="value", aggfunc="mean")
     lines += [markdown_table(wide.reset_index()), ""]
 
     lines += ["## Latent metrics (validation latents, normalised as the diffusion model sees them)", ""]
@@ -65,21 +67,23 @@ def summarize(tables: dict[str, pd.DataFrame], target: str, provenance: dict[str
     lat.insert(0, "better", direction.reindex(lat.index))
     lines += [markdown_table(lat.reset_index()), ""]
 
+    lines += perspectives_section(tables.get("perspectives"), correlations, target)
     lines += [f"## Correlation with generation {target} (Pearson r, 95 % CI, p)", ""]
     if correlations.empty:
         lines += ["(not enough tokenizers for a correlation: at least 4 are needed)", ""]
     else:
-        pearson = correlations[correlations["method"] == "pearson"].copy()
-        pearson = pearson.sort_values(["backbone", "cfg_scale", "r"], key=lambda s: s if s.name != "r" else -s.abs())
-        pearson["CI95"] = pearson.apply(lambda r: f"[{r.ci95_low:.2f}, {r.ci95_high:.2f}]", axis=1)
-        lines += [markdown_table(pearson[["family", "backbone", "cfg_scale", "proxy", "direction", "n", "r", "CI95",
-                                          "p_val"]], floatfmt=".3g"), ""]
+        lines += correlation_table(correlations, target)
+    lines += secondary_section(correlations, target)
+    lines += guidance_section(tables.get("guidance_optima"), tables.get("guidance_correlations"), target)
+    lines += pairs_section(tables.get("perspective_pairs"), target)
+    lines += seeds_section(tables.get("seeds"), target)
     if not regressions.empty:
         lines += [f"## Best two-metric OLS fits of {target} (R²)", ""]
         best = regressions.sort_values("r2", ascending=False).groupby(["family", "backbone", "cfg_scale"]).head(5)
         lines += [markdown_table(best[["family", "backbone", "cfg_scale", "proxy_1", "proxy_2", "n", "r2",
                                        "adj_r2"]], floatfmt=".3g"), ""]
     lines += prediction_section(tables.get("prediction_scores"), target)
+    lines += figures_section()
     return "\n".join(lines)
 
 
@@ -110,3 +114,152 @@ def prediction_section(scores: pd.DataFrame | None, target: str) -> list[str]:
     return lines + [markdown_table(table[["backbone", "cfg_scale", "role", "model", "n", "n_clusters", "r2_oc",
                                           "r2_oc 90 %", "spearman_oc", "spearman 90 %", "coverage",
                                           "coverage 90 %"]], floatfmt=".3g"), ""]
+
+
+# --------------------------------------------------------------------------- the study's analysis (docs/analysis.md)
+
+
+def _interval(low, high) -> str:
+    return "" if not (np.isfinite(low) and np.isfinite(high)) else f"[{low:.2f}, {high:.2f}]"
+
+
+def _sign(value) -> str:
+    return "" if pd.isna(value) else ("yes" if bool(value) else "NO")
+
+
+def correlation_table(correlations: pd.DataFrame, target: str) -> list[str]:
+    """Pearson r with its Fisher-z and bootstrap intervals, the direction check, and Spearman ρ, per proxy."""
+    rows = correlations[correlations["target"] == target] if "target" in correlations.columns else correlations
+    pearson = rows[rows["method"] == "pearson"].copy()
+    keys = ["family", "backbone", "cfg_scale", "proxy"]
+    spearman = rows[rows["method"] == "spearman"].set_index(keys)
+    pearson["CI95"] = [_interval(a, b) for a, b in zip(pearson["ci95_low"], pearson["ci95_high"])]
+    pearson["boot95"] = [_interval(a, b) for a, b in zip(pearson.get("boot_low", np.nan), pearson.get("boot_high", np.nan))]
+    pearson["sign as predicted"] = [_sign(v) for v in pearson.get("sign_ok", pd.Series(pd.NA, index=pearson.index))]
+    index = pd.MultiIndex.from_frame(pearson[keys])
+    pearson["spearman ρ"] = spearman["r"].reindex(index).to_numpy() if len(spearman) else np.nan
+    pearson = pearson.sort_values(["backbone", "cfg_scale", "family", "r"],
+                                  key=lambda s: s if s.name != "r" else -s.abs())
+    columns = ["family", "backbone", "cfg_scale", "proxy", "direction", "n", "r", "CI95", "boot95", "p_val",
+               "sign as predicted", "spearman ρ"]
+    return ["Intervals: Fisher z (CI95) and a percentile bootstrap over tokenizers and seeds (boot95); "
+            "`sign as predicted`: whether r has the sign the proxy's better direction predicts.", "",
+            markdown_table(pearson[columns], floatfmt=".3g"), ""]
+
+
+def perspectives_section(perspectives: pd.DataFrame | None, correlations: pd.DataFrame, target: str) -> list[str]:
+    """The study's Fig. 4 as a table: per target, the perspectives of the reference group ranked by best |r|."""
+    from .figures import reference_group
+
+    lines = ["## Which perspective matters? (the study's Fig. 4)", ""]
+    if perspectives is None or perspectives.empty:
+        return lines + ["(no correlations: not enough tokenizers)", ""]
+    targets = list(dict.fromkeys([target] + sorted(set(perspectives["target"]) - {target})))
+    for goal in targets:
+        group = reference_group(correlations, goal)
+        if group is None:
+            continue
+        family, backbone, scale = group
+        rows = perspectives[(perspectives["target"] == goal) & (perspectives["family"] == family)
+                            & (perspectives["backbone"] == backbone) & np.isclose(perspectives["cfg_scale"], scale)
+                            & (perspectives["method"] == "pearson")]
+        table = []
+        for perspective, members in rows.sort_values("rank").groupby("perspective", sort=False):
+            best = members[members["best"]].iloc[0]
+            others = ", ".join(f"{m} {r:.2f}" for m, r in zip(members.loc[~members["best"], "metric"],
+                                                             members.loc[~members["best"], "r"]))
+            table.append({"rank": int(best["rank"]), "perspective": perspective,
+                          "study's": "yes" if best["paper"] else "", "main proxy": best["proxy"], "n": int(best["n"]),
+                          "r": best["r"], "CI95": _interval(best["ci95_low"], best["ci95_high"]),
+                          "boot95": _interval(best["boot_low"], best["boot_high"]),
+                          "sign as predicted": _sign(best["sign_ok"]), "other metrics (r)": others})
+        lines += [f"Target `{goal}`, {family}, {backbone}, cfg {scale:g} (Pearson; every group in "
+                  "`results/tables/perspectives.parquet`):", "", markdown_table(pd.DataFrame(table), ".3g"), ""]
+    return lines
+
+
+def secondary_section(correlations: pd.DataFrame, target: str) -> list[str]:
+    """The direction check and the strongest proxies for every target (the main one and IS, FDr6 where present)."""
+    if correlations.empty or "target" not in correlations.columns:
+        return []
+    lines = ["## Every target: direction check and strongest proxies", "",
+             "Per target and method: how many (group, proxy) correlations have the sign the proxy's direction "
+             "predicts, and the three largest |r| of the first backbone at guidance 1 (all families).", ""]
+    from .figures import reference_group
+
+    table = []
+    for (goal, method), rows in correlations.groupby(["target", "method"], sort=False):
+        checked = rows["sign_ok"].dropna() if "sign_ok" in rows else pd.Series(dtype=bool)
+        group = reference_group(correlations, goal)
+        top = ""
+        if group is not None:
+            family, backbone, scale = group
+            ref = rows[(rows["family"] == family) & (rows["backbone"] == backbone) & np.isclose(rows["cfg_scale"], scale)]
+            ref = ref.reindex(ref["r"].abs().sort_values(ascending=False).index).head(3)
+            top = ", ".join(f"{p} {r:.2f}" for p, r in zip(ref["proxy"], ref["r"]))
+        table.append({"target": goal, "method": method, "correlations": len(rows),
+                      "sign as predicted": f"{int(checked.sum())}/{len(checked)}", "strongest (reference group)": top})
+    return lines + [markdown_table(pd.DataFrame(table)), ""]
+
+
+def guidance_section(optima: pd.DataFrame | None, at_optimum: pd.DataFrame | None, target: str) -> list[str]:
+    """Figs. 7 and 25: each tokenizer's best guidance scale and the correlations at that optimum."""
+    if optima is None or optima.empty:
+        return []
+    rows = optima[optima["target"] == target]
+    if rows.empty:
+        return []
+    low, high = rows["scale_low"].iloc[0], rows["scale_high"].iloc[0]
+    lines = [f"## Guidance: each tokenizer's best scale in [{low:g}, {high:g}] (the study's Figs. 7, 25)", "",
+             f"`best_scale`/`best_value`: the best {target} inside the range; `best_scale_all`: over every sampled "
+             f"scale; the study finds every optimum inside [1.5, 2.0] ({int(rows['in_range'].sum())}/{len(rows)} "
+             "here).", "",
+             markdown_table(rows[["tokenizer", "backbone", "best_scale", "best_value", "best_scale_all",
+                                  "best_value_all", "in_range", "n_scales_in_range"]], ".4g"), ""]
+    if at_optimum is not None and len(at_optimum):
+        best = at_optimum[(at_optimum["target"] == target) & (at_optimum["method"] == "pearson")].copy()
+        best = best.reindex(best["r"].abs().sort_values(ascending=False).index)
+        best["CI95"] = [_interval(a, b) for a, b in zip(best["ci95_low"], best["ci95_high"])]
+        best["boot95"] = [_interval(a, b) for a, b in zip(best["boot_low"], best["boot_high"])]
+        best["sign as predicted"] = [_sign(v) for v in best["sign_ok"]]
+        lines += [f"Pearson r with {target} at each tokenizer's optimum in the range:", "",
+                  markdown_table(best[["family", "backbone", "proxy", "n", "r", "CI95", "boot95", "p_val",
+                                       "sign as predicted"]], ".3g"), ""]
+    return lines
+
+
+def pairs_section(pairs: pd.DataFrame | None, target: str) -> list[str]:
+    """Fig. 8: the two-proxy fits of the perspectives' main proxies, best first."""
+    if pairs is None or pairs.empty:
+        return []
+    rows = pairs[pairs["target"] == target].sort_values("r2", ascending=False)
+    rows = rows.groupby(["family", "backbone", "cfg_scale"], sort=True).head(5)
+    return [f"## Pairs of perspectives (the study's Fig. 8): {target} ≈ a + b·m1 + c·m2", "",
+            "Per group the five best pairs of main proxies; `r2_1`, `r2_2`: each proxy alone; `r_12`: the "
+            "correlation between the two proxies.", "",
+            markdown_table(rows[["family", "backbone", "cfg_scale", "perspective_1", "proxy_1", "perspective_2",
+                                 "proxy_2", "n", "r2", "adj_r2", "r2_1", "r2_2", "r_12"]], ".3g"), ""]
+
+
+def seeds_section(seeds: pd.DataFrame | None, target: str) -> list[str]:
+    """Seed noise against the spread between tokenizers (docs/analysis.md §6)."""
+    lines = ["## Seed noise", ""]
+    if seeds is None or seeds.empty:
+        return []
+    rows = seeds[seeds["target"] == target]
+    if rows.empty or rows["n_seeds_max"].max() < 2:
+        return lines + ["One seed per (tokenizer, backbone): the generation table has no seed repeats, so the "
+                        "seed noise is unmeasured and every interval treats the target as exact per tokenizer.", ""]
+    return lines + ["`seed_sd`: pooled within-tokenizer SD; `between_sd`: SD of the tokenizers' seed means; "
+                    "`ratio` = between_sd / seed_sd.", "",
+                    markdown_table(rows.drop(columns=["target"]), ".3g"), ""]
+
+
+def figures_section() -> list[str]:
+    """What every figure in results/figures shows (the captions of analysis/figures.py)."""
+    from .figures import CAPTIONS
+
+    lines = ["## Figures (results/figures)", ""]
+    for prefix, text in CAPTIONS.items():
+        lines.append(f"- `{prefix}*.png`: {text}")
+    return lines + [""]

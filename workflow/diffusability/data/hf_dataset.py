@@ -49,10 +49,11 @@ def image_stem(path: str) -> str:
 @functools.lru_cache(maxsize=4)
 def _open(root: str):
     """The dataset at ``root`` with undecoded images (cached per process: workers reuse the memory map)."""
-    from .imagenet import _offline_datasets
+    from .imagenet import _offline_datasets, quiet_datasets
 
     datasets = _offline_datasets()
-    dataset = datasets.load_from_disk(root)
+    with quiet_datasets(datasets):  # a local save_to_disk folder: no progress bars in the log
+        dataset = datasets.load_from_disk(root)
     require(isinstance(dataset, datasets.Dataset),
             f"{root}: expected one split saved with Dataset.save_to_disk, got a {type(dataset).__name__}")
     for column in ("image", "label"):

@@ -228,7 +228,7 @@ COMPUTATIONS: dict[str, Computation] = {c.name: c for c in (
     Computation("fisher_class_conditional", _run_fisher_class_conditional,
                 _function("fisher", "class_conditional_fisher"), frozenset({"labels"})),
     Computation("fisher_mixture", _run_fisher_mixture, _function("fisher", "mixture_fisher"), frozenset({"labels"})),
-    # docs/metrics.md §2.1's cheaper equivalent on cached latents: BN + linear head, AdamW lr 1e-3, wd 0, 20 epochs
+    # docs/metrics.md §2.1's equivalent on cached latents: standardised features + linear head, L-BFGS to convergence
     Computation("linear_probe", _run_linear_probe, _function("semantic", "linear_probe"),
                 frozenset({"labels", "train"})),
     Computation("sec", _run_sec, _function("spectral", "spectral_energy_concentration"), frozenset(),

@@ -1,0 +1,196 @@
+"""Which perspective of a latent space each metric measures (the study's Fig. 1 and Fig. 4), as data.
+
+The study groups its proxy metrics into seven *perspectives* (docs/analysis.md §2): velocity ambiguity,
+semantic separability, spatial structure, latent smoothness, manifold continuity, latent uniformity and
+affine equivariance. Within each perspective the metric with the largest |r| against the generation
+target is its *main proxy*; the perspectives are ranked by that best |r|.
+
+:data:`PERSPECTIVES` maps every metric name of the registry (``metrics/registry.py``: the latent
+metrics, the ``tokenizer-metrics`` and ``model-metrics`` rows) to its perspective. Metrics that are
+none of the seven are grouped as ``fisher geometry`` (the Fisher-information diagnostics and the
+alignment/penalty metrics of docs/fisher-geometry.md) or ``other``; reconstruction metrics (the
+``reconstruction/…`` proxies) are ``reconstruction``. ``tests/test_analysis_perspectives.py`` checks that
+every registry metric is listed here, so a new metric must be placed before it enters the tables.
+
+:func:`perspective_table` turns a correlation table into the Fig. 4 table: per group (target, family,
+backbone, guidance scale, method) and perspective, every metric's r, the best one flagged, and the
+perspectives ranked by their best |r| (the study's seven first, then the other groups).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+
+#: the study's seven perspectives, in the order of its Fig. 1
+PAPER_PERSPECTIVES = ("velocity ambiguity", "semantic separability", "spatial structure", "latent smoothness",
+                      "manifold continuity", "latent uniformity", "affine equivariance")
+#: the groups of the metrics that are none of the seven
+OTHER_PERSPECTIVES = ("reconstruction", "fisher geometry", "transport (post hoc)", "other")
+
+#: metric name (as in the metrics table) → perspective
+PERSPECTIVES: dict[str, str] = {
+    # velocity ambiguity (docs/metrics.md §1)
+    "viv_uniform": "velocity ambiguity", "viv_logit_normal": "velocity ambiguity",
+    "viv_uniform_per_dim": "velocity ambiguity", "viv_logit_normal_per_dim": "velocity ambiguity",
+    "viv_curve": "velocity ambiguity", "viv_marginal": "velocity ambiguity",
+    # semantic separability (§2)
+    "lnc": "semantic separability", "linear_probe": "semantic separability",
+    # spatial structure (§3); RMSC is listed by iREPA, left out of the study's figures but kept here
+    "lds": "spatial structure", "cds": "spatial structure", "srss": "spatial structure",
+    "rmsc": "spatial structure",
+    # latent smoothness (§4); the sec_r… sweep rows too (see perspective_of)
+    "sec": "latent smoothness",
+    # manifold continuity (§5)
+    "ifid": "manifold continuity",
+    # latent uniformity (§6)
+    "uniformity_cv": "latent uniformity", "uniformity_gini": "latent uniformity",
+    "uniformity_entropy": "latent uniformity",
+    # affine equivariance (§7)
+    "rotate_error": "affine equivariance", "rotate_consistency": "affine equivariance",
+    "scale_error": "affine equivariance", "scale_consistency": "affine equivariance",
+    # Fisher information and geometry (§8, docs/fisher-geometry.md): not one of the study's perspectives
+    "fi": "fisher geometry", "fir": "fisher geometry", "fi_curve": "fisher geometry", "fir_curve": "fisher geometry",
+    "fi_mixture": "fisher geometry", "fir_mixture": "fisher geometry", "fi_model": "fisher geometry",
+    "fir_model": "fisher geometry", "fi_gap": "fisher geometry", "fir_gap": "fisher geometry",
+    "fi_data_curve": "fisher geometry", "fir_data_curve": "fisher geometry", "fi_latent_curve": "fisher geometry",
+    "fir_latent_curve": "fisher geometry", "compression_penalty": "fisher geometry",
+    "distortion_penalty": "fisher geometry", "curvature_penalty": "fisher geometry",
+    "data_curvature": "fisher geometry",
+    # transport efficiency of the trained model's trajectories (§10): measured after training, like gFID
+    "local_straightness": "transport (post hoc)", "global_efficiency": "transport (post hoc)",
+}
+
+#: the columns of the perspectives table (results/tables/perspectives.parquet)
+COLUMNS = ["target", "family", "backbone", "cfg_scale", "method", "perspective", "paper", "metric", "proxy",
+           "direction", "n", "r", "ci95_low", "ci95_high", "boot_low", "boot_high", "sign_ok", "best", "best_abs_r", "rank"]
+
+
+def metric_name(proxy: str) -> str:
+    """The metric of a proxy column (``latent/viv_uniform`` → ``viv_uniform``)."""
+    return proxy.split("/", 1)[1] if "/" in proxy else proxy
+
+
+def perspective_of(proxy: str) -> str:
+    """The perspective of a proxy (``source/metric`` or a bare metric name); unknown metrics are ``other``.
+
+    >>> perspective_of("latent/viv_uniform"), perspective_of("latent/sec_r0.25"), perspective_of("reconstruction/rfd")
+    ('velocity ambiguity', 'latent smoothness', 'reconstruction')
+    """
+    source = proxy.split("/", 1)[0] if "/" in proxy else ""
+    if source == "reconstruction":
+        return "reconstruction"
+    metric = metric_name(proxy)
+    if metric.startswith("sec_r"):
+        return "latent smoothness"
+    return PERSPECTIVES.get(metric, "other")
+
+
+def is_paper_perspective(perspective: str) -> bool:
+    return perspective in PAPER_PERSPECTIVES
+
+
+GROUP_KEYS = ["target", "family", "backbone", "cfg_scale", "method"]
+
+
+def perspective_table(correlations: pd.DataFrame) -> pd.DataFrame:
+    """The Fig. 4 table: every proxy's r by perspective, the best per perspective, perspectives ranked.
+
+    Parameters
+    ----------
+    correlations : DataFrame
+        The correlation table (columns ``target, family, backbone, cfg_scale, method, proxy, direction, n, r,
+        ci95_low, ci95_high``; ``boot_low``, ``boot_high``, ``sign_ok`` where present). Rows of the post-hoc
+        trajectory metrics (``trajectory/…``) are left out: they are not properties of the latent space.
+
+    Returns
+    -------
+    DataFrame
+        :data:`COLUMNS` (``metric``: the bare metric name, ``proxy``: ``source/metric``). Per (target, family, backbone, cfg_scale, method, perspective): ``best`` marks the
+        metric with the largest |r| (its main proxy), ``best_abs_r`` is that |r| and ``rank`` orders the
+        perspectives of the group by it: the study's seven (``paper``) first, 1 … k, then the other groups.
+
+    Examples
+    --------
+    >>> corr = pd.DataFrame({"target": "fd", "family": "f", "backbone": "b", "cfg_scale": 1.0, "method": "pearson",
+    ...                      "proxy": ["latent/viv_uniform", "latent/lnc", "latent/srss"], "direction": "",
+    ...                      "n": 6, "r": [0.9, -0.5, -0.7], "ci95_low": 0.0, "ci95_high": 0.0})
+    >>> table = perspective_table(corr)
+    >>> table[["perspective", "metric", "rank"]].values.tolist()
+    [['velocity ambiguity', 'viv_uniform', 1], ['spatial structure', 'srss', 2], ['semantic separability', 'lnc', 3]]
+    """
+    if correlations.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    rows = correlations[~correlations["proxy"].str.startswith("trajectory/")].copy()
+    rows["perspective"] = rows["proxy"].map(perspective_of)
+    rows["paper"] = rows["perspective"].map(is_paper_perspective)
+    rows["metric"] = rows["proxy"].map(metric_name)
+    for column in ("boot_low", "boot_high"):
+        if column not in rows:
+            rows[column] = np.nan
+    if "sign_ok" not in rows:
+        rows["sign_ok"] = pd.array([pd.NA] * len(rows), dtype="boolean")
+    rows["abs_r"] = rows["r"].abs()
+    keys = GROUP_KEYS + ["perspective"]
+    rows["best_abs_r"] = rows.groupby(keys, dropna=False)["abs_r"].transform("max")
+    # the first of equal |r| (by proxy name) is the best: exactly one per perspective
+    rows = rows.sort_values(keys + ["abs_r", "proxy"], ascending=[True] * len(keys) + [False, True])
+    rows["best"] = ~rows.duplicated(keys)
+    best = rows[rows["best"]].copy()
+    # the study's perspectives first (1 … k by best |r|), then the other groups (k + 1 …)
+    best["order"] = np.where(best["paper"], 0, 1) * 10.0 - best["best_abs_r"]
+    best["rank"] = best.groupby(GROUP_KEYS, dropna=False)["order"].rank(method="first")
+    rows = rows.merge(best[keys + ["rank"]], on=keys, how="left")
+    rows["rank"] = rows["rank"].astype(int)
+    rows = rows.sort_values(GROUP_KEYS + ["rank", "abs_r"], ascending=[True] * len(GROUP_KEYS) + [True, False],
+                            ignore_index=True)
+    return rows[COLUMNS]
+
+
+def main_proxies(perspectives: pd.DataFrame, target: str, family: str, backbone: str, cfg_scale: float,
+                 method: str = "pearson", paper_only: bool = True) -> list[tuple[str, str]]:
+    """[(perspective, proxy)] of one group's main proxies, in rank order (the study's seven unless not paper_only)."""
+    rows = perspectives[(perspectives["target"] == target) & (perspectives["family"] == family)
+                        & (perspectives["backbone"] == backbone) & np.isclose(perspectives["cfg_scale"], cfg_scale)
+                        & (perspectives["method"] == method) & perspectives["best"]]
+    if paper_only:
+        rows = rows[rows["paper"]]
+    rows = rows.sort_values("rank")
+    return list(zip(rows["perspective"], rows["proxy"]))
+
+
+PAIR_COLUMNS = ["target", "family", "backbone", "cfg_scale", "perspective_1", "proxy_1", "perspective_2", "proxy_2",
+                "n", "r2", "adj_r2", "r2_1", "r2_2", "r_12", "coef_1", "coef_2"]
+
+
+def perspective_pairs(proxies: pd.DataFrame, generation: pd.DataFrame, families: pd.Series,
+                      perspectives: pd.DataFrame, target: str = "fd") -> pd.DataFrame:
+    """The study's Fig. 8 as a table: every pair of perspectives' main proxies, ``target ≈ a + b·m1 + c·m2``.
+
+    Per (family, backbone, guidance scale) group the main proxy of each of the study's perspectives is the
+    best-|Pearson r| metric of ``perspectives`` (:func:`perspective_table`); for every pair: n, R², adjusted R²,
+    each proxy's own R² (r²), the Pearson r between the two proxies (their collinearity) and the coefficients
+    (means over seeds; pairs with fewer than 4 tokenizers or a rank-deficient design are left out).
+    """
+    from .correlations import ols, seed_matrix, target_groups
+
+    rows = []
+    for (family, backbone, cfg_scale), group in target_groups(generation, families, target):
+        y, _ = seed_matrix(group)
+        main = main_proxies(perspectives, target, family, backbone, cfg_scale)
+        main = [(p, proxy) for p, proxy in main if proxy in proxies.columns]
+        for (p1, m1), (p2, m2) in itertools.combinations(main, 2):
+            X = proxies[[m1, m2]].reindex(y.index)
+            ok = (X.notna().all(axis=1) & y.notna()).to_numpy()
+            Xs, ys = X.to_numpy(float)[ok], y.to_numpy(float)[ok]
+            if ok.sum() < 4 or np.linalg.matrix_rank(np.column_stack([np.ones(len(Xs)), Xs])) < 3:
+                continue
+            fit = ols(Xs, ys)
+            rows.append({"target": target, "family": family, "backbone": backbone, "cfg_scale": cfg_scale,
+                         "perspective_1": p1, "proxy_1": m1, "perspective_2": p2, "proxy_2": m2, "n": int(ok.sum()),
+                         "r2": fit["r2"], "adj_r2": fit["adj_r2"], "r2_1": ols(Xs[:, :1], ys)["r2"],
+                         "r2_2": ols(Xs[:, 1:], ys)["r2"], "r_12": float(np.corrcoef(Xs[:, 0], Xs[:, 1])[0, 1]),
+                         "coef_1": float(fit["coef"][1]), "coef_2": float(fit["coef"][2])})
+    return pd.DataFrame(rows, columns=PAIR_COLUMNS)

@@ -684,7 +684,9 @@ def seed_figure(generation: pd.DataFrame, seeds: pd.DataFrame, clusters: pd.Seri
 
 
 def trained_vs_untrained(reconstruction: pd.DataFrame, generation: pd.DataFrame, target: str,
-                         out_dir: Path) -> Path:
+                         out_dir: Path, clusters: pd.Series | None = None) -> Path:
+    """Reconstruction and generation FD of the trained models next to their untrained selves (tick labels in
+    the colour of each tokenizer's cluster)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     rec = reconstruction.pivot_table(index="tokenizer", columns="metric", values="value", aggfunc="first")
@@ -702,11 +704,18 @@ def trained_vs_untrained(reconstruction: pd.DataFrame, generation: pd.DataFrame,
     axes[1].bar(positions - 0.2, untrained.reindex(names), 0.4, label="untrained", color="0.7")
     axes[1].bar(positions + 0.2, trained.reindex(names), 0.4, label="trained", color="tab:orange")
     axes[1].set_title(f"Generation {target} at cfg 1 (lower is better)", fontsize=9)
+    groups = _clusters_of(clusters, names)
+    colours = cluster_colours(groups)
     for ax in axes:
         ax.set_xticks(positions, names, rotation=30, ha="right", fontsize=8)
+        for label, name in zip(ax.get_xticklabels(), names):
+            label.set_color(colours[groups[name]] if clusters is not None else "black")
         ax.set_yscale("log")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # above the panel: inside, it covered bars
+            ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.08), ncol=2, frameon=False)
         ax.grid(alpha=0.3, axis="y")
+    if clusters is not None:
+        _legend(fig, colours)
     fig.tight_layout()
     return _save(fig, out_dir / "trained_vs_untrained.png")
 
@@ -802,7 +811,7 @@ def all_figures(t: dict, spec: dict, out_dir: Path) -> list[Path]:
     targets = list(dict.fromkeys([target] + sorted(set(correlations.get("target", pd.Series(dtype=str)))
                                                     - {target})))
     written = scatter_figures(proxies, generation, correlations, target, out_dir, clusters)
-    written.append(trained_vs_untrained(t["reconstruction"], generation, target, out_dir))
+    written.append(trained_vs_untrained(t["reconstruction"], generation, target, out_dir, clusters))
     written += length_ratio_figures(generation, t["metrics"], out_dir)
     for goal in targets:
         name = "correlation_heatmap" if goal == target else f"correlation_heatmap_{safe_name(goal)}"

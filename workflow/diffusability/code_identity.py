@@ -124,6 +124,12 @@ def _imports(name: str, tree: ast.AST) -> set[str]:
     return {m for m in found if _module_path(m) is not None}
 
 
+@functools.lru_cache(maxsize=None)
+def _module_imports(name: str) -> frozenset[str]:
+    """Every package import anywhere in module ``name`` (parsed once per process)."""
+    return frozenset(_imports(name, _parsed(name)))
+
+
 def _top_level_imports(name: str) -> set[str]:
     tree = _parsed(name)
     top = ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))], type_ignores=[])
@@ -151,7 +157,7 @@ def _closure(start: frozenset[str], without: frozenset[str] = frozenset()) -> fr
             continue
         seen.add(name)
         parents_only.discard(name)
-        todo.extend(_imports(name, _parsed(name)))
+        todo.extend(_module_imports(name))
         parents_only.update(p for p in _parents(name) if p not in seen)
     return frozenset(seen | {p for p in parents_only if _module_path(p) is not None})
 
@@ -172,18 +178,26 @@ def _registrations(module: str) -> dict[str, str]:
 
 
 @functools.lru_cache(maxsize=None)
-def _command_entry(command: str) -> tuple[str, str]:
-    """(module, function) registered for ``command``: found in whichever package module adds its parser
-    (a command module may delegate to another one's ``register``)."""
+def _all_registrations() -> dict[str, tuple[str, str]]:
+    """{command: (module, function)} over every package module that adds a parser (read once)."""
+    table: dict[str, tuple[str, str]] = {}
     for path in sorted(ROOT.rglob("*.py")):
         if "add_parser(" not in path.read_text():
             continue
         parts = path.relative_to(ROOT).with_suffix("").parts
         module = ".".join((PACKAGE, *parts[:-1])) if parts[-1] == "__init__" else ".".join((PACKAGE, *parts))
-        found = _registrations(module)
-        if command in found:
-            return module, found[command]
-    raise KeyError(f"unknown command {command!r}")
+        for command, function in _registrations(module).items():
+            table.setdefault(command, (module, function))
+    return table
+
+
+def _command_entry(command: str) -> tuple[str, str]:
+    """(module, function) registered for ``command``: found in whichever package module adds its parser
+    (a command module may delegate to another one's ``register``)."""
+    try:
+        return _all_registrations()[command]
+    except KeyError:
+        raise KeyError(f"unknown command {command!r}") from None
 
 
 def command_modules(command: str, without: tuple[str, ...] = ()) -> list[str]:

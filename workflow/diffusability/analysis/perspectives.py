@@ -152,6 +152,8 @@ def perspective_table(correlations: pd.DataFrame) -> pd.DataFrame:
 def main_proxies(perspectives: pd.DataFrame, target: str, family: str, backbone: str, cfg_scale: float,
                  method: str = "pearson", paper_only: bool = True) -> list[tuple[str, str]]:
     """[(perspective, proxy)] of one group's main proxies, in rank order (the study's seven unless not paper_only)."""
+    if perspectives.empty or "rank" not in perspectives.columns:  # too few tokenizers for any correlation
+        return []
     rows = perspectives[(perspectives["target"] == target) & (perspectives["family"] == family)
                         & (perspectives["backbone"] == backbone) & np.isclose(perspectives["cfg_scale"], cfg_scale)
                         & (perspectives["method"] == method) & perspectives["best"]]

@@ -48,6 +48,8 @@ def _running_rules(work: Path) -> list[str]:
                    if now - p.stat().st_mtime < 5}) if (work / "logs").exists() else []
 
 
+@pytest.mark.xfail(strict=False, reason="issue 18: written at the end of a session; its first complete run had not "
+                                       "finished when the session stopped (an XPASS is the expected outcome)")
 def test_kills_anywhere_then_resume_give_the_uninterrupted_tables(snakemake_exe, workdir_factory,
                                                                   small_study_checkout):
     """The reference is the session's uninterrupted run of the same study (conftest.py)."""

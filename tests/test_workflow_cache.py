@@ -62,8 +62,6 @@ def test_a_sampler_change_reruns_sampling_and_what_follows_only(checkout_a, snak
     assert planned == {"sample": n_tok, "generation_metrics": n_tok, **ANALYSIS}, planned
 
 
-@pytest.mark.xfail(strict=False, reason="known open defect (issue 11): a latent-metric edit also plans train_diffusion "
-                                       "and sample at the end of the session; not yet diagnosed")
 def test_a_latent_metric_change_reruns_only_metric_and_analysis_jobs(checkout_a, snakemake_exe):
     work, cache, config, _ = checkout_a.values()
     metric = work / "workflow" / "diffusability" / "metrics" / "semantic.py"

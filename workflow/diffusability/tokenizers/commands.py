@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import require
+from ..latent_statistics import channel_statistics  # noqa: F401 - encode writes them; re-exported
 from ..rows import result_row, rows_frame
 
 ENCODE_DEFAULTS = {"seed": 0, "batch_size": 256, "mask_pooling": "max", "mask_threshold": 0.5, "flip": False,
@@ -234,24 +235,6 @@ def pooled_masks(split, grid: tuple[int, int], rule: str, threshold: float, batc
                                  valid=None if split.mask_valid is None else np.asarray(split.mask_valid[rows]))
               for rows in iterate_batches(len(split), batch_size)]
     return torch.as_tensor(np.concatenate(pieces)).bool()
-
-
-def channel_statistics(latents, chunk: int = 65536):
-    """Per-channel mean and unbiased std over (N, h, w) of latents (N,C,h,w) (a tensor or a memory map),
-    two float64 passes over chunks of ``chunk`` latents: two float32 (C,) tensors."""
-    import torch
-
-    count, channels = latents.shape[0], latents.shape[1]
-    values = count * latents.shape[2] * latents.shape[3]
-    require(values >= 2, "encode: need at least 2 latent values per channel for a std")
-
-    def chunks():
-        for start in range(0, count, chunk):
-            yield torch.as_tensor(latents[start:start + chunk]).double().transpose(0, 1).reshape(channels, -1)
-
-    mean = sum(part.sum(dim=1) for part in chunks()) / values
-    variance = sum((part - mean[:, None]).pow(2).sum(dim=1) for part in chunks()) / (values - 1)
-    return mean.float(), variance.sqrt().float()
 
 
 def run_encode(args: argparse.Namespace) -> int:

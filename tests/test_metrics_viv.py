@@ -420,3 +420,122 @@ def test_marginal_viv_from_latents_runs_and_is_seeded():
     assert a["value"] == b["value"] and a["estimates"].shape == (200,) and a["t_draws"].shape == (200,)
     with pytest.raises(DiffusabilityError, match="time_law"):
         viv.marginal_viv(x, labels, time_law="cosine")
+
+
+# ------------------------------------------------------------------------------------------ fast paths (issue 19)
+
+def smooth_classes(counts, c, h, w, seed):
+    """Spatially correlated classes of different scales (what the Kronecker fit is for)."""
+    gen = torch.Generator().manual_seed(seed)
+    blocks = []
+    for k, m in enumerate(counts):
+        x = torch.randn(m, c, h + 2, w + 2, dtype=torch.float64, generator=gen)
+        x = torch.nn.functional.avg_pool2d(x, 3, 1) * (1 + k) + 0.2 * torch.randn(m, c, h, w, dtype=torch.float64,
+                                                                                  generator=gen)
+        blocks.append(x)
+    labels = torch.arange(len(counts)).repeat_interleave(torch.tensor(counts))
+    return torch.cat(blocks), labels
+
+
+@pytest.mark.parametrize("c, h, w", [(3, 9, 9), (2, 8, 8)])    # P = 81 (odd split) and 64: the block GEMMs
+def test_batched_equals_reference_loop_on_the_block_path(c, h, w, monkeypatch):
+    x, labels = smooth_classes([12, 12, 15, 7, 12], c, h, w, seed=20)
+    reference = viv.reference_viv_loop(x, labels)
+    for kwargs, budget in (({}, None), ({"classes_per_batch": 2}, None), ({}, 1)):   # 1 byte: one class a batch
+        if budget is not None:
+            monkeypatch.setattr(viv, "WORKSPACE_BYTES", budget)
+        out = viv.class_conditional_viv(x, labels, progress=False, **kwargs)
+        for law in ("uniform", "logit_normal"):
+            torch.testing.assert_close(out["per_class"][law], reference["per_class"][law], rtol=1e-10, atol=0)
+
+
+def test_float32_products_tolerance():
+    """The stated tolerance of the float32 product path: 1e-5 relative to the float64 reference loop."""
+    x, labels = smooth_classes([20, 20, 20], 3, 8, 8, seed=21)
+    reference = viv.reference_viv_loop(x, labels)
+    fast = viv.class_conditional_viv(x, labels, product_dtype=torch.float32, progress=False)
+    for law in ("uniform", "logit_normal"):
+        torch.testing.assert_close(fast["per_class"][law], reference["per_class"][law], rtol=1e-5, atol=0)
+
+
+def test_workspace_is_bounded_whatever_the_number_of_latents():
+    x, labels = smooth_classes([20] * 6, 2, 8, 8, seed=22)
+    small_x, small_labels = smooth_classes([4] * 6, 2, 8, 8, seed=22)
+    budget = 600_000
+    for latents, lab in ((x, labels), (small_x, small_labels)):
+        spectra = viv.fit_class_covariances(latents, lab, workspace_bytes=budget, progress=False)
+        assert spectra.workspace_bytes <= budget
+        n = int(spectra.counts[0])
+        per_class = viv.workspace_bytes_per_class(n, 2, 64)
+        # every class slot is counted, P×P stacks included: the batch shrinks as n grows, never the reverse
+        assert per_class > 5 * 64 * 64 * 8
+    assert viv.workspace_bytes_per_class(5, 32, 256) > 5 * 256 * 256 * 8      # the stacks dominate at small n
+
+
+def test_converged_classes_leave_the_batch_with_their_own_result():
+    """Classes stop at different iterations; the slots are compacted in place and results stay attached."""
+    x, labels = smooth_classes([10, 10, 10, 10], 2, 4, 4, seed=23)
+    x[labels == 2] = 0.5 * torch.randn_like(x[labels == 2])            # isotropic: converges fast
+    together = viv.fit_class_covariances(x, labels, return_factors=True, progress=False)
+    assert len(set(together.iterations.tolist())) > 1
+    for k in range(4):
+        alone = viv.fit_class_covariances(x[labels == k], torch.zeros(10, dtype=torch.int64), return_factors=True,
+                                          progress=False)
+        torch.testing.assert_close(together.spatial_factors[k], alone.spatial_factors[0], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(together.channel_factors[k], alone.channel_factors[0], rtol=1e-12, atol=1e-14)
+        assert int(together.iterations[k]) == int(alone.iterations[0])
+
+
+@pytest.mark.parametrize("mean, nodes", [(0.0, 64), (0.0, 7), (0.4, 64), (-1.0, 5)])
+def test_time_average_over_products_equals_the_direct_sum(mean, nodes):
+    gen = torch.Generator().manual_seed(24)
+    b = torch.rand(5, 3, dtype=torch.float64, generator=gen) ** 4 * 3
+    a = torch.rand(5, 40, dtype=torch.float64, generator=gen) ** 6 * 10
+    a[0, :4] = 0.0                                    # dead directions contribute exactly 0
+    a[1, :3], b[1, 0] = 1e-300, 1e200                 # no overflow of λ + 1/λ or μ·s²
+    b[2, 1] = 0.0
+    t, weights = viv.gauss_hermite_logit_normal(nodes, mean, 1.0)
+    direct = viv.irreducible_variance((b[:, :, None] * a[:, None, :]).reshape(5, -1), t) @ weights
+    fast = viv.time_averaged_irreducible_variance(b, a, t, weights, chunk=50)   # several blocks
+    torch.testing.assert_close(fast, direct, rtol=1e-13, atol=0)
+    with pytest.raises(DiffusabilityError, match="strictly inside"):
+        viv.time_averaged_irreducible_variance(b, a, torch.tensor([0.5, 1.0]), torch.tensor([0.5, 0.5]))
+
+
+def test_block_products_and_in_place_shrinkage_match_their_plain_forms():
+    from diffusability.metrics import _linalg
+
+    gen = torch.Generator().manual_seed(25)
+    for p in (3, 64, 65):
+        lower = torch.randn(2, p, p, dtype=torch.float64, generator=gen).tril()
+        right = torch.randn(2, p, 7, dtype=torch.float64, generator=gen)
+        out = torch.empty(2, p, 7, dtype=torch.float64)
+        torch.testing.assert_close(_linalg.lower_triangular_matmul(lower, right, out=out), lower @ right)
+        square = torch.empty(2, p, p, dtype=torch.float64)
+        torch.testing.assert_close(_linalg.gram(right, out=square), right @ right.mT)
+    x = torch.randn(2, 50, 6, dtype=torch.float64, generator=gen)
+    scatter = x.mT @ x
+    estimate = scatter / 49
+    fourth = x.square().sum(-1).square().sum(-1)
+    expected, alpha = ledoit_wolf_shrink(estimate, fourth, (estimate * scatter).sum((-2, -1)), 50)
+    shrunk = estimate.clone()
+    alpha_ = _linalg.ledoit_wolf_shrink_(shrunk, fourth, estimate.square().sum((-2, -1)), 50, 49.0)
+    torch.testing.assert_close(shrunk, expected, rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(alpha_, alpha, rtol=1e-13, atol=0)
+
+
+def test_threads_context_restores_the_count():
+    from diffusability.metrics._linalg import single_thread, threads
+
+    before = torch.get_num_threads()
+    with single_thread("cpu"):
+        assert torch.get_num_threads() == 1
+        with threads(before, "cpu"):
+            assert torch.get_num_threads() == before
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), single_thread():
+        raise RuntimeError("restored on errors too")
+    assert torch.get_num_threads() == before
+    with threads(1, "meta"):                            # other devices: the CPU thread count is left alone
+        assert torch.get_num_threads() == before

@@ -24,8 +24,8 @@ import torch
 
 from diffusability.errors import DiffusabilityError, require
 from diffusability.metrics._linalg import (
-    batched_trace, clamped_eigh, floored_cholesky, inverse_lower_triangular, ledoit_wolf_shrink,
-    symmetric_eigenvalues,
+    batched_trace, clamped_eigh, floored_cholesky, gram, inverse_lower_triangular, ledoit_wolf_shrink,
+    ledoit_wolf_shrink_, lower_triangular_matmul, single_thread, symmetric_eigenvalues, threads,
 )
 from diffusability.metrics.normalization import require_two_classes
 from diffusability.progress import progress as progress_iter
@@ -48,6 +48,7 @@ class KroneckerSpectra:
         latent_shape: (C, H, W).
         channel_factors / spatial_factors: (K, C, C) / (K, P, P) float64 Σ_C, Σ_S (only with return_factors).
         class_means: (K, C, P) float64 class mean matrices (only with return_factors).
+        workspace_bytes: bytes of working memory the fit allocated (None when not fitted from latents).
     """
 
     classes: torch.Tensor
@@ -60,6 +61,7 @@ class KroneckerSpectra:
     channel_factors: torch.Tensor | None = None
     spatial_factors: torch.Tensor | None = None
     class_means: torch.Tensor | None = None
+    workspace_bytes: int | None = None
 
     @property
     def dim(self) -> int:
@@ -85,6 +87,10 @@ def _check_latents_and_labels(latents: torch.Tensor, labels: torch.Tensor) -> to
             f"labels: expected shape ({latents.shape[0]},) to match latents, got {tuple(labels.shape)}")
     require(not labels.is_floating_point() and not labels.is_complex() and labels.dtype != torch.bool,
             f"labels: expected an integer tensor, got {labels.dtype}")
+    # A finite sum proves every value finite (NaN/Inf propagate); only otherwise is the per-sample check run
+    # (it allocates an N·D boolean mask: 410 MB at ImageNet-val scale).
+    if bool(torch.isfinite(latents.sum())):
+        return labels.to(device=latents.device, dtype=torch.int64)
     finite = torch.isfinite(latents).flatten(1).all(1)
     if not bool(finite.all()):
         bad = int(torch.nonzero(~finite)[0])
@@ -100,93 +106,235 @@ def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
 
 # ----------------------------------------------------------------------------------------------- flip-flop
 
+#: the eigenvalue floor of :func:`~diffusability.metrics._linalg.floored_cholesky` (relative to the mean eigenvalue)
+CHOLESKY_FLOOR = 1e-6
+
+#: default bound on the flip-flop's working memory (every buffer, :class:`_Workspace`), whatever N and K
+WORKSPACE_BYTES = 2 ** 29
+
+
+def workspace_bytes_per_class(n: int, c: int, p: int, product_dtype: torch.dtype = torch.float64) -> int:
+    """Bytes of flip-flop workspace one class of ``n`` latents occupies in a batch (see :class:`_Workspace`).
+
+    2·n·C·P product-dtype numbers (residuals, whitened copies), five float64 P×P stacks (Σ_S, the new Σ_S, the
+    Cholesky factor and its inverse, the final Σ_S of classes that stopped; two more product-dtype ones when
+    products are not float64), the n per-latent C×C Grams R_n R_nᵀ and a scratch copy, n·max(P, C)
+    pseudo-sample norms, the P·C class mean and a few C×C matrices. The P×P stacks do not shrink with n,
+    which is why a budget counting only the residuals let memory grow as N shrank.
+    """
+    item = torch.empty((), dtype=product_dtype).element_size()
+    squares = 5 * p * p * 8 + (2 * p * p * item if product_dtype != torch.float64 else 0)
+    return (2 * n * c * p * item + squares + 2 * n * c * c * 8 + n * max(p, c) * item + p * c * item
+            + 8 * c * c * 8)
+
+
+class _Workspace:
+    """Every buffer of the flip-flop, allocated once per fit and reused by every batch and every iteration.
+
+    Per class slot: residuals R and a work buffer W as (P, n·C) row-major matrices — in that layout each of the
+    four products is one batched GEMM on contiguous memory, with no permuted copy: the channel pseudo-samples
+    are the rows of W = L_S⁻¹R viewed as (P·n, C), the spatial ones the columns of V viewed as (P, n·C), and
+    V = L_C⁻¹R is R viewed as (P·n, C) times L_C⁻ᵀ. Plus Σ_S, the new Σ_S, L_S (column-major, the layout
+    LAPACK writes, so ``cholesky_ex(out=)`` needs no temporary), L_S⁻¹, the final Σ_S (P×P), the per-latent
+    Grams R_n R_nᵀ (n, C, C), norms and means. One gather buffer of n·C·P latents (the input dtype) is shared.
+    """
+
+    def __init__(self, slots: int, max_n: int, max_slot_n: int, c: int, p: int, latent_dtype: torch.dtype,
+                 product_dtype: torch.dtype, device: torch.device):
+        big = max_slot_n * c * p                               # max over batches of (classes · n) · C · P
+        self.c, self.p, self.product_dtype, self.device = c, p, product_dtype, device
+        pd = dict(dtype=product_dtype, device=device)
+        f64 = dict(dtype=torch.float64, device=device)
+        self._residual = torch.empty(big, **pd)
+        self._work = torch.empty(big, **pd)
+        self._squares = [torch.empty(slots * p * p, **f64) for _ in range(5)]
+        self._squares_pd = ([torch.empty(slots * p * p, **pd) for _ in range(2)]
+                            if product_dtype != torch.float64 else None)
+        self._norms = torch.empty(max_slot_n * max(p, c), **pd)
+        self._grams = torch.empty(2 * max_slot_n * c * c, **f64)       # the Grams and a scratch copy
+        self._mean = torch.empty(slots * p * c, **pd)
+        self._info = torch.empty(slots, dtype=torch.int32, device=device)
+        self._gather = torch.empty(max_n * c * p, dtype=latent_dtype, device=device)
+        self.nbytes = sum(t.numel() * t.element_size() for t in (
+            self._residual, self._work, *self._squares, *(self._squares_pd or []), self._norms, self._grams,
+            self._mean, self._info, self._gather))
+
+    def batch(self, m: int, n: int) -> dict:
+        c, p = self.c, self.p
+        views = {"residual": self._residual[:m * p * n * c].view(m, p, n * c),
+                 "work": self._work[:m * p * n * c].view(m, p, n * c),
+                 "norms": self._norms[:m * n * max(p, c)], "grams": self._grams[:m * n * c * c].view(m, n, c, c),
+                 "grams_scratch": self._grams[m * n * c * c:2 * m * n * c * c].view(m, n * c, c),
+                 "mean": self._mean[:m * p * c].view(m, p, 1, c), "info": self._info[:m], "gather": self._gather,
+                 "squares": [s[:m * p * p].view(m, p, p) for s in self._squares]}
+        views["squares"][2] = views["squares"][2].mT                  # L_S: batched column-major
+        if self._squares_pd is not None:
+            views["squares_pd"] = [s[:m * p * p].view(m, p, p) for s in self._squares_pd]
+        return views
+
+
+def _floored_cholesky_inverse(matrix: torch.Tensor, scratch: torch.Tensor, chol: torch.Tensor,
+                              chol_inv: torch.Tensor, info: torch.Tensor) -> torch.Tensor:
+    """L⁻¹ of :func:`floored_cholesky` (same floor and retry) into ``chol_inv``, with no allocation of P×P size.
+
+    ``scratch`` receives the shifted matrix and then the identity; ``chol`` the factor. Only the lower triangle
+    is read, so the symmetrisation of :func:`floored_cholesky` is not needed (it changes the factor by round-off).
+    """
+    p = matrix.shape[-1]
+    scale = (batched_trace(matrix) / p).clamp_min(torch.finfo(matrix.dtype).tiny)
+    scratch.copy_(matrix)
+    diagonal = torch.diagonal(scratch, dim1=-2, dim2=-1)
+    diagonal.add_((CHOLESKY_FLOOR * scale)[:, None])
+    with single_thread(matrix.device):
+        torch.linalg.cholesky_ex(scratch, out=(chol, info))
+        if bool((info != 0).any()):
+            diagonal.add_((1e3 * CHOLESKY_FLOOR * scale)[:, None])
+            torch.linalg.cholesky(scratch, out=chol)
+        scratch.zero_()
+        diagonal.fill_(1.0)
+        torch.linalg.solve_triangular(chol, scratch, upper=False, out=chol_inv)
+    return chol_inv
+
+
+def _fourth_power_sum(rows: torch.Tensor, dim: int, out: torch.Tensor) -> torch.Tensor:
+    """Σ_k ‖x_k‖⁴ over the pseudo-samples x_k laid along ``dim`` of (m, ·, ·) ``rows``, float64 (m,)."""
+    norms = torch.linalg.vector_norm(rows, dim=dim, out=out)  # no squared copy of rows
+    return norms.square_().square_().sum(-1, dtype=torch.float64)
+
+
 def _flip_flop_batch(
-    residuals: torch.Tensor, dof: int, *, shrinkage: str, tol: float, max_iter: int,
-    product_dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Batched flip-flop MLE of Σ_C, Σ_S for B classes with the same count n.
+    buffers: dict, m: int, n: int, *, shrinkage: str, tol: float, max_iter: int, finish,
+) -> None:
+    """Batched flip-flop MLE of Σ_C, Σ_S for the ``m`` classes of ``n`` latents whose residuals fill the batch.
 
     Args:
-        residuals: (B, n, C, P) float64, class means already removed.
-        dof: n − 1.
-    Returns:
-        sigma_c (B, C, C), sigma_s (B, P, P) float64 with tr Σ_S = P; iterations (B,); converged (B,).
+        buffers: :meth:`_Workspace.batch` views; ``buffers["residual"]`` holds the (m, P, n·C) residuals.
+        finish: called as ``finish(slots, sigma_c, iterations, converged)`` for the classes that stop (their
+            slot indices in the batch); their Σ_S is copied to ``buffers["squares"][4][slot]``.
 
     Whitening uses the Cholesky factor (W_n = R_n L_S^{-T}, V_n = L_C^{-1} R_n): any square root gives the same
     Σ_n W_n W_nᵀ = Σ_n R_n Σ_S⁻¹ R_nᵀ, and under the model the pseudo-samples are i.i.d. for every root, so the
-    Ledoit–Wolf intensity computed from them is equally valid. Cholesky is ~10× cheaper than eigh for P = 256.
-    The spatial whitening is a triangular solve (half the multiply-adds of a full matmul with L_S⁻¹, and no
-    P×P inverse per class and iteration — that inverse cost twice the Cholesky itself on the CPU).
+    Ledoit–Wolf intensity computed from them is equally valid (the reference loop uses the same root, so the
+    values agree to round-off). L_S⁻¹ is formed explicitly (P³/3 per class and iteration, single-threaded) and
+    applied as a GEMM on its lower-triangular blocks; Σ_S starts at I, so the first channel step needs no
+    product at all (L_S⁻¹ = I/√(1 + floor)).
 
-    Converged classes leave the active set after every iteration, so a batch never iterates on behalf of its
-    slowest class: each class gets exactly the iterations (and result) a per-class loop would give it.
+    Converged classes leave the active set after every iteration (their slots are compacted in place), so a
+    batch never iterates on behalf of its slowest class: each class gets exactly the iterations (and result) a
+    per-class loop would give it.
+
+    Memory: nothing of n·C·P or P×P size is allocated in the loop; every product, factorisation and shrinkage
+    writes into the workspace (``out=`` and in-place ops). CPU threads: the four matrix products run with the
+    caller's thread count, everything else (small factorisations, elementwise passes) single-threaded — see
+    :mod:`~diffusability.metrics._linalg` for why.
     """
-    b, n, c, p = residuals.shape
-    device = residuals.device
-    # The two N·C·P² products dominate the cost; they may run in float32 (product_dtype) while every
-    # covariance accumulation, decomposition and the convergence test stay in float64.
-    r_prod = residuals.to(product_dtype)
-    sigma_s = torch.eye(p, dtype=torch.float64, device=device).expand(b, p, p).clone()
-    sigma_c = torch.eye(c, dtype=torch.float64, device=device).expand(b, c, c).clone()
-    iterations = torch.zeros(b, dtype=torch.int64, device=device)
-    active = torch.arange(b, device=device)        # classes still iterating (converged ones leave the batch)
-    for _ in range(max_iter):
-        m = len(active)
-        old_c, old_s = sigma_c[active], sigma_s[active]
-        # Channel step: whiten over space, the n·P columns are channel pseudo-samples.
-        chol_s = floored_cholesky(old_s).to(product_dtype)                          # L_S (m, P, P)
-        # W = R L_S^{-T}  ⇔  W L_Sᵀ = R: one batched triangular solve over the n·C rows of each class
-        w = torch.linalg.solve_triangular(chol_s.mT, r_prod.reshape(m, n * c, p), upper=True,
-                                          left=False).reshape(m, n, c, p)
-        w_cols = w.permute(0, 2, 1, 3).reshape(m, c, n * p)
-        scatter_c = torch.matmul(w_cols, w_cols.mT).to(torch.float64)           # (m, C, C)
+    device = buffers["residual"].device
+    gemm = threads(torch.get_num_threads(), device)     # the products get the caller's threads, the rest one
+    with single_thread(device):
+        _flip_flop_loop(buffers, m, n, shrinkage=shrinkage, tol=tol, max_iter=max_iter, finish=finish, gemm=gemm)
+
+
+def _flip_flop_loop(buffers: dict, m: int, n: int, *, shrinkage: str, tol: float, max_iter: int, finish,
+                    gemm) -> None:
+    """The body of :func:`_flip_flop_batch`: single-threaded, the matrix products under ``gemm`` threads."""
+    residual, work, (sigma_s, scatter_s, chol, chol_inv, final) = (buffers["residual"], buffers["work"],
+                                                                   buffers["squares"])
+    squares_pd, grams = buffers.get("squares_pd"), buffers["grams"]
+    device, pd = residual.device, residual.dtype
+    c = residual.shape[2] // n
+    p = residual.shape[1]
+    dof = n - 1
+    shrink = shrinkage == "ledoit_wolf"
+    if shrink:
+        # G_n = R_n R_nᵀ, fixed over the iterations: the spatial pseudo-samples (rows of L_C⁻¹R_n) then have
+        # squared norms diag(L_C⁻¹ G_n L_C⁻ᵀ), n·C³ work instead of a pass over the n·C·P whitened residuals.
+        for slot in range(m):
+            samples = residual[slot].view(p, n, c).permute(1, 2, 0)                  # (n, C, P), no copy
+            if pd == torch.float64:
+                torch.bmm(samples, samples.mT, out=grams[slot])
+            else:
+                grams[slot].copy_(torch.bmm(samples, samples.mT))
+    sigma_s.zero_()
+    torch.diagonal(sigma_s, dim1=-2, dim2=-1).fill_(1.0)
+    sigma_c = torch.eye(c, dtype=torch.float64, device=device).expand(m, c, c).clone()
+    active = torch.arange(m, device=device)        # batch slots still iterating, in slot order
+    first_scale = 1.0 / (1.0 + CHOLESKY_FLOOR)      # L_S⁻¹ L_S⁻ᵀ for Σ_S = I
+    for iteration in range(max_iter):
+        k = len(active)
+        r, w = residual[:k], work[:k]
+        old_s, new_s = sigma_s[:k], scatter_s[:k]
+        # Channel step: whiten over space; the n·P rows of W viewed as (P·n, C) are channel pseudo-samples.
+        if iteration == 0:
+            pseudo = r
+        else:
+            inverse = _floored_cholesky_inverse(old_s, new_s, chol[:k], chol_inv[:k], buffers["info"][:k])
+            if squares_pd is not None:
+                inverse = squares_pd[0][:k].copy_(inverse)
+            with gemm:
+                pseudo = lower_triangular_matmul(inverse, r, out=w)
+        rows = pseudo.view(k, p * n, c)
+        with gemm:
+            scatter_c = torch.bmm(rows.mT, rows).to(torch.float64)                 # (k, C, C)
+        fourth_c = _fourth_power_sum(rows, -1, buffers["norms"][:k * p * n].view(k, p * n)) if shrink else None
+        if iteration == 0:
+            scatter_c *= first_scale
+            fourth_c = None if fourth_c is None else fourth_c * first_scale ** 2
         new_c = scatter_c / (dof * p)
-        if shrinkage == "ledoit_wolf":
-            # Σ_k ‖x_k‖⁴ over the n·P channel pseudo-samples; vector_norm reads w once without a full-size
-            # squared temporary (the square + sum pair was ~10 % of the run time)
-            fourth = torch.linalg.vector_norm(w, dim=2).to(torch.float64).pow(4).sum((1, 2))
-            new_c, _ = ledoit_wolf_shrink(new_c, fourth, (new_c * scatter_c).sum((-2, -1)), n * p)
-        del w, w_cols
-        # Spatial step: whiten over channels, the n·C rows are spatial pseudo-samples.
-        whiten_c = inverse_lower_triangular(floored_cholesky(new_c))              # L_C⁻¹ (m, C, C)
-        v = torch.matmul(whiten_c.to(product_dtype)[:, None], r_prod).reshape(m, n * c, p)
-        scatter_s = torch.matmul(v.mT, v).to(torch.float64)                      # (m, P, P)
-        new_s = scatter_s / (dof * c)
-        if shrinkage == "ledoit_wolf":
-            fourth = torch.linalg.vector_norm(v, dim=-1).to(torch.float64).pow(4).sum(-1)
-            new_s, _ = ledoit_wolf_shrink(new_s, fourth, (new_s * scatter_s).sum((-2, -1)), n * c)
-        del v
+        if fourth_c is not None:
+            new_c, _ = ledoit_wolf_shrink(new_c, fourth_c, (new_c * scatter_c).sum((-2, -1)), n * p)
+        # Spatial step: whiten over channels; V = L_C⁻¹R in the same layout, its n·C columns are pseudo-samples.
+        whiten_c = inverse_lower_triangular(floored_cholesky(new_c, CHOLESKY_FLOOR))  # L_C⁻¹ (k, C, C)
+        if shrink:
+            # ‖row c of L_C⁻¹R_n‖² = Σ_a L_C⁻¹[c, a]·(G_n L_C⁻ᵀ)[a, c]
+            half = torch.bmm(grams[:k].view(k, n * c, c), whiten_c.mT, out=buffers["grams_scratch"][:k])
+            squared = half.view(k, n, c, c).mul_(whiten_c.mT[:, None]).sum(-2)     # (k, n, C)
+            fourth_s = squared.square_().sum((1, 2))
+        with gemm:
+            v = torch.bmm(r.view(k, p * n, c), whiten_c.to(pd).mT, out=w.view(k, p * n, c)).view(k, p, n * c)
+            if squares_pd is not None:
+                new_s.copy_(gram(v, out=squares_pd[1][:k]))
+            else:
+                gram(v, out=new_s)
+        new_s.div_(dof * c)
+        if shrink:
+            norm2 = torch.linalg.vector_norm(new_s, dim=(-2, -1)).square()
+            ledoit_wolf_shrink_(new_s, fourth_s, norm2, n * c, dof * c)
         # a·Σ_C ⊗ Σ_S/a is the same model: pin tr Σ_S = P.
         scale = batched_trace(new_s) / p
-        new_s = new_s / scale[:, None, None]
+        new_s.div_(scale[:, None, None])
         new_c = new_c * scale[:, None, None]
         change = torch.maximum(
-            torch.linalg.matrix_norm(new_c - old_c) / torch.linalg.matrix_norm(new_c),
-            torch.linalg.matrix_norm(new_s - old_s) / torch.linalg.matrix_norm(new_s))
-        sigma_c[active], sigma_s[active] = new_c, new_s
-        iterations[active] += 1
+            torch.linalg.matrix_norm(new_c - sigma_c) / torch.linalg.matrix_norm(new_c),
+            torch.linalg.matrix_norm(old_s.sub_(new_s)) / torch.linalg.matrix_norm(new_s))
+        sigma_s, scatter_s = scatter_s, sigma_s                      # the new Σ_S becomes the current one
+        sigma_c = new_c
         # Each class stops exactly where a per-class loop would; the rest continue in a smaller batch.
         keep = ~(change < tol)
-        if not bool(keep.any()):
-            active = active[:0]
-            break
+        last = iteration == max_iter - 1
+        stop = torch.ones_like(keep) if last else ~keep
+        if bool(stop.any()):
+            index = torch.nonzero(stop).flatten()
+            slots = active[index]
+            for i, slot in zip(index.tolist(), slots.tolist()):
+                final[slot].copy_(sigma_s[i])
+            finish(slots, sigma_c[index], iteration + 1, ~keep[index])
+        if last or not bool(keep.any()):
+            return
         if not bool(keep.all()):
-            active = active[keep]
-            r_prod = r_prod[keep]
-    converged = torch.ones(b, dtype=torch.bool, device=device)
-    converged[active] = False
-    return sigma_c, sigma_s, iterations, converged
-
-
-def _default_classes_per_batch(n: int, c: int, p: int, budget_bytes: int = 2 ** 28) -> int:
-    """Classes per batch so the float64 residuals and their whitened copies stay within ~4·budget."""
-    return max(1, budget_bytes // (n * c * p * 8))
+            kept = torch.nonzero(keep).flatten().tolist()
+            for slot, old in enumerate(kept):                        # compact in place, slot ≤ old
+                if slot != old:
+                    residual[slot].copy_(residual[old])
+                    sigma_s[slot].copy_(sigma_s[old])
+                    grams[slot].copy_(grams[old])
+            active, sigma_c = active[keep], sigma_c[keep]
 
 
 def fit_class_covariances(
     latents: torch.Tensor, labels: torch.Tensor, *, shrinkage: str = "ledoit_wolf", tol: float = 1e-7,
     max_iter: int = 100, classes_per_batch: int | None = None, min_per_class: int = 2,
     return_factors: bool = False, product_dtype: torch.dtype | None = None, progress: bool = True,
+    workspace_bytes: int | None = None,
 ) -> KroneckerSpectra:
     """Kronecker flip-flop class covariances (docs/metrics.md §1.4), batched over classes.
 
@@ -196,13 +344,17 @@ def fit_class_covariances(
         shrinkage: "ledoit_wolf" (default) or "none".
         tol: stop a class when the relative Frobenius change of both factors is below tol.
         max_iter: iteration cap.
-        classes_per_batch: classes processed together (bounds memory); None → ~256 MiB of residuals.
+        classes_per_batch: classes processed together; None → as many as ``workspace_bytes`` allows.
         min_per_class: a class with fewer latents is an error (≥ 2 so dof = n − 1 ≥ 1).
         return_factors: also keep Σ_C, Σ_S and class means (needed by :func:`marginal_viv`).
-        product_dtype: dtype of the two big whitening/scatter products. None → float64 everywhere. float32
-            products are 2× faster per iteration but leave a round-off floor near 1e-7 in the relative change:
-            on the benchmark data 6 of 100 classes never met tol = 1e-7 and ran all max_iter = 100 iterations
-            (float64: 3–6), which cost more than float32 saved. Accumulation and decompositions are float64.
+        product_dtype: dtype of the residuals and the big whitening/scatter products. None → float64 everywhere.
+            float32 products are faster per iteration but leave a round-off floor near 1e-7 in the relative
+            change: on the benchmark data 6 of 100 classes never met tol = 1e-7 and ran all max_iter = 100
+            iterations (float64: 3–6), which cost more than float32 saved. Values agree with float64 to ~1e-5
+            relative (tested). Accumulation into Σ and every decomposition stay float64.
+        workspace_bytes: bound on the working memory (every buffer of :class:`_Workspace`: residuals, whitened
+            copies, P×P stacks, norms, the gather buffer); None → :data:`WORKSPACE_BYTES` (512 MiB). One class
+            is always admitted. The outputs (eigenvalues; factors with ``return_factors``) come on top.
     Returns:
         :class:`KroneckerSpectra`.
     """
@@ -210,8 +362,9 @@ def fit_class_covariances(
     require(min_per_class >= 2, f"min_per_class: expected ≥ 2 (dof = n − 1 must be ≥ 1), got {min_per_class}")
     require(tol > 0 and max_iter >= 1, f"tol/max_iter: expected tol > 0 and max_iter ≥ 1, got {tol}, {max_iter}")
     labels = _check_latents_and_labels(latents, labels)
-    if product_dtype is None:
-        product_dtype = torch.float64
+    product_dtype = torch.float64 if product_dtype is None else product_dtype
+    budget = WORKSPACE_BYTES if workspace_bytes is None else int(workspace_bytes)
+    device = latents.device
     n_total, c, h, w = latents.shape
     p = h * w
     classes, counts = torch.unique(labels, sorted=True, return_counts=True)
@@ -222,47 +375,72 @@ def fit_class_covariances(
             f"labels: {int(too_small.sum())} class(es) have fewer than min_per_class={min_per_class} latents "
             f"(class, count): {bad}")
     order = torch.argsort(labels, stable=True)
-    starts = torch.cumsum(counts, 0) - counts
+    starts = (torch.cumsum(counts, 0) - counts).tolist()
     k_total = len(classes)
-    out_c = torch.empty(k_total, c, c, dtype=torch.float64, device=latents.device)
+    out_c = torch.empty(k_total, c, c, dtype=torch.float64, device=device)
     # The P×P factors are kept only when asked for (1000 classes × 256² float64 = 0.5 GB); else eigenvalues.
-    out_s = torch.empty(k_total, p, p, dtype=torch.float64, device=latents.device) if return_factors else None
-    spatial_eigs = torch.empty(k_total, p, dtype=torch.float64, device=latents.device)
-    out_mean = torch.empty(k_total, c, p, dtype=torch.float64, device=latents.device) if return_factors else None
-    iterations = torch.empty(k_total, dtype=torch.int64, device=latents.device)
-    converged = torch.empty(k_total, dtype=torch.bool, device=latents.device)
+    out_s = torch.empty(k_total, p, p, dtype=torch.float64, device=device) if return_factors else None
+    spatial_eigs = torch.empty(k_total, p, dtype=torch.float64, device=device)
+    out_mean = torch.empty(k_total, c, p, dtype=torch.float64, device=device) if return_factors else None
+    iterations = torch.empty(k_total, dtype=torch.int64, device=device)
+    converged = torch.empty(k_total, dtype=torch.bool, device=device)
 
-    # Classes with equal counts share one (B, n, C, P) tensor: a few big batched matmuls instead of K small ones.
+    # Classes with equal counts share a batch: a few big batched products instead of K small ones. The batch
+    # size comes from the budget minus the batch-independent gather buffer.
+    item = latents.element_size()
     chunks = []
     for n in torch.unique(counts).tolist():
-        members = torch.nonzero(counts == n).flatten()
-        per_batch = classes_per_batch or _default_classes_per_batch(n, c, p)
+        members = torch.nonzero(counts == n).flatten().tolist()
+        per_class = workspace_bytes_per_class(n, c, p, product_dtype)
+        per_batch = classes_per_batch or max(1, (budget - counts.max().item() * c * p * item) // per_class)
         chunks += [(n, members[i:i + per_batch]) for i in range(0, len(members), per_batch)]
+    slots = max(len(members) for _, members in chunks)
+    workspace = _Workspace(slots, int(counts.max()), max(len(members) * n for n, members in chunks), c, p,
+                           latents.dtype, product_dtype, device)
+    flat = latents.reshape(n_total, c * p)          # a view for contiguous latents
+
     for n, members in progress_bar(chunks, enabled=progress):
-        index = order[starts[members][:, None] + torch.arange(n, device=latents.device)]   # (B, n)
-        residuals = latents[index].reshape(len(members), n, c, p).to(torch.float64)
-        mean = residuals.mean(1, keepdim=True)
-        residuals -= mean                       # in place: one (B, n, C, P) float64 buffer per batch
-        energy = residuals.square().sum((1, 2, 3))
+        m = len(members)
+        buffers = workspace.batch(m, n)
+        residual, gather = buffers["residual"], buffers["gather"][:n * c * p].view(n, c * p)
+        with single_thread(device):                 # memory-bound copies: threads only add barriers
+            for slot, k in enumerate(members):      # gather one class at a time into the (P, n·C) layout
+                torch.index_select(flat, 0, order[starts[k]:starts[k] + n], out=gather)
+                residual[slot].view(p, n, c).copy_(gather.view(n, c, p).permute(2, 0, 1))
+            mean = torch.mean(residual.view(m, p, n, c), dim=2, keepdim=True, out=buffers["mean"])
+            residual.view(m, p, n, c).sub_(mean)
+            energy = torch.linalg.vector_norm(residual.view(m, -1), dim=1)
         if bool((energy == 0).any()):
-            bad = [int(k) for k in classes[members][energy == 0][:10]]
+            bad = [int(classes[members[i]]) for i in torch.nonzero(energy == 0).flatten()[:10].tolist()]
             raise DiffusabilityError(
                 f"latents: class(es) {bad} have all-constant latents (zero within-class variance); "
                 "the class covariance and VIV are undefined — check the encoder output")
-        sigma_c, sigma_s, its, conv = _flip_flop_batch(
-            residuals, n - 1, shrinkage=shrinkage, tol=tol, max_iter=max_iter, product_dtype=product_dtype)
-        out_c[members] = sigma_c
-        spatial_eigs[members] = symmetric_eigenvalues(sigma_s).to(latents.device)
-        if out_s is not None:
-            out_s[members] = sigma_s
-        iterations[members], converged[members] = its, conv
+        index = torch.as_tensor(members, device=device)
         if out_mean is not None:
-            out_mean[members] = mean[:, 0]
-    channel_eigs = symmetric_eigenvalues(out_c).to(latents.device)
+            out_mean[index] = mean[:, :, 0, :].mT.to(torch.float64)
+
+        def finish(slots_done, sigma_c, its, conv, index=index):
+            done = index[slots_done]
+            out_c[done] = sigma_c
+            iterations[done] = its
+            converged[done] = conv
+
+        _flip_flop_batch(buffers, m, n, shrinkage=shrinkage, tol=tol, max_iter=max_iter, finish=finish)
+        final = buffers["squares"][4]
+        with single_thread(device):
+            # Σ_S is symmetric up to round-off in its two diagonal Gram blocks; eigvalsh reads the lower half.
+            # In blocks of 16 classes: eigvalsh copies its input, and copies above glibc's largest mmap
+            # threshold (32 MiB) would be fresh pages (page faults) every batch
+            for start in range(0, m, 16):
+                spatial_eigs[index[start:start + 16]] = torch.linalg.eigvalsh(final[start:start + 16]).clamp_min_(0.0)
+        if out_s is not None:
+            out_s[index] = final
+    channel_eigs = symmetric_eigenvalues(out_c)
     return KroneckerSpectra(
         classes=classes, counts=counts, channel_eigs=channel_eigs, spatial_eigs=spatial_eigs,
         iterations=iterations, converged=converged, latent_shape=(c, h, w),
-        channel_factors=out_c if return_factors else None, spatial_factors=out_s, class_means=out_mean)
+        channel_factors=out_c if return_factors else None, spatial_factors=out_s, class_means=out_mean,
+        workspace_bytes=workspace.nbytes)
 
 
 def progress_bar(items: list, *, enabled: bool):
@@ -342,7 +520,59 @@ def viv_logit_normal(spectra: KroneckerSpectra, mean: float = 0.0, std: float = 
                      nodes: int = 64) -> torch.Tensor:
     """E_t σ²_irr,c(t) for t ~ logit-normal(mean, std) by Gauss–Hermite over the C·P products, (K,) float64."""
     t, weights = gauss_hermite_logit_normal(nodes, mean, std, device=spectra.channel_eigs.device)
-    return viv_curve(spectra, t) @ weights
+    return time_averaged_irreducible_variance(spectra.channel_eigs, spectra.spatial_eigs, t, weights)
+
+
+def time_averaged_irreducible_variance(channel_eigs: torch.Tensor, spatial_eigs: torch.Tensor, t: torch.Tensor,
+                                       weights: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """Σ_i w_i σ²_irr(t_i) of eq. (4) for Kronecker spectra λ = a_j·b_k, nodes t_i strictly inside (0, 1); (K,).
+
+    The same sum as ``irreducible_variance(products, t) @ weights`` (to round-off), evaluated without the
+    (K, C·P, T) intermediate, with one fused multiply-add, one reciprocal and one matrix-vector product per
+    (product, node), in blocks of about ``chunk`` products so the (block, T) array stays in cache:
+
+    - each term is λ/(t²λ + s²) = 1/(t² + μs²) with s = 1 − t, μ = 1/λ (λ = 0 gives μ = ∞ and exactly 0);
+    - when the nodes are symmetric (t_i + t_{T−1−i} = 1 with equal weights, e.g. the logit-normal law with
+      mean 0) each pair is one fraction, f(λ, t) + f(λ, s) = (1 + λ)(t² + s²) / (t⁴ + s⁴ + (λ + μ)t²s²),
+      half the work (all terms positive: no cancellation; λ or μ = ∞ give the limit 0).
+    """
+    b = channel_eigs.to(torch.float64)
+    a = spatial_eigs.to(torch.float64)
+    t = torch.as_tensor(t, dtype=torch.float64, device=b.device).reshape(-1)
+    weights = torch.as_tensor(weights, dtype=torch.float64, device=b.device).reshape(-1)
+    require(bool(((t > 0) & (t < 1)).all()), "t: expected quadrature nodes strictly inside (0, 1)")
+    count = t.shape[0]
+    symmetric = count > 1 and bool(torch.allclose(t + t.flip(0), torch.ones_like(t), rtol=0, atol=1e-14)
+                                   and torch.allclose(weights, weights.flip(0), rtol=1e-12, atol=0))
+    if symmetric:
+        half = (count + 1) // 2
+        tt2, ss2 = t[:half].square(), (1 - t[:half]).square()
+        numerator = weights[:half].clone()
+        if count % 2:
+            numerator[-1] /= 2                          # the middle node t = 1/2 pairs with itself
+        numerator *= tt2 + ss2
+        constant, slope = tt2.square() + ss2.square(), tt2 * ss2     # denominator = constant + (λ + μ)·slope
+    else:
+        numerator, constant, slope = weights, t.square(), (1 - t).square()   # denominator = t² + μ·s²
+    k_total, c = b.shape
+    per_class = c * a.shape[1]
+    per_block = max(1, chunk // per_class)
+    out = torch.empty(k_total, dtype=torch.float64, device=b.device)
+    block = torch.empty(min(per_block, k_total) * per_class, constant.shape[0], dtype=torch.float64,
+                        device=b.device)
+    with single_thread(b.device):                       # memory-bound small ops: threads only add barriers
+        for start in range(0, k_total, per_block):
+            stop = min(start + per_block, k_total)
+            lam = (b[start:stop, :, None] * a[start:stop, None, :]).reshape(-1)
+            inverse = lam.reciprocal()
+            rows = block[:lam.shape[0]]
+            torch.addcmul(constant[None], (lam + inverse if symmetric else inverse)[:, None], slope[None],
+                          out=rows)
+            values = rows.reciprocal_() @ numerator
+            if symmetric:
+                values *= 1 + lam
+            out[start:stop] = values.view(stop - start, per_class).sum(1)
+    return out
 
 
 def class_conditional_viv(

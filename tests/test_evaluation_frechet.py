@@ -54,8 +54,9 @@ def test_commuting_covariances_closed_form():
     assert frechet_distance(mu, s1, mu, s2) == pytest.approx(expected, rel=1e-6)
 
 
-def test_exactly_singular_covariance_takes_the_eigh_path():
-    # Cholesky cannot factor a covariance with exact zeros on the diagonal; the result must not change.
+def test_exactly_singular_covariance_is_factored():
+    # A plain Cholesky cannot factor a covariance with exact zeros on the diagonal; the pivoted one stops at
+    # the rank, and the result is the closed form.
     rng = np.random.default_rng(5)
     d1 = np.array([0.0, 0.0, 1.0, 2.0, 0.5])
     d2 = rng.uniform(0.1, 2.0, 5)
@@ -117,3 +118,84 @@ def test_frechet_distance_rejects_mismatched_shapes():
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
     with pytest.raises(DiffusabilityError, match="sigma must be"):
         frechet_distance(np.zeros(3), np.eye(4), np.zeros(3), np.eye(3))
+
+
+# --------------------------------------------------------------------------- singular covariances, fast statistics
+
+def relu_features(rng, n, dims, dead, shift=0.0):
+    x = np.maximum(rng.standard_normal((n, dims)) @ rng.standard_normal((dims, dims)) / np.sqrt(dims) + shift, 0)
+    x[:, :dead] = 0.0                                  # always-zero ReLU features: exact zero rows/columns
+    return x
+
+
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")   # the reference's sqrtm of a singular product
+def test_dead_features_drop_out_exactly():
+    """Zero rows/columns of either covariance leave tr(Σ1Σ2)^{1/2} of the other features unchanged."""
+    rng = np.random.default_rng(6)
+    a, b = relu_features(rng, 300, 40, 6), relu_features(rng, 300, 40, 6, shift=0.1)
+    b[:, 6:9] = 0.0                                    # dead in the second set only
+    (mu1, s1), (mu2, s2) = feature_statistics(a), feature_statistics(b)
+    live = slice(9, None)
+    reduced = (frechet_distance(mu1[live], s1[live, live], mu2[live], s2[live, live])
+               + float(np.sum((mu1[:9] - mu2[:9]) ** 2) + np.trace(s1[:9, :9]) + np.trace(s2[:9, :9])))
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(reduced, rel=1e-10)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(adm_frechet_distance(mu1, s1, mu2, s2), rel=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")
+@pytest.mark.parametrize("n1, n2", [(20, 200), (200, 20), (15, 25)])
+def test_fewer_samples_than_features_against_adm(n1, n2):
+    # rank-deficient covariances (rank N − 1 < F): the smaller rank sets the size of the eigenvalue problem;
+    # the tolerance is the ADM formula's own (its sqrtm of a singular product is accurate to ~√ε·‖Σ‖)
+    rng = np.random.default_rng(7)
+    mixing = rng.standard_normal((48, 48)) / 7
+    a = rng.standard_normal((n1, 48)) @ mixing
+    b = rng.standard_normal((n2, 48)) @ mixing + 0.1
+    (mu1, s1), (mu2, s2) = feature_statistics(a), feature_statistics(b)
+    ours = frechet_distance(mu1, s1, mu2, s2)
+    assert ours == pytest.approx(frechet_distance(mu2, s2, mu1, s1), rel=1e-12)
+    assert ours == pytest.approx(adm_frechet_distance(mu1, s1, mu2, s2), rel=1e-6)
+
+
+@pytest.mark.parametrize("f, r1, r2", [(64, 20, 64), (64, 64, 20), (120, 50, 70)])
+def test_exactly_low_rank_covariances_to_round_off(f, r1, r2):
+    """Σ = A Aᵀ with A (F×r): the truth is Σ √eig(Aᵀ Σ' A) with A the factor of lower rank (a regular r×r
+    problem). The pivoted factor stops at the rank, so round-off eigenvalues (~ε·‖Σ‖, whose square roots cost
+    clamped-eigh and sqrtm ~1e-8) never enter; whichever side is singular, FD(a, b) = FD(b, a)."""
+    from diffusability.evaluation.frechet import trace_sqrt_product
+
+    rng = np.random.default_rng(9)
+    a1, a2 = rng.standard_normal((f, r1)) / np.sqrt(r1), rng.standard_normal((f, r2)) / np.sqrt(r2)
+    s1, s2 = a1 @ a1.T, a2 @ a2.T
+    low, other = (a1, s2) if r1 <= r2 else (a2, s1)
+    exact = np.sqrt(np.clip(np.linalg.eigvalsh(low.T @ other @ low), 0, None)).sum()
+    assert trace_sqrt_product(s1, s2) == pytest.approx(exact, rel=1e-12)
+    assert trace_sqrt_product(s2, s1) == pytest.approx(exact, rel=1e-12)
+
+
+def test_zero_covariances():
+    assert frechet_distance(np.ones(3), np.zeros((3, 3)), np.zeros(3), np.zeros((3, 3))) == pytest.approx(3.0)
+    value = frechet_distance(np.zeros(2), np.zeros((2, 2)), np.zeros(2), np.diag([4.0, 1.0]))
+    assert value == pytest.approx(5.0, rel=1e-12)
+
+
+def test_feature_statistics_in_blocks_matches_numpy_cov(monkeypatch):
+    from diffusability.evaluation import frechet
+
+    monkeypatch.setattr(frechet, "STATISTICS_BLOCK_ROWS", 7)          # 50 rows: 8 blocks, the last partial
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal((50, 9)) * 3 + 100).astype(np.float32)   # a large mean: centring matters
+    mu, sigma = feature_statistics(x)
+    np.testing.assert_allclose(mu, x.astype(np.float64).mean(0), rtol=1e-13)
+    np.testing.assert_allclose(sigma, np.cov(x.astype(np.float64), rowvar=False), rtol=1e-10, atol=1e-12)
+    assert np.array_equal(sigma, sigma.T) and sigma.flags["C_CONTIGUOUS"]
+    half = torch.from_numpy(x).to(torch.bfloat16)
+    np.testing.assert_allclose(feature_statistics(half)[1], np.cov(half.double().numpy(), rowvar=False),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_feature_statistics_names_infinities():
+    x = np.ones((4, 3))
+    x[2, 1] = np.inf
+    with pytest.raises(DiffusabilityError, match="1 NaN/Inf"):
+        feature_statistics(x)

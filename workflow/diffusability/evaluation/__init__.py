@@ -4,10 +4,26 @@ and the feature networks.
 The numerics (``frechet``, ``inception_score``, ``precision_recall``, ``reconstruction``,
 ``generation``) are pure functions on tensors/arrays; ``domain_net`` and ``inception`` hold the
 feature networks; ``commands`` wires them to files for the workflow.
+
+Public names are imported lazily (as in ``metrics``): every ``diffusability`` command imports this
+package for ``evaluation.commands``, and the eager imports cost ``--help`` 0.9 s (``scipy.special``
+through ``inception_score``, numpy through ``frechet``).
 """
 
-from .frechet import feature_statistics, frechet_distance
-from .inception_score import inception_score
-from .precision_recall import precision_recall
+from __future__ import annotations
 
-__all__ = ["feature_statistics", "frechet_distance", "inception_score", "precision_recall"]
+import importlib
+
+_EXPORTS = {
+    "feature_statistics": "frechet", "frechet_distance": "frechet",
+    "inception_score": "inception_score", "precision_recall": "precision_recall",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

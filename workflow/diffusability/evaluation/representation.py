@@ -35,12 +35,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import require
 from ..progress import log
 from ..rows import result_row
-from .frechet import frechet_distance
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -254,6 +251,7 @@ def extract_representation_features(extractor: RepresentationExtractor, images, 
     Returns:
         float64 (N, F) numpy array.
     """
+    import numpy as np
     import torch
 
     from ..progress import progress
@@ -285,6 +283,10 @@ def representation_fds(stats_gen: dict, stats_ref: dict, raw_fds: dict | None = 
         ``{"fd": {space: raw}, "fdr": {space: raw / validation FD}, "fdr6": mean of the six FDr or
         None, "spaces": [spaces in the paper's order]}``.
     """
+    import numpy as np  # numpy and the Fréchet module on first use: every command imports this module
+
+    from .frechet import frechet_distance
+
     require(set(stats_gen) == set(stats_ref),
             f"representation statistics: samples have spaces {sorted(stats_gen)}, the reference {sorted(stats_ref)}")
     raw_fds = dict(raw_fds or {})

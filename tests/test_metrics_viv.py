@@ -539,3 +539,24 @@ def test_threads_context_restores_the_count():
     assert torch.get_num_threads() == before
     with threads(1, "meta"):                            # other devices: the CPU thread count is left alone
         assert torch.get_num_threads() == before
+
+
+def test_batches_in_threads_equal_one_thread_and_raise_in_the_caller():
+    """With T torch threads on the CPU, T batches run at once in Python threads (one intra-op thread each)."""
+    x, labels = smooth_classes([12] * 5 + [9] * 3, 2, 8, 8, seed=26)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = viv.fit_class_covariances(x, labels, classes_per_batch=2, progress=False)
+        torch.set_num_threads(3)
+        three = viv.fit_class_covariances(x, labels, classes_per_batch=2, progress=False)
+        assert torch.get_num_threads() == 3
+        torch.testing.assert_close(three.spatial_eigs, one.spatial_eigs, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(three.channel_eigs, one.channel_eigs, rtol=1e-12, atol=1e-15)
+        assert three.iterations.tolist() == one.iterations.tolist()
+        x[labels == 6] = 1.0
+        with pytest.raises(DiffusabilityError, match=r"class\(es\) \[6\] have all-constant"):
+            viv.fit_class_covariances(x, labels, classes_per_batch=2, progress=False)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(previous)

@@ -385,21 +385,28 @@ def fit_class_covariances(
     iterations = torch.empty(k_total, dtype=torch.int64, device=device)
     converged = torch.empty(k_total, dtype=torch.bool, device=device)
 
-    # Classes with equal counts share a batch: a few big batched products instead of K small ones. The batch
-    # size comes from the budget minus the batch-independent gather buffer.
+    # Classes with equal counts share a batch: a few big batched products instead of K small ones. On the CPU
+    # with T torch threads, T batches run at once in T Python threads (torch releases the GIL), each
+    # single-threaded with its own workspace of budget/T: classes are independent, so there is no
+    # synchronisation at all (threaded GEMMs of these sizes wait on each other at every call, and lost to one
+    # thread on the shared 2-core machine). The batch size comes from the budget minus the gather buffer.
     item = latents.element_size()
+    counts_list = counts.tolist()
+    groups = [(n, [k for k, m in enumerate(counts_list) if m == n]) for n in sorted(set(counts_list))]
+    workers = 1 if device.type != "cpu" else max(1, min(torch.get_num_threads(), len(classes)))
+    share = budget // workers
     chunks = []
-    for n in torch.unique(counts).tolist():
-        members = torch.nonzero(counts == n).flatten().tolist()
+    for n, members in groups:
         per_class = workspace_bytes_per_class(n, c, p, product_dtype)
-        per_batch = classes_per_batch or max(1, (budget - counts.max().item() * c * p * item) // per_class)
+        per_batch = classes_per_batch or max(1, (share - max(counts_list) * c * p * item) // per_class)
         chunks += [(n, members[i:i + per_batch]) for i in range(0, len(members), per_batch)]
+    workers = min(workers, len(chunks))
     slots = max(len(members) for _, members in chunks)
-    workspace = _Workspace(slots, int(counts.max()), max(len(members) * n for n, members in chunks), c, p,
-                           latents.dtype, product_dtype, device)
+    workspaces = [_Workspace(slots, max(counts_list), max(len(members) * n for n, members in chunks), c, p,
+                             latents.dtype, product_dtype, device) for _ in range(workers)]
     flat = latents.reshape(n_total, c * p)          # a view for contiguous latents
 
-    for n, members in progress_bar(chunks, enabled=progress):
+    def fit_batch(workspace: _Workspace, n: int, members: list[int]) -> None:
         m = len(members)
         buffers = workspace.batch(m, n)
         residual, gather = buffers["residual"], buffers["gather"][:n * c * p].view(n, c * p)
@@ -419,7 +426,7 @@ def fit_class_covariances(
         if out_mean is not None:
             out_mean[index] = mean[:, :, 0, :].mT.to(torch.float64)
 
-        def finish(slots_done, sigma_c, its, conv, index=index):
+        def finish(slots_done, sigma_c, its, conv):
             done = index[slots_done]
             out_c[done] = sigma_c
             iterations[done] = its
@@ -432,15 +439,62 @@ def fit_class_covariances(
             # In blocks of 16 classes: eigvalsh copies its input, and copies above glibc's largest mmap
             # threshold (32 MiB) would be fresh pages (page faults) every batch
             for start in range(0, m, 16):
-                spatial_eigs[index[start:start + 16]] = torch.linalg.eigvalsh(final[start:start + 16]).clamp_min_(0.0)
+                block = index[start:start + 16]
+                spatial_eigs[block] = torch.linalg.eigvalsh(final[start:start + 16]).clamp_min_(0.0)
         if out_s is not None:
             out_s[index] = final
+
+    if workers == 1:
+        for n, members in progress_bar(chunks, enabled=progress):
+            fit_batch(workspaces[0], n, members)
+    else:
+        _in_threads(fit_batch, chunks, workspaces, progress)
     channel_eigs = symmetric_eigenvalues(out_c)
     return KroneckerSpectra(
         classes=classes, counts=counts, channel_eigs=channel_eigs, spatial_eigs=spatial_eigs,
         iterations=iterations, converged=converged, latent_shape=(c, h, w),
         channel_factors=out_c if return_factors else None, spatial_factors=out_s, class_means=out_mean,
-        workspace_bytes=workspace.nbytes)
+        workspace_bytes=sum(workspace.nbytes for workspace in workspaces))
+
+
+def _in_threads(fit_batch, chunks: list, workspaces: list, progress: bool) -> None:
+    """Run ``fit_batch(workspace, n, members)`` for every chunk, one Python thread per workspace, torch at one
+    intra-op thread; the first error stops the other threads after their current batch and is raised here."""
+    import queue
+    import threading
+
+    todo, done = queue.SimpleQueue(), queue.SimpleQueue()
+    for chunk in chunks:
+        todo.put(chunk)
+    stop = threading.Event()
+
+    def work(workspace):
+        while not stop.is_set():
+            try:
+                n, members = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                fit_batch(workspace, n, members)
+            except BaseException as exc:             # handed to the caller's thread
+                stop.set()
+                done.put(exc)
+                return
+            done.put(None)
+
+    with threads(1):
+        pool = [threading.Thread(target=work, args=(workspace,), daemon=True) for workspace in workspaces]
+        for thread in pool:
+            thread.start()
+        try:
+            for _ in progress_bar(list(range(len(chunks))), enabled=progress):
+                error = done.get()
+                if error is not None:
+                    raise error
+        finally:
+            stop.set()
+            for thread in pool:
+                thread.join()
 
 
 def progress_bar(items: list, *, enabled: bool):

@@ -182,7 +182,7 @@ def test_zero_covariances():
 def test_feature_statistics_in_blocks_matches_numpy_cov(monkeypatch):
     from diffusability.evaluation import frechet
 
-    monkeypatch.setattr(frechet, "STATISTICS_BLOCK_ROWS", 7)          # 50 rows: 8 blocks, the last partial
+    monkeypatch.setattr(frechet, "STATISTICS_BLOCK_BYTES", 7 * 9 * 8)  # 7 rows: 50 rows in 8 blocks
     rng = np.random.default_rng(8)
     x = (rng.standard_normal((50, 9)) * 3 + 100).astype(np.float32)   # a large mean: centring matters
     mu, sigma = feature_statistics(x)

@@ -20,8 +20,8 @@ import numpy as np
 
 from ..errors import require
 
-#: rows of float64 work per block in :func:`feature_statistics` (4096 × 2048 features = 64 MB)
-STATISTICS_BLOCK_ROWS = 4096
+#: bytes of float64 work per block of rows in :func:`feature_statistics` (20,000 × 2048 features fit in one)
+STATISTICS_BLOCK_BYTES = 2 ** 29
 
 
 def _as_array(value) -> np.ndarray:
@@ -52,13 +52,13 @@ def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
         mu (F,) float64 and sigma (F, F) float64, ``sigma = np.cov(features, rowvar=False)``
         (normalised by N − 1, as the ADM evaluator does), exactly symmetric.
 
-    Blocks of :data:`STATISTICS_BLOCK_ROWS` rows are converted to float64, centred and accumulated into the
-    lower triangle of XᵀX by BLAS ``dsyrk`` (half the multiply-adds of the full product np.cov computes), so
-    the input is never copied whole (np.cov makes a float64 copy of all N×F values); the upper triangle is
-    mirrored. Finiteness is read off the mean: a NaN/Inf anywhere makes it non-finite.
+    Blocks of at most :data:`STATISTICS_BLOCK_BYTES` of float64 rows are converted and centred in one pass
+    (np.cov makes a float64 copy of all N×F values, then centres it in a second pass) and accumulated, so
+    memory stays bounded at any N. numpy computes each ``block.T @ block`` with SYRK (half the multiply-adds
+    of a general product) and mirrors it, so σ is exactly symmetric. Few, large blocks: each SYRK call
+    rewrites the F×F result, so 4096-row blocks cost ~5 % against one call with two threads. Finiteness is read off the mean: a NaN/Inf anywhere makes it
+    non-finite.
     """
-    from scipy.linalg import blas
-
     array = _as_array(features)
     require(array.ndim == 2, f"features: expected a 2-D (N, F) matrix, got shape {array.shape}")
     n, f = array.shape
@@ -68,15 +68,18 @@ def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
         bad = ~np.isfinite(array)
         require(not bad.any(), f"features: contains {int(bad.sum())} NaN/Inf values (shape {array.shape})")
         require(False, f"features: the column sums overflow float64 (shape {array.shape})")
-    scatter = np.zeros((f, f), order="F")
-    for start in range(0, n, STATISTICS_BLOCK_ROWS):
-        block = np.subtract(array[start:start + STATISTICS_BLOCK_ROWS], mu, dtype=np.float64)
-        # block.T is Fortran-contiguous: dsyrk reads it in place and adds block.T @ block to the lower half
-        scatter = blas.dsyrk(1.0, block.T, beta=1.0, c=scatter, trans=0, lower=1, overwrite_c=1)
-    sigma = np.tril(scatter)
-    sigma += np.tril(scatter, -1).T
+    rows = max(1, STATISTICS_BLOCK_BYTES // (8 * f))
+    rows = -(-n // -(-n // rows))                       # equal blocks: ⌈n / ⌈n / rows⌉⌉ rows each
+    sigma = np.empty((f, f))
+    product = np.empty((f, f)) if n > rows else None
+    for start in range(0, n, rows):
+        block = np.subtract(array[start:start + rows], mu, dtype=np.float64)
+        if start == 0:
+            np.matmul(block.T, block, out=sigma)
+        else:
+            sigma += np.matmul(block.T, block, out=product)
     sigma /= n - 1
-    return mu, np.ascontiguousarray(sigma)
+    return mu, sigma
 
 
 def _check_gaussian(mu: np.ndarray, sigma: np.ndarray, name: str) -> None:

@@ -560,3 +560,17 @@ def test_batches_in_threads_equal_one_thread_and_raise_in_the_caller():
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(previous)
+
+
+def test_curve_equals_eq4_on_the_products():
+    gen = torch.Generator().manual_seed(27)
+    k, c, p = 4, 3, 10
+    b = torch.rand(k, c, dtype=torch.float64, generator=gen) * 2
+    a = torch.rand(k, p, dtype=torch.float64, generator=gen) ** 4 * 5
+    a[0, :2], b[1, 0] = 0.0, 0.0
+    spectra = viv.KroneckerSpectra(classes=torch.arange(k), counts=torch.full((k,), 5), channel_eigs=b,
+                                   spatial_eigs=a, iterations=torch.ones(k), converged=torch.ones(k, dtype=torch.bool),
+                                   latent_shape=(c, 2, 5))
+    t = torch.tensor([0.0, 1e-9, 0.05, 0.5, 0.9, 1 - 1e-9, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(viv.viv_curve(spectra, t),
+                               viv.irreducible_variance(spectra.eigenvalue_products(), t), rtol=1e-13, atol=0)

@@ -566,8 +566,20 @@ def viv_uniform(spectra: KroneckerSpectra) -> torch.Tensor:
 
 
 def viv_curve(spectra: KroneckerSpectra, t: torch.Tensor) -> torch.Tensor:
-    """σ²_irr,c(t) of eq. (4) for every class, shape (K, T) float64."""
-    return irreducible_variance(spectra.eigenvalue_products(), t)
+    """σ²_irr,c(t) of eq. (4) for every class, shape (K, T) float64.
+
+    Same values as ``irreducible_variance(spectra.eigenvalue_products(), t)`` (to round-off) through
+    :func:`time_averaged_irreducible_variance` for t < 1; at t = 1 every term is 1 (the limit for λ = 0), so
+    σ² = D.
+    """
+    device = spectra.channel_eigs.device
+    t = torch.as_tensor(t, dtype=torch.float64, device=device).reshape(-1)
+    require(bool(((t >= 0) & (t <= 1)).all()), "t: expected times in [0, 1]")
+    out = torch.full((len(spectra.classes), t.shape[0]), float(spectra.dim), dtype=torch.float64, device=device)
+    inside = t < 1
+    if bool(inside.any()):
+        out[:, inside] = time_averaged_irreducible_variance(spectra.channel_eigs, spectra.spatial_eigs, t[inside])
+    return out
 
 
 def viv_logit_normal(spectra: KroneckerSpectra, mean: float = 0.0, std: float = 1.0,
@@ -578,8 +590,9 @@ def viv_logit_normal(spectra: KroneckerSpectra, mean: float = 0.0, std: float = 
 
 
 def time_averaged_irreducible_variance(channel_eigs: torch.Tensor, spatial_eigs: torch.Tensor, t: torch.Tensor,
-                                       weights: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+                                       weights: torch.Tensor | None = None, chunk: int = 8192) -> torch.Tensor:
     """Σ_i w_i σ²_irr(t_i) of eq. (4) for Kronecker spectra λ = a_j·b_k, nodes t_i strictly inside (0, 1); (K,).
+    Without ``weights``: σ²_irr(t_i) itself for times in [0, 1), shape (K, T).
 
     The same sum as ``irreducible_variance(products, t) @ weights`` (to round-off), evaluated without the
     (K, C·P, T) intermediate, with one fused multiply-add, one reciprocal and one matrix-vector product per
@@ -593,10 +606,15 @@ def time_averaged_irreducible_variance(channel_eigs: torch.Tensor, spatial_eigs:
     b = channel_eigs.to(torch.float64)
     a = spatial_eigs.to(torch.float64)
     t = torch.as_tensor(t, dtype=torch.float64, device=b.device).reshape(-1)
+    per_time = weights is None
+    if per_time:
+        require(bool(((t >= 0) & (t < 1)).all()), "t: expected times in [0, 1) (σ² = D at t = 1)")
+        weights = torch.ones_like(t)
+    else:
+        require(bool(((t > 0) & (t < 1)).all()), "t: expected quadrature nodes strictly inside (0, 1)")
     weights = torch.as_tensor(weights, dtype=torch.float64, device=b.device).reshape(-1)
-    require(bool(((t > 0) & (t < 1)).all()), "t: expected quadrature nodes strictly inside (0, 1)")
     count = t.shape[0]
-    symmetric = count > 1 and bool(torch.allclose(t + t.flip(0), torch.ones_like(t), rtol=0, atol=1e-14)
+    symmetric = not per_time and count > 1 and bool(torch.allclose(t + t.flip(0), torch.ones_like(t), rtol=0, atol=1e-14)
                                    and torch.allclose(weights, weights.flip(0), rtol=1e-12, atol=0))
     if symmetric:
         half = (count + 1) // 2
@@ -611,7 +629,7 @@ def time_averaged_irreducible_variance(channel_eigs: torch.Tensor, spatial_eigs:
     k_total, c = b.shape
     per_class = c * a.shape[1]
     per_block = max(1, chunk // per_class)
-    out = torch.empty(k_total, dtype=torch.float64, device=b.device)
+    out = torch.empty((k_total, count) if per_time else k_total, dtype=torch.float64, device=b.device)
     block = torch.empty(min(per_block, k_total) * per_class, constant.shape[0], dtype=torch.float64,
                         device=b.device)
     with single_thread(b.device):                       # memory-bound small ops: threads only add barriers
@@ -622,6 +640,9 @@ def time_averaged_irreducible_variance(channel_eigs: torch.Tensor, spatial_eigs:
             rows = block[:lam.shape[0]]
             torch.addcmul(constant[None], (lam + inverse if symmetric else inverse)[:, None], slope[None],
                           out=rows)
+            if per_time:
+                out[start:stop] = rows.reciprocal_().view(stop - start, per_class, count).sum(1)
+                continue
             values = rows.reciprocal_() @ numerator
             if symmetric:
                 values *= 1 + lam

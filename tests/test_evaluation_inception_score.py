@@ -56,3 +56,20 @@ def test_rejects_unequal_splits_and_bad_shapes():
         inception_score(np.zeros((11, 3)), splits=10)
     with pytest.raises(DiffusabilityError, match=r"\(N, K\)"):
         inception_score(np.zeros(10), splits=1)
+
+
+def test_lazy_exports_stay_functions_after_every_submodule_is_imported():
+    # A submodule named like its export shadows the lazy name once it is imported
+    # (the import system sets the package attribute to the module): the CI run failed on that.
+    import importlib
+    import pkgutil
+    import types
+
+    import diffusability.evaluation as evaluation
+    import diffusability.metrics as metrics
+
+    for package in (evaluation, metrics):
+        for info in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{package.__name__}.{info.name}")
+        for name in package._EXPORTS:
+            assert not isinstance(getattr(package, name), types.ModuleType), (package.__name__, name)

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from diffusability.errors import DiffusabilityError
-from diffusability.evaluation.precision_recall import manifold_radii, precision_recall
+from diffusability.evaluation.manifold_precision_recall import manifold_radii, precision_recall
 
 
 def brute_force(real, fake, k):

@@ -1,13 +1,13 @@
 """Evaluation: Fréchet distances, inception-style scores, precision/recall, reconstruction metrics
 and the feature networks.
 
-The numerics (``frechet``, ``inception_score``, ``precision_recall``, ``reconstruction``,
+The numerics (``frechet``, ``inception_scoring``, ``manifold_precision_recall``, ``reconstruction``,
 ``generation``) are pure functions on tensors/arrays; ``domain_net`` and ``inception`` hold the
 feature networks; ``commands`` wires them to files for the workflow.
 
 Public names are imported lazily (as in ``metrics``): every ``diffusability`` command imports this
 package for ``evaluation.commands``, and the eager imports cost ``--help`` 0.9 s (``scipy.special``
-through ``inception_score``, numpy through ``frechet``).
+through ``inception_scoring``, numpy through ``frechet``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import importlib
 
 _EXPORTS = {
     "feature_statistics": "frechet", "frechet_distance": "frechet",
-    "inception_score": "inception_score", "precision_recall": "precision_recall",
+    "inception_score": "inception_scoring", "precision_recall": "manifold_precision_recall",
 }
 
 __all__ = sorted(_EXPORTS)

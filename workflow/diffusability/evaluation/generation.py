@@ -23,7 +23,7 @@ from ..errors import reject_unknown_keys, require
 from ..progress import log
 from ..rows import result_row
 from .frechet import feature_statistics, frechet_distance
-from .inception_score import inception_score
+from .inception_scoring import inception_score
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +129,7 @@ def generation_rows(sample_features, sample_logits, sample_labels, reference_mu,
     rows = [row("fd", fd, "lower", timings["fd"]), row("is", score, "higher", timings["is"]),
             row("class_accuracy", accuracy, "higher")]
     if reference_features is not None:
-        from .precision_recall import precision_recall
+        from .manifold_precision_recall import precision_recall
 
         start = time.perf_counter()
         precision, recall = precision_recall(reference_features, sample_features, k=pr_k)
@@ -233,7 +233,7 @@ def inception_generation_rows(pool3, reference: dict, *, spatial=None, logits=No
         params["is_splits"] = is_splits
         timed("is", "higher", lambda: inception_score(logits, splits=is_splits))
     if reference_features is not None:
-        from .precision_recall import precision_recall
+        from .manifold_precision_recall import precision_recall
 
         params["pr_k"] = pr_k
         start = time.perf_counter()

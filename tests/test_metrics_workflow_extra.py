@@ -260,7 +260,7 @@ def test_model_fisher_of_a_zero_velocity_field_has_a_closed_form(tmp_path):
                  "--spec", json.dumps(spec), "--out", str(out), "--device", "cpu"]) == 0
     frame = rows(out)
     assert list(frame.index) == ["fi_model", "fir_model"] and (frame["n"] == 300).all()
-    assert set(frame["direction"]) == {"lower"}
+    assert set(frame["direction"]) == {"none"}   # diagnostics (docs/metrics.md §8.1)
     s = log_s_grid(0.01, 10.0, 6).numpy()
     second_moment = float(latents.pow(2).mean())          # the subset's E‖z‖²/D ≈ that of all 400
     fi = np.mean((second_moment + s) / (1 + np.sqrt(s)) ** 2)
@@ -338,7 +338,8 @@ def test_aggregate_keys_model_rows_by_backbone_and_correlate_uses_each_backbones
         write_parquet(_tidy({"ifid": rng.normal() + 10}), layout.tokenizer_metric_rows(tok))
         write_parquet(_tidy({"rfd": rng.normal() + 5}), layout.reconstruction_rows(tok))
         for bb in ("sit", "dit"):
-            write_parquet(_tidy({"fi_model": fi[bb][i], "fir_model": fi[bb][i] ** 2}), layout.model_metric_rows(tok, bb))
+            write_parquet(_tidy({"fi_model": fi[bb][i], "fir_model": fi[bb][i] ** 2}, "none"),
+                          layout.model_metric_rows(tok, bb))
             write_parquet(_tidy({"fd": 3 + 2 * fi[bb][i]}), layout.generation_rows(tok, bb, "1.00"))
     spec = {"tokenizers": {tok: {"family": "conv-f4d4", "regularizer": "none", "regularizer_params": {}}
                            for tok in toks}, "config": {}}
@@ -361,7 +362,7 @@ def test_aggregate_keys_model_rows_by_backbone_and_correlate_uses_each_backbones
     table = pd.read_parquet("corr.parquet").set_index(["backbone", "proxy"])
     for bb in ("sit", "dit"):
         assert table.loc[(bb, "latent/fi_model"), "r"] == pytest.approx(1.0, abs=1e-12)   # its own backbone's fi
-        assert table.loc[(bb, "latent/fi_model"), "direction"] == "lower"
+        assert table.loc[(bb, "latent/fi_model"), "direction"] == "none"   # a diagnostic
         expected = np.corrcoef(np.array([m for m in metrics[metrics.metric == "ifid"].value]),
                                3 + 2 * fi[bb])[0, 1]
         assert table.loc[(bb, "latent/ifid"), "r"] == pytest.approx(expected, abs=1e-10)

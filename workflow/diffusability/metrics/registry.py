@@ -308,8 +308,10 @@ TOKENIZER_METRICS: dict[str, MetricSpec] = {m.name: m for m in (
 
 #: rows of the ``model-metrics`` command (one trained diffusion model per row set)
 MODEL_METRICS: dict[str, MetricSpec] = {m.name: m for m in (
-    MetricSpec("fi_model", "model_fisher", "lower", "fi from the trained model's score (denoiser)"),
-    MetricSpec("fir_model", "model_fisher", "lower", "fir from the model's score Jacobian (Hutchinson + JVP)"),
+    # diagnostics like the analytic fi/fir (see the note in METRICS): a lower FI rewards compression
+    MetricSpec("fi_model", "model_fisher", "none", "fi from the trained model's score (denoiser; diagnostic)"),
+    MetricSpec("fir_model", "model_fisher", "none",
+               "fir from the model's score Jacobian (Hutchinson + JVP; diagnostic)"),
 )}
 
 

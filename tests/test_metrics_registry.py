@@ -43,7 +43,8 @@ def test_names_directions_and_groups():
     # the rows of the tokenizer-metrics and model-metrics commands have directions too
     assert registry.metric_direction("rotate_error") == "lower"
     assert registry.metric_direction("scale_consistency") == "higher"
-    assert registry.metric_direction("ifid") == registry.metric_direction("fir_model") == "lower"
+    assert registry.metric_direction("ifid") == "lower"
+    assert registry.metric_direction("fi_model") == registry.metric_direction("fir_model") == "none"   # diagnostics
     for name in ("fi_gap", "fir_gap", "compression_penalty", "distortion_penalty", "curvature_penalty"):
         assert registry.metric_direction(name) == "lower", name
     for name in ("data_curvature", "fi_data_curve", "fir_data_curve", "fi_latent_curve", "fir_latent_curve"):

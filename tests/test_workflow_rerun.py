@@ -1,6 +1,7 @@
 """A rerun after a change rebuilds the changed chain from scratch — never returns an old model.
 
-One small study (two tokenizers, one backbone, one guidance scale) is run for real; then an input
+One small study (two tokenizers, one backbone, one guidance scale) is run for real (a copy of the
+session's finished ``small_study_checkout``, conftest.py, so the suite runs that study once); then an input
 (``data.n_train``) and a setting (the tokenizer's ``lr``) are changed in turn and the default
 target is rerun, exactly as a user would. After each rerun the tokenizer and diffusion weights
 must equal those of a straight, from-scratch training on the new inputs (run here through the
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import subprocess
 import sys
 
@@ -19,7 +21,7 @@ import torch
 import yaml
 
 from diffusability.io import load_tensors
-from workflow_helpers import planned_jobs, run_snakemake, small_study
+from workflow_helpers import planned_jobs, run_snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -63,11 +65,11 @@ def _assert_rebuilt_from_scratch(work, config, tmp):
         assert "already complete" not in text
 
 
-def test_a_changed_input_or_setting_rebuilds_the_chain_from_scratch(repo, snakemake_exe, workdir_factory,
-                                                                    tmp_path):
-    config = small_study(repo)
-    work = workdir_factory(config, "rerun")
-    _run(snakemake_exe, work)
+def test_a_changed_input_or_setting_rebuilds_the_chain_from_scratch(snakemake_exe, small_study_checkout, tmp_path):
+    # the finished study, copied with its Snakemake metadata; its jobs import the copy's package
+    work = shutil.copytree(small_study_checkout["work"], tmp_path / "rerun", symlinks=True)
+    config = copy.deepcopy(small_study_checkout["config"])
+    assert planned_jobs(snakemake_exe, work) == {}   # the copy is a finished study
     old_model = load_tensors(work / "results" / "tokenizers" / TOK / "model.safetensors")
 
     # Finding A: more training images; the data, teacher, tokenizer and diffusion chain reruns.

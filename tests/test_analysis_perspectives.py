@@ -255,7 +255,7 @@ def test_pairs_of_main_proxies_equal_least_squares():
     t = study()
     families = t["tokenizers"].set_index("tokenizer")["family"]
     proxies, table = correlate(t, bootstrap=0)
-    pairs = persp.perspective_pairs(proxies, t["generation"], families, persp.perspective_table(table))
+    pairs = corr.perspective_pairs(proxies, t["generation"], families, persp.perspective_table(table))
     pair = {"latent/lnc", "latent/viv_uniform"}
     row = pairs[(pairs["cfg_scale"] == 2.0) & pairs["proxy_1"].isin(pair) & pairs["proxy_2"].isin(pair)]
     assert len(row) == 1 and len(pairs[pairs["cfg_scale"] == 2.0]) == 3   # 3 of the study's perspectives: 3 pairs

@@ -145,7 +145,7 @@ def run_correlate(args: argparse.Namespace) -> None:
         per_backbone.append((proxies, generation))
     correlations, regressions = pd.concat(correlations, ignore_index=True), pd.concat(regressions, ignore_index=True)
     perspectives = persp.perspective_table(correlations)
-    pairs = pd.concat([persp.perspective_pairs(proxies, generation, families, perspectives, target)
+    pairs = pd.concat([corr.perspective_pairs(proxies, generation, families, perspectives, target)
                        for proxies, generation in per_backbone], ignore_index=True)
     outputs = {
         "perspectives": perspectives, "perspective_pairs": pairs, "guidance_optima": optima,

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from diffusability.analysis import layout
+from diffusability.workflow import layout
 from diffusability.analysis import predict as P
 from diffusability.cli import main
 from diffusability.io import read_parquet, save_npz, write_parquet

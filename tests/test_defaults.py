@@ -12,8 +12,8 @@ import dataclasses
 
 import pytest
 
-from diffusability import config as cfg
-from diffusability.config import load_schema, validate_config
+from diffusability.workflow import config as cfg
+from diffusability.workflow.config import load_schema, validate_config
 
 #: a tokenizer entry's key that selects the import rule instead of training (never a training-spec key)
 TOKENIZER_IMPORT_ONLY = {"pretrained"}

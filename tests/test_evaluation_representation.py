@@ -14,8 +14,9 @@ import torch
 import transformers
 from PIL import Image
 
-from diffusability import config as cfg
-from diffusability.analysis import layout, tables
+from diffusability.workflow import config as cfg
+from diffusability.analysis import tables
+from diffusability.workflow import layout
 from diffusability.cli import main
 from diffusability.errors import DiffusabilityError
 from diffusability.evaluation.representation import (FDR6_SPACES, MODEL_SPACES, SPACES,
@@ -360,7 +361,7 @@ def test_aggregate_reads_representation_rows_with_the_generation_rows(tmp_path, 
     paths = [layout.generation_rows("tok", "bb", "1.50"), layout.representation_rows("tok", "bb", "1.50")]
     write_inception_rows(paths[0], fd=2.0)
     write_parquet(pd.DataFrame(rows), paths[1], provenance())
-    table = tables.generation_table(paths)
+    table = tables.generation_table(layout.keyed("generation", paths[:1]), layout.keyed("representation", paths[1:]))
     assert sorted(table["metric"]) == ["fd", "fd_mae", "fdr_mae", "sfid"]
     assert set(table["tokenizer"]) == {"tok"} and set(table["cfg_scale"]) == {1.5}
     assert layout.parse("representation", paths[1]) == ("tok", "bb", "1.50")

@@ -287,7 +287,7 @@ def test_switching_network_metrics_on_leaves_the_latent_metrics_spec_alone(repo)
 
     import yaml
 
-    from diffusability import config as cfg
+    from diffusability.workflow import config as cfg
 
     base = yaml.safe_load((repo / "config" / "smoke.yaml").read_text())
     base["metrics"].pop("tokenizer"), base["metrics"].pop("model")
@@ -326,7 +326,7 @@ def test_aggregate_keys_model_rows_by_backbone_and_correlate_uses_each_backbones
     """Two backbones whose fd follows fi_model of its own backbone exactly (and anti-follows the other's)."""
     import pandas as pd
 
-    from diffusability.analysis import layout
+    from diffusability.workflow import layout
     from diffusability.io import write_parquet
 
     monkeypatch.chdir(tmp_path)

@@ -9,8 +9,8 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
-from diffusability import config as cfg
-from diffusability.analysis import layout
+from diffusability.workflow import config as cfg
+from diffusability.workflow import layout
 from diffusability.errors import DiffusabilityError
 
 try:

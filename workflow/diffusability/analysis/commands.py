@@ -7,7 +7,7 @@ import logging
 import time
 from pathlib import Path
 
-from . import layout
+from ..workflow import layout
 
 log = logging.getLogger("diffusability.analysis")
 
@@ -77,11 +77,19 @@ def run_aggregate(args: argparse.Namespace) -> None:
     require(isinstance(args.spec.get("tokenizers"), dict),
             "--spec: 'tokenizers' (the study's tokenizer entries by name) is required")
     meta = provenance(args.spec.get("config"))
+    # a sample set's FDr rows arrive among its generation rows
+    representation = [path for path in args.generation if layout.is_kind("representation", path)]
+    generation = [path for path in args.generation if path not in representation]
     frames = {
         "tokenizers": tables.tokenizer_table(args.spec["tokenizers"], args.tokenizer_configs),
-        "reconstruction": tables.reconstruction_table(args.reconstruction),
-        "metrics": tables.metrics_table(args.metrics, args.tokenizer_metrics, args.model_metrics),
-        "generation": tables.generation_table(args.generation, args.trajectory, args.untrained),
+        "reconstruction": tables.reconstruction_table(layout.keyed("reconstruction", args.reconstruction)),
+        "metrics": tables.metrics_table(layout.keyed("metrics", args.metrics),
+                                        layout.keyed("tokenizer_metrics", args.tokenizer_metrics),
+                                        layout.keyed("model_metrics", args.model_metrics)),
+        "generation": tables.generation_table(layout.keyed("generation", generation),
+                                              layout.keyed("representation", representation),
+                                              layout.keyed("trajectory", args.trajectory),
+                                              layout.keyed("untrained", args.untrained)),
     }
     for name, frame in frames.items():
         write_parquet(frame, args.out_dir / f"{name}.parquet", meta)
@@ -175,7 +183,6 @@ def run_figures(args: argparse.Namespace) -> None:
 
 def run_summarize(args: argparse.Namespace) -> None:
     from ..io import atomic_path, parquet_metadata
-    from . import layout
     from .summary import summarize
 
     t = _tables(args.tables, layout.TABLES)

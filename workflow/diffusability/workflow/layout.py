@@ -144,3 +144,19 @@ def parse(kind: str, path: str) -> tuple[str, ...]:
     if not match:
         raise ValueError(f"{path}: not a {kind} path of the results layout")
     return match.groups()
+
+
+def keyed(kind: str, paths) -> list[tuple[str, tuple[str, ...]]]:
+    """``(path, (tok[, bb[, cfg]]))`` for each results path of ``kind``: what the aggregation's tables take.
+
+    Raises
+    ------
+    DiffusabilityError
+        A path that is not of ``kind`` (naming it).
+    """
+    from ..errors import DiffusabilityError
+
+    try:
+        return [(str(path), parse(kind, path)) for path in paths]
+    except ValueError as exc:
+        raise DiffusabilityError(str(exc)) from None

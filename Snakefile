@@ -22,6 +22,7 @@ if not workflow.config_settings.configfiles:
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/teacher.smk"
 include: "workflow/rules/tokenizer.smk"
 include: "workflow/rules/latents.smk"
 include: "workflow/rules/metrics.smk"

@@ -19,7 +19,7 @@ from diffusability.cli import main
 from diffusability.data.shards import ConcatenatedArrays, write_array_shards
 from diffusability.data.splits import is_shard_index, open_image_split
 from diffusability.errors import DiffusabilityError
-from diffusability.evaluation.domain_net import DomainClassifier
+from diffusability.teacher.domain_net import DomainClassifier
 from diffusability.io import load_tensors, read_parquet, save_tensors, write_json
 
 TOKENIZER = dict(image_size=16, base_channels=8, channel_mult=[1, 2], num_res_blocks=1, latent_channels=3,

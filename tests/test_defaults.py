@@ -178,7 +178,7 @@ def test_transformer_factories_and_config_defaults_follow_the_spec(family):
 # ----------------------------------------------------------------------------- the other specs
 
 def test_top_level_seed_default_is_every_specs_seed_default(schema):
-    from diffusability.evaluation.domain_net import DomainNetSpec
+    from diffusability.teacher.domain_net import DomainNetSpec
     from diffusability.metrics.model_commands import MODEL_DEFAULTS, TOKENIZER_DEFAULTS
     from diffusability.sampling.commands import SamplingSpec
     from diffusability.tokenizers.commands import ENCODE_DEFAULTS
@@ -207,7 +207,7 @@ def test_data_schema_defaults_equal_the_data_spec(schema):
 
 
 def test_teacher_schema_defaults_equal_the_domain_net_spec(schema):
-    from diffusability.evaluation.domain_net import DomainNetSpec
+    from diffusability.teacher.domain_net import DomainNetSpec
 
     teacher = schema["properties"]["teacher"]["properties"]
     assert disagreements(teacher, field_defaults(DomainNetSpec())) == []

@@ -34,7 +34,7 @@ import torch
 
 from diffusability.cli import main
 from diffusability.data.shards import ConcatenatedArrays
-from diffusability.evaluation.domain_net import DomainClassifier
+from diffusability.teacher.domain_net import DomainClassifier
 from diffusability.evaluation.generation import extract_features_and_logits, extract_inception_outputs
 from diffusability.evaluation.inception import FIDInceptionV3
 from diffusability.io import load_arrays, read_parquet, save_npz, save_tensors, write_json

@@ -357,7 +357,7 @@ def test_summary_skips_invalid_anchors_and_refuses_none():
 @pytest.fixture(scope="module")
 def tokenizer_stage(tmp_path_factory):
     """A random f2 conv VAE (16 px → 3×8×8), a domain net, a labelled val split, its latents and stats."""
-    from diffusability.evaluation.domain_net import DomainClassifier
+    from diffusability.teacher.domain_net import DomainClassifier
     from diffusability.io import save_tensors, write_json
     from diffusability.tokenizers.factory import build_tokenizer
     from diffusability.tokenizers.spec import TokenizerSpec

@@ -16,7 +16,7 @@ import torch
 
 from diffusability.cli import main
 from diffusability.diffusion.train import init_model, write_outputs
-from diffusability.evaluation.domain_net import DomainClassifier
+from diffusability.teacher.domain_net import DomainClassifier
 from diffusability.io import read_parquet, save_tensors, write_json
 from diffusability.tokenizers.factory import build_tokenizer
 from diffusability.tokenizers.spec import TokenizerSpec

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from diffusability.cli import main
-from diffusability.evaluation.domain_net import DomainClassifier
+from diffusability.teacher.domain_net import DomainClassifier
 from diffusability.io import load_tensors, read_parquet, save_tensors, write_json
 from diffusability.tokenizers import load_tokenizer
 from diffusability.tokenizers.commands import channel_statistics, posterior_noise

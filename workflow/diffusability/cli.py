@@ -17,6 +17,7 @@ from .progress import setup_logging
 
 COMMAND_MODULES = (
     "diffusability.data.commands",
+    "diffusability.teacher.commands",
     "diffusability.evaluation.commands",
     "diffusability.evaluation.representation_commands",
     "diffusability.tokenizers.commands",

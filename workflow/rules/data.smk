@@ -1,4 +1,4 @@
-# Data: the image splits (with labels and foreground masks) and the teacher network.
+# Data: the image splits (with labels and foreground masks).
 #
 # ImageNet: each folder is listed once into a manifest (paths, labels, SHA-256); the splits depend
 # on the manifests, so Snakemake never stats or hashes the raw tree. After changing the folders,
@@ -87,23 +87,3 @@ rule prepare_data:
     shell:
         "OMP_NUM_THREADS={threads} {DIFFUSABILITY} prepare-data --spec {params.spec} "
         "--out-train {output.train:q} --out-val {output.val:q} > {log:q} 2>&1"
-
-
-rule train_teacher:
-    input:
-        train=data_split("train"),
-        val=data_split("val"),
-    output:
-        model=layout.teacher_file("model.safetensors"),
-        config=layout.teacher_file("config.json"),
-    cache: CACHE
-    params:
-        code=code_identity("train-teacher"),
-        spec=as_arg(cfg.teacher_spec(config)),
-        out=lambda wc, output: str(Path(output.model).parent),
-    log:
-        "logs/train_teacher.log",
-    threads: 2  # alone on the critical path: every tokenizer waits for it
-    shell:
-        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} train-teacher --spec {params.spec} "
-        "--train {input.train:q} --val {input.val:q} --out {params.out:q} > {log:q} 2>&1"

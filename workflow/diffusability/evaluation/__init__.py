@@ -2,8 +2,9 @@
 and the feature networks.
 
 The numerics (``frechet``, ``inception_scoring``, ``manifold_precision_recall``, ``reconstruction``,
-``generation``) are pure functions on tensors/arrays; ``domain_net`` and ``inception`` hold the
-feature networks; ``commands`` wires them to files for the workflow.
+``generation``) are pure functions on tensors/arrays; ``inception`` holds the FID feature network (the
+domain network is the teacher stage's, :mod:`diffusability.teacher`); ``commands`` wires them to files
+for the workflow.
 
 Public names are imported lazily (as in ``metrics``): every ``diffusability`` command imports this
 package for ``evaluation.commands``, and the eager imports cost ``--help`` 0.9 s (``scipy.special``

@@ -1,4 +1,4 @@
-"""Commands of the evaluation stage: ``train-teacher``, ``generation-metrics``, ``reference-stats``.
+"""Commands of the evaluation stage: ``generation-metrics``, ``reference-stats``.
 
 ``generation-metrics`` has two feature networks: a domain network directory (the embedded default,
 no downloaded weights) or ``inception`` — the FID Inception-v3 of the ADM evaluator, whose rows are
@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ..data.splits import load_images
 from ..devices import resolve_device
 
 
@@ -24,17 +25,6 @@ def register(subparsers) -> None:
     """Add the evaluation stage's subcommands to the ``diffusability`` parser."""
     from ..specs import json_spec
     from ..devices import add_device_argument
-
-    parser = subparsers.add_parser(
-        "train-teacher", help="train the domain classifier (feature net / stand-in teacher)",
-        description="Train the small domain CNN on the train split; report accuracy on the val split.")
-    parser.add_argument("--spec", type=json_spec, required=True,
-                        help='JSON: {"seed", "width", "steps", "batch_size", "lr", "weight_decay", ...}')
-    parser.add_argument("--train", required=True, help="train split (.safetensors or a shard index.json)")
-    parser.add_argument("--val", required=True, help="val split (.safetensors or a shard index.json)")
-    add_device_argument(parser)
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.set_defaults(func=run_train_teacher)
 
     parser = subparsers.add_parser(
         "generation-metrics", help="fd / sfid / is / class_accuracy / precision / recall rows of a sample set",
@@ -80,63 +70,6 @@ def register(subparsers) -> None:
                              "VIRTUAL_imagenet256_labeled.npz) instead of computing them")
     parser.add_argument("--out", required=True, help="statistics (.npz: mu, sigma[, mu_s, sigma_s, features], n)")
     parser.set_defaults(func=run_reference_stats)
-
-
-def read_split_metadata(path) -> dict:
-    """String metadata of a split (``n_classes``, ``image_size``, …): a ``.safetensors`` file's metadata,
-    a shard index's counts; {} for .npz."""
-    from safetensors import safe_open
-
-    from ..data.splits import is_shard_index
-
-    if is_shard_index(path):
-        from ..data.shards import ShardedImages
-
-        shards = ShardedImages(path)
-        return {"n_classes": str(shards.n_classes), "image_size": str(shards.image_size)}
-    if Path(path).suffix != ".safetensors":
-        return {}
-    from ..io import reading
-    with reading(path, "safetensors file"), safe_open(str(path), framework="pt") as handle:
-        return dict(handle.metadata() or {})
-
-
-def load_images(path, keys=("images", "arr_0")):
-    """uint8 (N, H, W, 3) images of a split or sample file, plus its labels (or None)."""
-    from ..errors import require
-    from ..io import load_arrays
-    from .generation import check_uint8_images
-
-    from ..data.splits import is_shard_index, open_image_split
-
-    if is_shard_index(path):  # a full-scale ImageNet split: memory-mapped, read batch by batch
-        split = open_image_split(path)
-        return check_uint8_images(split.images, f"{path}: images"), split.labels
-    arrays = load_arrays(path)
-    key = next((k for k in keys if k in arrays), None)
-    require(key is not None, f"{path}: has no image array (expected one of {list(keys)}, found {sorted(arrays)})")
-    images = check_uint8_images(arrays[key], f"{path}: {key}")
-    labels = arrays.get("labels")
-    if labels is not None:
-        require(labels.shape == (len(images),), f"{path}: labels shape {labels.shape} does not match {len(images)} images")
-    return images, labels
-
-
-def run_train_teacher(args) -> None:
-    from ..errors import require
-    from ..progress import log
-    from .domain_net import train_domain_classifier
-
-    train_images, train_labels = load_images(args.train, keys=("images",))
-    val_images, val_labels = load_images(args.val, keys=("images",))
-    require(train_labels is not None and val_labels is not None, f"{args.train} / {args.val}: need 'labels'")
-    metadata = read_split_metadata(args.train)
-    num_classes = int(metadata["n_classes"]) if "n_classes" in metadata else None
-    config = train_domain_classifier(train_images, train_labels, args.spec, args.out,
-                                     val_images=val_images, val_labels=val_labels, num_classes=num_classes,
-                                     device=resolve_device(args.device))
-    log.info("domain net: val accuracy %.3f (chance %.3f), train accuracy %.3f",
-             config["val_accuracy"], config["chance_accuracy"], config["train_accuracy"])
 
 
 def read_reference_statistics(path) -> dict:
@@ -190,7 +123,7 @@ def _domain_generation_rows(args, spec, start):
 
     from ..errors import require
     from ..io import load_arrays
-    from .domain_net import load_domain_classifier
+    from ..teacher.domain_net import load_domain_classifier
     from .frechet import feature_statistics
     from .generation import extract_features_and_logits, generation_rows
 
@@ -302,7 +235,7 @@ def run_reference_stats(args) -> None:
         if adopted is None:
             arrays["mu_s"], arrays["sigma_s"] = feature_statistics(outputs["spatial"])
     else:
-        from .domain_net import load_domain_classifier
+        from ..teacher.domain_net import load_domain_classifier
 
         net = load_domain_classifier(args.feature_net)
         features, _ = extract_features_and_logits(net, images, args.batch_size, desc="reference features")

@@ -255,7 +255,7 @@ def extract_representation_features(extractor: RepresentationExtractor, images, 
     import torch
 
     from ..progress import progress
-    from .generation import check_uint8_images
+    from ..data.splits import check_uint8_images
 
     images = check_uint8_images(images, desc or f"{extractor.space.name} images")
     require(isinstance(batch_size, int) and batch_size >= 1, f"batch_size={batch_size!r}: expected an integer >= 1")

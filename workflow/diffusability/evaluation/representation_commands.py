@@ -97,7 +97,7 @@ def run_representation_stats(args) -> None:
     from ..errors import require
     from ..io import save_npz
     from ..devices import resolve_device
-    from .commands import load_images
+    from ..data.splits import load_images
     from .frechet import feature_statistics
     from .representation import extract_representation_features, load_representation_model, space
 
@@ -120,7 +120,7 @@ def run_representation_metrics(args) -> None:
     from ..io import provenance, write_parquet
     from ..progress import log
     from ..devices import resolve_device
-    from .commands import load_images
+    from ..data.splits import load_images
     from .frechet import feature_statistics
     from .representation import (extract_representation_features, load_representation_model,
                                  representation_fds, representation_rows)

@@ -313,7 +313,7 @@ def run_tokenizer_metrics(args) -> int:
 
     from ..data.splits import open_image_split
     from ..devices import resolve_device
-    from ..evaluation.domain_net import load_domain_classifier
+    from ..teacher.domain_net import load_domain_classifier
     from ..io import load_tensors
     from ..tokenizers.factory import load_tokenizer
 

@@ -434,7 +434,7 @@ def run_reconstruction(args: argparse.Namespace) -> int:
     from ..data.splits import open_image_split
     from ..devices import resolve_device
     from ..evaluation.commands import load_inception
-    from ..evaluation.domain_net import load_domain_classifier
+    from ..teacher.domain_net import load_domain_classifier
     from ..io import provenance, write_parquet
     from ..progress import log
     from .factory import initial_tokenizer, load_tokenizer

@@ -157,7 +157,7 @@ def test_reconstruction_rfid_rows_use_the_fid_inception(stores, tmp_path):
     from diffusability.evaluation.generation import extract_inception_outputs
     from diffusability.evaluation.inception import FIDInceptionV3
     from diffusability.tokenizers import load_tokenizer
-    from diffusability.tokenizers.commands import reconstruct
+    from diffusability.reconstruction.measure import reconstruct
 
     root, paths = stores
     torch.manual_seed(0)
@@ -185,7 +185,7 @@ def test_reconstruction_lpips_rows_average_the_per_image_distance(stores, tmp_pa
     """--lpips-weights adds lpips rows: the mean LPIPS-VGG distance of each image to its reconstruction."""
     from diffusability.imaging import to_model_input
     from diffusability.tokenizers import load_tokenizer
-    from diffusability.tokenizers.commands import reconstruct
+    from diffusability.reconstruction.measure import reconstruct
     from diffusability.tokenizers.lpips import LPIPSVGG, load_lpips_vgg
 
     root, paths = stores

@@ -181,7 +181,7 @@ def test_top_level_seed_default_is_every_specs_seed_default(schema):
     from diffusability.teacher.domain_net import DomainNetSpec
     from diffusability.metrics.model_commands import MODEL_DEFAULTS, TOKENIZER_DEFAULTS
     from diffusability.sampling.commands import SamplingSpec
-    from diffusability.tokenizers.commands import ENCODE_DEFAULTS
+    from diffusability.latents.commands import ENCODE_DEFAULTS
     from diffusability.tokenizers.spec import TokenizerSpec
     from diffusability.diffusion.spec import DiffusionSpec
 
@@ -214,7 +214,7 @@ def test_teacher_schema_defaults_equal_the_domain_net_spec(schema):
 
 
 def test_encode_schema_defaults_equal_the_encode_defaults(schema):
-    from diffusability.tokenizers.commands import ENCODE_DEFAULTS
+    from diffusability.latents.commands import ENCODE_DEFAULTS
 
     encode = schema["properties"]["encode"]["properties"]
     assert disagreements(encode, ENCODE_DEFAULTS) == []
@@ -232,7 +232,7 @@ def test_sampling_schema_defaults_equal_the_sampling_spec(schema):
 
 def test_generation_and_reconstruction_defaults_equal_the_schema(schema):
     from diffusability.evaluation.generation import GenerationSpec
-    from diffusability.tokenizers.commands import RECONSTRUCTION_DEFAULTS
+    from diffusability.reconstruction.commands import RECONSTRUCTION_DEFAULTS
 
     generation = schema["properties"]["generation"]["properties"]
     assert disagreements(generation, field_defaults(GenerationSpec())) == []

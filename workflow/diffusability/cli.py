@@ -21,13 +21,14 @@ COMMAND_MODULES = (
     "diffusability.evaluation.commands",
     "diffusability.evaluation.representation_commands",
     "diffusability.tokenizers.commands",
+    "diffusability.reconstruction.commands",
+    "diffusability.latents.commands",
     "diffusability.diffusion.commands",
     "diffusability.sampling.commands",
     "diffusability.metrics.commands",
     "diffusability.analysis.commands",
     "diffusability.plan",
     "diffusability.analysis.predict_command",
-    "diffusability.import_commands",
 )
 
 

@@ -179,7 +179,7 @@ def test_transformer_factories_and_config_defaults_follow_the_spec(family):
 
 def test_top_level_seed_default_is_every_specs_seed_default(schema):
     from diffusability.teacher.domain_net import DomainNetSpec
-    from diffusability.metrics.model_commands import MODEL_DEFAULTS, TOKENIZER_DEFAULTS
+    from diffusability.latent_metrics.network_commands import MODEL_DEFAULTS, TOKENIZER_DEFAULTS
     from diffusability.sampling.commands import SamplingSpec
     from diffusability.latents.commands import ENCODE_DEFAULTS
     from diffusability.tokenizers.spec import TokenizerSpec
@@ -243,7 +243,7 @@ def test_generation_and_reconstruction_defaults_equal_the_schema(schema):
 
 
 def test_tokenizer_and_model_metric_defaults_equal_the_schema(schema):
-    from diffusability.metrics.model_commands import MODEL_DEFAULTS, TOKENIZER_DEFAULTS
+    from diffusability.latent_metrics.network_commands import MODEL_DEFAULTS, TOKENIZER_DEFAULTS
 
     metrics = schema["properties"]["metrics"]["properties"]
     for section, defaults, families in (("tokenizer", TOKENIZER_DEFAULTS, ("equivariance", "ifid")),
@@ -256,7 +256,7 @@ def test_tokenizer_and_model_metric_defaults_equal_the_schema(schema):
 
 def test_a_validated_config_resolves_like_the_commands(schema):
     """The whole path: what validation writes for the network-metric sections is what the commands use."""
-    from diffusability.metrics.model_commands import MODEL_DEFAULTS, TOKENIZER_DEFAULTS
+    from diffusability.latent_metrics.network_commands import MODEL_DEFAULTS, TOKENIZER_DEFAULTS
 
     config = minimal_config()
     tokenizer = cfg.tokenizer_metrics_spec(config)

@@ -126,7 +126,7 @@ def tokenizer_metrics(root, out, spec):
 
 def test_equivariance_rows_match_a_per_image_loop(tokenizer_stage, tmp_path, monkeypatch):
     from diffusability.imaging import to_model_input
-    from diffusability.metrics import model_commands
+    from diffusability.latent_metrics import network_commands as model_commands
 
     root, model, _, images = tokenizer_stage
     monkeypatch.setattr(model_commands, "EQUIVARIANCE_CHUNK", 5)   # 12 images: chunks of 5, 5, 2
@@ -304,7 +304,7 @@ def test_switching_network_metrics_on_leaves_the_latent_metrics_spec_alone(repo)
     assert spec["equivariance"] == {"rotations": [1, 2, 3], "scales": [0.5, 0.75], "max_images": None}
     assert cfg.model_metrics_spec(switched)["fisher"]["s_points"] == 32
     # the schema's defaults are the commands' defaults
-    from diffusability.metrics.model_commands import MODEL_DEFAULTS, TOKENIZER_DEFAULTS
+    from diffusability.latent_metrics.network_commands import MODEL_DEFAULTS, TOKENIZER_DEFAULTS
 
     assert spec["batch_size"] == TOKENIZER_DEFAULTS["batch_size"]
     assert spec["equivariance"] == TOKENIZER_DEFAULTS["equivariance"]

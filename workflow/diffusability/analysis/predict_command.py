@@ -170,7 +170,7 @@ def new_proxies(inputs: tuple, path: str, proxies: list[str], study_metrics, nor
                 device: str) -> dict[str, float]:
     """The proxies of the new latents, computed with the study's parameters; {proxy: value}.
 
-    ``inputs``: (latents, labels, masks) of :func:`~diffusability.metrics.commands.read_latent_inputs`.
+    ``inputs``: (latents, labels, masks) of :func:`~diffusability.latent_metrics.inputs.read_latent_inputs`.
     A recorded-parameter difference (e.g. lnc pooled over all tokens because LATENTS has no masks, where
     the study pooled the foreground) is a DiffusabilityError naming LATENTS: the values would not be comparable.
     """
@@ -235,7 +235,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from ..errors import require
     from ..io import load_arrays, provenance, write_parquet
-    from ..metrics.commands import read_latent_inputs
+    from ..latent_metrics.inputs import read_latent_inputs
     from . import predict
 
     t = _read(args.study)

@@ -103,7 +103,7 @@ def seeded_subset(count: int, limit, *names) -> "torch.Tensor":
 def _row(metric: str, value: float, n: int, params: dict, seconds: float) -> dict:
     from ..progress import log
     from ..rows import result_row
-    from .registry import metric_direction
+    from ..metrics.registry import metric_direction
 
     log.debug("%s took %.2f s", metric, seconds)
     return result_row(metric, value, metric_direction(metric), params, n)
@@ -136,7 +136,7 @@ def equivariance_rows(model, images, mean, std, params: dict, batch_size: int, d
 
     from ..imaging import to_model_input
     from ..progress import log
-    from .equivariance import affine_equivariance
+    from ..metrics.equivariance import affine_equivariance
 
     started = time.perf_counter()
     index = seeded_subset(images.shape[0], params["max_images"], "equivariance-images", seed)
@@ -191,7 +191,7 @@ def ifid_row(model, feature_net, images, val_latents, pool_latents, params: dict
              device) -> dict:
     """The iFID row: slerp of val latents to a cosine neighbour of the pool, decoded, vs the real images."""
     from ..imaging import to_model_input, to_uint8
-    from .continuity import interpolated_fd
+    from ..metrics.continuity import interpolated_fd
 
     started = time.perf_counter()
     seed = params["seed"]
@@ -224,7 +224,7 @@ def pooled_images(images, grid: tuple[int, int]) -> "torch.Tensor":
 
     from ..data.splits import iterate_batches
     from ..imaging import to_model_input
-    from .fisher_geometry import pool_to_grid
+    from ..metrics.fisher_geometry import pool_to_grid
 
     return torch.cat([pool_to_grid(to_model_input(np.asarray(images[rows])), grid)
                       for rows in iterate_batches(images.shape[0], EQUIVARIANCE_CHUNK)])
@@ -232,7 +232,7 @@ def pooled_images(images, grid: tuple[int, int]) -> "torch.Tensor":
 
 def fisher_alignment_rows(pooled, latents, labels, params: dict, device) -> list[dict]:
     """fi_gap / fir_gap (and, with ``curves``, the four curves) of block-averaged images vs normalised latents."""
-    from .fisher_geometry import fisher_alignment
+    from ..metrics.fisher_geometry import fisher_alignment
 
     started = time.perf_counter()
     result = fisher_alignment(pooled.to(device), latents.to(device), labels.to(device),
@@ -263,7 +263,7 @@ def fisher_penalty_rows(model, images, pooled, mean, std, params: dict, batch_si
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from ..imaging import to_model_input
-    from .fisher_geometry import encoder_penalties, nearest_neighbours, summarise_penalties
+    from ..metrics.fisher_geometry import encoder_penalties, nearest_neighbours, summarise_penalties
 
     started = time.perf_counter()
     k = int(params["neighbors"])
@@ -359,12 +359,12 @@ def run_model_metrics(args) -> int:
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from ..diffusion.commands import load_normalised_latents
+    from ..latents.normalised import load_normalised_latents
     from ..diffusion.train import load_diffusion_model
     from ..devices import resolve_device
     from ..progress import log
     from ..seeding import torch_generator
-    from .fisher import fisher_scalars, log_s_grid, model_fisher
+    from ..metrics.fisher import fisher_scalars, log_s_grid, model_fisher
 
     spec = resolve_spec(args.spec, MODEL_DEFAULTS, "model-metrics --spec", ("fisher",))
     params = spec["fisher"]

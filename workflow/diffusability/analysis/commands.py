@@ -1,10 +1,9 @@
-"""Commands of the analysis stage: aggregate, correlate, figures, summarize, trajectory-metrics."""
+"""Commands of the analysis stage: aggregate, correlate, figures, summarize."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import time
 from pathlib import Path
 
 from ..workflow import layout
@@ -53,13 +52,6 @@ def register(subparsers) -> None:
     p.add_argument("--spec", type=json_spec, default={})
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=run_summarize)
-
-    p = subparsers.add_parser("trajectory-metrics",
-                              help="local straightness, global efficiency, per-segment length ratio")
-    p.add_argument("--trajectories", type=Path, required=True,
-                   help=".safetensors with `trajectory` (K+1, N, C, H, W) and `times` (K+1,)")
-    p.add_argument("--out", type=Path, required=True)
-    p.set_defaults(func=run_trajectory_metrics)
 
 
 def _tables(directory: Path, names) -> dict:
@@ -189,31 +181,3 @@ def run_summarize(args: argparse.Namespace) -> None:
     text = summarize(t, args.spec.get("target", "fd"), parquet_metadata(args.tables / "generation.parquet"))
     with atomic_path(args.out) as tmp:
         tmp.write_text(text + "\n")
-
-
-def run_trajectory_metrics(args: argparse.Namespace) -> None:
-    import json
-
-    import pandas as pd
-
-    from ..io import load_tensors, write_parquet, provenance
-    from ..metrics.trajectory import trajectory_metrics
-
-    start = time.perf_counter()
-    data = load_tensors(args.trajectories, ["trajectory", "times"])
-    result = trajectory_metrics(data["trajectory"], data["times"])
-    n = int(data["trajectory"].shape[1])
-    seconds = time.perf_counter() - start
-    rows = [
-        {"metric": "local_straightness", "value": float(result["local_straightness"].double().mean()),
-         "direction": "higher", "params": "{}", "n": n, "seconds": seconds},
-        {"metric": "global_efficiency", "value": float(result["global_efficiency"].double().mean()),
-         "direction": "higher", "params": "{}", "n": n, "seconds": seconds},
-    ]
-    times = data["times"].double()
-    ratio = result["length_ratio"].double().mean(dim=0)
-    for k, value in enumerate(ratio.tolist()):
-        rows.append({"metric": "length_ratio", "value": value, "direction": "",
-                     "params": json.dumps({"segment": k + 1, "t_start": float(times[k]), "t_end": float(times[k + 1])}),
-                     "n": n, "seconds": seconds})
-    write_parquet(pd.DataFrame(rows), args.out, provenance())

@@ -1,11 +1,12 @@
-"""Commands of the evaluation stage: ``generation-metrics``, ``reference-stats``.
+"""Commands of the evaluation stage: ``generation-metrics``, ``reference-stats``, ``trajectory-metrics``.
 
 ``generation-metrics`` has two feature networks: a domain network directory (the embedded default,
 no downloaded weights) or ``inception`` — the FID Inception-v3 of the ADM evaluator, whose rows are
 ``fd`` (gFID on pool3), ``sfid``, ``is`` (only when the weights include the softmax layer; otherwise
 the row is left out and the params say why), ``precision`` and ``recall``. The reference is either
 images (``--reference``) or cached statistics (``--reference-stats``: a ``reference-stats`` output or
-ADM's ``VIRTUAL_imagenet256_labeled.npz``).
+ADM's ``VIRTUAL_imagenet256_labeled.npz``). ``trajectory-metrics`` measures the transport efficiency
+of a sample set's recorded trajectories (:func:`diffusability.metrics.trajectory.trajectory_metrics`).
 
 File formats follow CONTRIBUTING.md: image splits are ``.safetensors`` with ``images`` uint8
 (N, H, W, 3) and ``labels``; samples are ADM-layout ``.npz`` (``arr_0``, ``labels``); result
@@ -17,7 +18,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..data.splits import load_images
 from ..devices import resolve_device
 
 
@@ -71,6 +71,13 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="statistics (.npz: mu, sigma[, mu_s, sigma_s, features], n)")
     parser.set_defaults(func=run_reference_stats)
 
+    parser = subparsers.add_parser("trajectory-metrics",
+                                   help="local straightness, global efficiency, per-segment length ratio")
+    parser.add_argument("--trajectories", type=Path, required=True,
+                        help=".safetensors with `trajectory` (K+1, N, C, H, W) and `times` (K+1,)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.set_defaults(func=run_trajectory_metrics)
+
 
 def read_reference_statistics(path) -> dict:
     """mu, sigma and, when present, mu_s, sigma_s, features, n, image_size of a statistics .npz.
@@ -119,6 +126,7 @@ def run_generation_metrics(args) -> None:
 
 
 def _domain_generation_rows(args, spec, start):
+    from ..data.splits import load_images
     import numpy as np
 
     from ..errors import require
@@ -154,6 +162,7 @@ def _domain_generation_rows(args, spec, start):
 
 def _inception_generation_rows(args, spec, start):
     """The ADM suite on the FID Inception: fd (gFID), sfid, is (if the softmax layer is loaded), P/R."""
+    from ..data.splits import load_images
     from ..progress import log
     from .frechet import feature_statistics
     from .generation import IS_UNAVAILABLE, extract_inception_outputs, inception_generation_rows, inception_has_softmax
@@ -205,6 +214,7 @@ def _write_rows(rows, args, spec, feature_net: str) -> None:
 
 
 def run_reference_stats(args) -> None:
+    from ..data.splits import load_images
     import numpy as np
     import torch
 
@@ -248,3 +258,32 @@ def run_reference_stats(args) -> None:
     if args.keep_features:
         arrays["features"] = features.astype(np.float32)
     save_npz(args.out, **arrays)
+
+
+def run_trajectory_metrics(args) -> None:
+    """Transport-efficiency rows of a sample set's recorded trajectories (docs/metrics.md §10)."""
+    import json
+
+    import pandas as pd
+
+    from ..io import load_tensors, write_parquet, provenance
+    from ..metrics.trajectory import trajectory_metrics
+
+    start = time.perf_counter()
+    data = load_tensors(args.trajectories, ["trajectory", "times"])
+    result = trajectory_metrics(data["trajectory"], data["times"])
+    n = int(data["trajectory"].shape[1])
+    seconds = time.perf_counter() - start
+    rows = [
+        {"metric": "local_straightness", "value": float(result["local_straightness"].double().mean()),
+         "direction": "higher", "params": "{}", "n": n, "seconds": seconds},
+        {"metric": "global_efficiency", "value": float(result["global_efficiency"].double().mean()),
+         "direction": "higher", "params": "{}", "n": n, "seconds": seconds},
+    ]
+    times = data["times"].double()
+    ratio = result["length_ratio"].double().mean(dim=0)
+    for k, value in enumerate(ratio.tolist()):
+        rows.append({"metric": "length_ratio", "value": value, "direction": "",
+                     "params": json.dumps({"segment": k + 1, "t_start": float(times[k]), "t_end": float(times[k + 1])}),
+                     "n": n, "seconds": seconds})
+    write_parquet(pd.DataFrame(rows), args.out, provenance())

@@ -30,6 +30,7 @@ include: "workflow/rules/latent_metrics.smk"
 include: "workflow/rules/diffusion.smk"
 include: "workflow/rules/sampling.smk"
 include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/representation.smk"
 include: "workflow/rules/analysis.smk"
 
 

@@ -19,7 +19,7 @@ from diffusability.analysis import tables
 from diffusability.workflow import layout
 from diffusability.cli import main
 from diffusability.errors import DiffusabilityError
-from diffusability.evaluation.representation import (FDR6_SPACES, MODEL_SPACES, SPACES,
+from diffusability.representation.spaces import (FDR6_SPACES, MODEL_SPACES, SPACES,
                                                       extract_representation_features, load_representation_model,
                                                       representation_fds, representation_rows, resample_position_grid)
 from diffusability.io import load_arrays, provenance, read_parquet, save_npz, write_parquet

@@ -94,7 +94,3 @@ rule trajectory_metrics:
     shell:
         "OMP_NUM_THREADS={threads} {DIFFUSABILITY} trajectory-metrics --trajectories {input.trajectories:q} "
         "--out {output:q} > {log:q} 2>&1"
-
-
-# FDr in representation spaces (generation.representations; no jobs when unset).
-include: "representation.smk"

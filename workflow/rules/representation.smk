@@ -1,7 +1,7 @@
 # FDr (generation.representations, unset by default): reference statistics per representation space,
 # cached once from the reference images of `reference_stats`, and the rows fd_<space> / fdr_<space> /
 # fdr6 of every sample set, which the aggregate reads with its generation rows. The Inception space
-# is the sample set's gFID row (generation.feature_network: inception). Included by evaluation.smk.
+# is the sample set's gFID row (generation.feature_network: inception). Code: diffusability/representation/.
 
 try:
     REPRESENTATIONS = cfg.representation_models(config)

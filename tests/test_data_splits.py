@@ -153,7 +153,7 @@ def trained_tokenizer(root, paths):
 def test_reconstruction_rfid_rows_use_the_fid_inception(stores, tmp_path):
     """--inception-weights adds rfid rows: the Fréchet distance of Inception pool3 features of the originals
     and of the posterior-mean reconstructions (recomputed here through the generation-metrics path)."""
-    from diffusability.evaluation import feature_statistics, frechet_distance
+    from diffusability.metrics.frechet import feature_statistics, frechet_distance
     from diffusability.evaluation.generation import extract_inception_outputs
     from diffusability.evaluation.inception import FIDInceptionV3
     from diffusability.tokenizers import load_tokenizer

@@ -238,7 +238,7 @@ def test_fdr6_needs_all_six_spaces_and_the_params_say_which_were_used():
 
 def test_fd_of_a_set_with_itself_is_zero(model_folders):
     extractor = load_representation_model("siglip", model_folders["siglip"])
-    from diffusability.evaluation.frechet import feature_statistics
+    from diffusability.metrics.frechet import feature_statistics
 
     stats = feature_statistics(extract_representation_features(extractor, random_images(8, 32, seed=6)))
     result = representation_fds({"siglip": stats}, {"siglip": stats})

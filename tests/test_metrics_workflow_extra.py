@@ -176,7 +176,7 @@ def test_equivariance_subset_and_unusable_scales(tokenizer_stage, tmp_path):
 
 
 def _fd_of_decodes(model, net, images, latents):
-    from diffusability.evaluation import feature_statistics, frechet_distance
+    from diffusability.metrics.frechet import feature_statistics, frechet_distance
     from diffusability.imaging import to_model_input, to_uint8
 
     with torch.no_grad():

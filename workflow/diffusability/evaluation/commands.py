@@ -132,7 +132,7 @@ def _domain_generation_rows(args, spec, start):
     from ..errors import require
     from ..io import load_arrays
     from ..teacher.domain_net import load_domain_classifier
-    from .frechet import feature_statistics
+    from ..metrics.frechet import feature_statistics
     from .generation import extract_features_and_logits, generation_rows
 
     samples, labels = load_images(args.samples, keys=("arr_0",))
@@ -164,7 +164,7 @@ def _inception_generation_rows(args, spec, start):
     """The ADM suite on the FID Inception: fd (gFID), sfid, is (if the softmax layer is loaded), P/R."""
     from ..data.splits import load_images
     from ..progress import log
-    from .frechet import feature_statistics
+    from ..metrics.frechet import feature_statistics
     from .generation import IS_UNAVAILABLE, extract_inception_outputs, inception_generation_rows, inception_has_softmax
 
     net = load_inception(args)
@@ -220,7 +220,7 @@ def run_reference_stats(args) -> None:
 
     from ..errors import require
     from ..io import save_npz
-    from .frechet import feature_statistics
+    from ..metrics.frechet import feature_statistics
     from .generation import extract_features_and_logits
 
     require(args.batch_size >= 1, f"--batch-size {args.batch_size}: expected an integer >= 1")

@@ -23,7 +23,7 @@ from ..data.splits import check_uint8_images
 from ..errors import reject_unknown_keys, require
 from ..progress import log
 from ..rows import result_row
-from .frechet import feature_statistics, frechet_distance
+from ..metrics.frechet import feature_statistics, frechet_distance
 from .inception_scoring import inception_score
 
 

@@ -2,7 +2,8 @@
 
 Modules: ``viv`` (velocity irreducible variance), ``semantic`` (LNC, linear probe), ``spatial``
 (LDS, CDS, SRSS, RMSC), ``spectral`` (SEC), ``uniformity`` (t-SNE density), ``equivariance``,
-``continuity`` (iFID), ``fisher``, ``trajectory``, ``normalization``; ``registry`` maps metric
+``continuity`` (iFID), ``fisher``, ``trajectory``, ``normalization``, ``frechet`` (the Fréchet distance
+of feature statistics, shared by FD, rFD, iFID and FDr); ``registry`` maps metric
 names to functions and ``compute_metrics`` returns tidy rows. The commands that read files and build
 networks are the latent-metrics stage's (:mod:`diffusability.latent_metrics`).
 
@@ -28,6 +29,7 @@ _EXPORTS = {
     "interpolated_latents": "continuity", "interpolated_fd": "continuity",
     "class_conditional_viv": "viv", "irreducible_variance": "viv",
     "trajectory_metrics": "trajectory",
+    "feature_statistics": "frechet", "frechet_distance": "frechet",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -112,7 +112,7 @@ def reconstruction_metrics(model, images, feature_net, batch_size: int, extracto
     import torch
 
     from ..data.splits import iterate_batches
-    from ..evaluation import feature_statistics, frechet_distance
+    from ..metrics.frechet import feature_statistics, frechet_distance
     from .quality import mean_psnr, psnr_uint8, ssim
     from ..progress import progress
 

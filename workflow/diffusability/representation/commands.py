@@ -98,7 +98,7 @@ def run_representation_stats(args) -> None:
     from ..io import save_npz
     from ..devices import resolve_device
     from ..data.splits import load_images
-    from ..evaluation.frechet import feature_statistics
+    from ..metrics.frechet import feature_statistics
     from .spaces import extract_representation_features, load_representation_model, space
 
     require(args.batch_size >= 1, f"--batch-size {args.batch_size}: expected an integer >= 1")
@@ -121,7 +121,7 @@ def run_representation_metrics(args) -> None:
     from ..progress import log
     from ..devices import resolve_device
     from ..data.splits import load_images
-    from ..evaluation.frechet import feature_statistics
+    from ..metrics.frechet import feature_statistics
     from .spaces import (extract_representation_features, load_representation_model,
                                  representation_fds, representation_rows)
 

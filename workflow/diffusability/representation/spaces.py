@@ -19,7 +19,7 @@ models from local ``save_pretrained`` folders here):
 - the feature: ConvNeXt-V2 the global average of the last stage (before the head's LayerNorm,
   timm's ``forward_features``), DINOv2/MAE/CLIP the CLS token after the final norm, SigLIP the
   attention-pool (MAP) head output;
-- statistics in float64 with the N − 1 covariance (:func:`~diffusability.evaluation.frechet.feature_statistics`).
+- statistics in float64 with the N − 1 covariance (:func:`~diffusability.metrics.frechet.feature_statistics`).
 
 The sizes are those the validation constants were measured at (``compute_valfd.py``): ConvNeXt,
 MAE and SigLIP at 224, DINOv2 and CLIP at 256 (not DINOv2's pretraining 518). The Inception space is
@@ -285,7 +285,7 @@ def representation_fds(stats_gen: dict, stats_ref: dict, raw_fds: dict | None = 
     """
     import numpy as np  # numpy and the Fréchet module on first use: every command imports this module
 
-    from ..evaluation.frechet import frechet_distance
+    from ..metrics.frechet import frechet_distance
 
     require(set(stats_gen) == set(stats_ref),
             f"representation statistics: samples have spaces {sorted(stats_gen)}, the reference {sorted(stats_ref)}")

@@ -35,7 +35,7 @@ def run_train_diffusion(args: argparse.Namespace) -> int:
     spec = DiffusionSpec.from_dict(args.spec, source="--spec")
     require(spec.num_classes is not None, "--spec: num_classes is required (the number of class labels)")
     if args.import_from is not None:
-        from ..importing import import_diffusion
+        from .importing import import_diffusion
 
         found = import_diffusion(args.import_from, args.out, args.latents, spec.num_classes)
         log.info("imported %s (%d channels, grid %d) from %s", found["spec"]["name"], found["in_channels"],

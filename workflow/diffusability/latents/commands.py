@@ -4,7 +4,7 @@
   latent grid, per-channel mean / unbiased std of the train latents (CONTRIBUTING.md "latents");
   the encoding itself is :mod:`diffusability.latents.encode`.
 - ``import-latents``: check a latent directory encoded elsewhere against the study's tokenizer and
-  copy it in (what is checked is documented in :mod:`diffusability.importing`); trained diffusion
+  copy it in (what is checked is documented in :mod:`diffusability.latents.importing`); trained diffusion
   models come in through ``train-diffusion --import-from``.
 """
 
@@ -92,7 +92,7 @@ def run_encode(args: argparse.Namespace) -> int:
 
 def run_import_latents(args: argparse.Namespace) -> int:
     """Check the latents of ``--source`` against ``--tokenizer`` and copy them to ``--out``."""
-    from ..importing import import_latents
+    from .importing import import_latents
     from ..progress import log
 
     found = import_latents(args.source, args.out, args.tokenizer, int(args.spec["image_size"]),

@@ -10,14 +10,6 @@
 IMAGENET = config["data"]["source"] == "imagenet"
 
 
-def imagenet_manifest_file(split):
-    return f"results/data/imagenet/{split}.manifest.parquet"
-
-
-def imagenet_shards_index(split):
-    return layout.imagenet_shards_index(split)
-
-
 def imagenet_folder(split):
     """Quoted image root of a split, and the train folder whose sorted wnids define the labels."""
     spec = cfg.imagenet_spec(config)
@@ -36,14 +28,14 @@ def imagenet_cache_arg(wildcards):
 
 rule imagenet_manifest:
     output:
-        imagenet_manifest_file("{split}"),
+        layout.imagenet_manifest("{split}"),
     params:
         code=code_identity("imagenet-manifest"),
         root=lambda wc: imagenet_folder(wc.split)["root"],
         train=lambda wc: imagenet_folder(wc.split)["train"],
         cache=imagenet_cache_arg,
     log:
-        "logs/imagenet_manifest/{split}.log",
+        layout.log_file("imagenet_manifest", "{split}"),
     threads: imagenet_workers
     shell:
         "{DIFFUSABILITY} imagenet-manifest --image-root {params.root:q} --train-dir {params.train:q} "
@@ -52,15 +44,15 @@ rule imagenet_manifest:
 
 rule imagenet_shards:
     input:
-        imagenet_manifest_file("{split}"),
+        layout.imagenet_manifest("{split}"),
     output:
-        imagenet_shards_index("{split}"),
+        layout.imagenet_shards_index("{split}"),
     params:
         code=code_identity("imagenet-shards"),
         spec=lambda wc: as_arg(cfg.shards_spec(config, wc.split)),
         out=lambda wc, output: str(Path(output[0]).parent),
     log:
-        "logs/imagenet_shards/{split}.log",
+        layout.log_file("imagenet_shards", "{split}"),
     threads: imagenet_workers
     shell:
         "{DIFFUSABILITY} imagenet-shards --manifest {input} --out-dir {params.out:q} --spec {params.spec} > {log:q} 2>&1"
@@ -68,12 +60,12 @@ rule imagenet_shards:
 
 rule imagenet_shards_all:
     input:
-        [imagenet_shards_index(split) for split in ("train", "val")],
+        [layout.imagenet_shards_index(split) for split in ("train", "val")],
 
 
 rule prepare_data:
     input:
-        manifests=[imagenet_manifest_file(split) for split in ("train", "val")] if IMAGENET else [],
+        manifests=[layout.imagenet_manifest(split) for split in ("train", "val")] if IMAGENET else [],
     output:
         train=layout.data_split("train"),
         val=layout.data_split("val"),
@@ -82,7 +74,7 @@ rule prepare_data:
         code=code_identity("prepare-data"),
         spec=as_arg(cfg.prepare_data_spec(config)),
     log:
-        "logs/prepare_data.log",
+        layout.log_file("prepare_data"),
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {DIFFUSABILITY} prepare-data --spec {params.spec} "

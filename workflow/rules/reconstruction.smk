@@ -23,7 +23,7 @@ rule reconstruction:
         tokenizer=lambda wc, input: str(Path(input.model).parent),
         teacher=lambda wc, input: str(Path(input.teacher).parent),
     log:
-        "logs/reconstruction/{tok}.log",
+        layout.log_file("reconstruction", "{tok}"),
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {DIFFUSABILITY} reconstruction --tokenizer {params.tokenizer:q} "

@@ -15,7 +15,7 @@ rule train_teacher:
         spec=as_arg(cfg.teacher_spec(config)),
         out=lambda wc, output: str(Path(output.model).parent),
     log:
-        "logs/train_teacher.log",
+        layout.log_file("train_teacher"),
     threads: 2  # alone on the critical path: every tokenizer waits for it
     shell:
         "OMP_NUM_THREADS={threads} {DIFFUSABILITY} train-teacher --spec {params.spec} "

@@ -25,7 +25,7 @@ rule train_tokenizer:
         # the chain (a parameter computed from the inputs is not a rerun trigger).
         teacher=lambda wc: cfg.tokenizer_teacher(config, wc.tok) or str(Path(layout.teacher_file()).parent),
     log:
-        "logs/train_tokenizer/{tok}.log",
+        layout.log_file("train_tokenizer", "{tok}"),
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {PYTHON} {params.launch} train-tokenizer --spec {params.spec} "
@@ -44,7 +44,7 @@ rule import_tokenizer:
         spec=lambda wc: as_arg(cfg.tokenizer_import_spec(config, wc.tok)),
         out=lambda wc, output: str(Path(output.model).parent),
     log:
-        "logs/import_tokenizer/{tok}.log",
+        layout.log_file("import_tokenizer", "{tok}"),
     shell:
         "{DIFFUSABILITY} import-tokenizer --source {params.source} --spec {params.spec} "
         "--out {params.out:q} > {log:q} 2>&1"

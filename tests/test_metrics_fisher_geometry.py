@@ -419,7 +419,7 @@ def test_command_rows_equal_the_module_on_the_same_inputs(tokenizer_stage, tmp_p
     record = json.loads(scalars.loc["fi_gap", "params"])
     assert record["data_grid"] == [8, 8] and (record["data_dim"], record["latent_dim"]) == (192, 192)
 
-    from diffusability.latent_metrics.network_commands import seeded_subset
+    from diffusability.seeding import seeded_subset
 
     anchors = seeded_subset(14, 6, "fisher-geometry-anchors", 0)
     flat = pooled.flatten(1).double()

@@ -126,10 +126,10 @@ def tokenizer_metrics(root, out, spec):
 
 def test_equivariance_rows_match_a_per_image_loop(tokenizer_stage, tmp_path, monkeypatch):
     from diffusability.imaging import to_model_input
-    from diffusability.latent_metrics import network_commands as model_commands
+    from diffusability.latent_metrics import tokenizer_rows
 
     root, model, _, images = tokenizer_stage
-    monkeypatch.setattr(model_commands, "EQUIVARIANCE_CHUNK", 5)   # 12 images: chunks of 5, 5, 2
+    monkeypatch.setattr(tokenizer_rows, "EQUIVARIANCE_CHUNK", 5)   # 12 images: chunks of 5, 5, 2
     out = tmp_path / "rows.parquet"
     assert tokenizer_metrics(root, out, {"enabled": ["equivariance"], "batch_size": 3}) == 0
     frame = rows(out)

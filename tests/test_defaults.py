@@ -180,7 +180,7 @@ def test_transformer_factories_and_config_defaults_follow_the_spec(family):
 def test_top_level_seed_default_is_every_specs_seed_default(schema):
     from diffusability.teacher.domain_net import DomainNetSpec
     from diffusability.latent_metrics.network_commands import MODEL_DEFAULTS, TOKENIZER_DEFAULTS
-    from diffusability.sampling.commands import SamplingSpec
+    from diffusability.sampling.spec import SamplingSpec
     from diffusability.latents.commands import ENCODE_DEFAULTS
     from diffusability.tokenizers.spec import TokenizerSpec
     from diffusability.diffusion.spec import DiffusionSpec
@@ -224,7 +224,7 @@ def test_encode_schema_defaults_equal_the_encode_defaults(schema):
 
 
 def test_sampling_schema_defaults_equal_the_sampling_spec(schema):
-    from diffusability.sampling.commands import SamplingSpec
+    from diffusability.sampling.spec import SamplingSpec
 
     sampling = schema["properties"]["sampling"]["properties"]
     assert disagreements(sampling, field_defaults(SamplingSpec()), skip=SAMPLING_WORKFLOW_ONLY) == []

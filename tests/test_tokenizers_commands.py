@@ -12,7 +12,7 @@ from diffusability.cli import main
 from diffusability.teacher.domain_net import DomainClassifier
 from diffusability.io import load_tensors, read_parquet, save_tensors, write_json
 from diffusability.tokenizers import load_tokenizer
-from diffusability.latent_statistics import channel_statistics
+from diffusability.latents.statistics import channel_statistics
 from diffusability.latents.encode import posterior_noise
 
 SPEC = dict(image_size=16, base_channels=8, channel_mult=[1, 2], num_res_blocks=1, latent_channels=3,

@@ -54,7 +54,7 @@ def run_encode(args: argparse.Namespace) -> int:
     from ..devices import resolve_device
     from ..io import file_sha256, memory_map_tensors, save_tensors
     from ..progress import log
-    from ..latent_statistics import channel_statistics
+    from .statistics import channel_statistics
     from ..tokenizers.factory import load_tokenizer
     from .encode import encode_split_to_file
 

@@ -54,7 +54,7 @@ def check_latents(source: str | Path, channels: int, side: int, n_classes: int,
     """
     import torch
 
-    from ..latent_statistics import channel_statistics
+    from .statistics import channel_statistics
 
     source = Path(source)
     require(source.is_dir(), f"{source}: latent directory not found")

@@ -126,9 +126,9 @@ def run_generation_metrics(args) -> None:
 
 
 def _domain_generation_rows(args, spec, start):
-    from ..data.splits import load_images
     import numpy as np
 
+    from ..data.splits import load_images
     from ..errors import require
     from ..io import load_arrays
     from ..teacher.domain_net import load_domain_classifier
@@ -163,8 +163,8 @@ def _domain_generation_rows(args, spec, start):
 def _inception_generation_rows(args, spec, start):
     """The ADM suite on the FID Inception: fd (gFID), sfid, is (if the softmax layer is loaded), P/R."""
     from ..data.splits import load_images
-    from ..progress import log
     from ..metrics.frechet import feature_statistics
+    from ..progress import log
     from .generation import IS_UNAVAILABLE, extract_inception_outputs, inception_generation_rows, inception_has_softmax
 
     net = load_inception(args)
@@ -214,10 +214,10 @@ def _write_rows(rows, args, spec, feature_net: str) -> None:
 
 
 def run_reference_stats(args) -> None:
-    from ..data.splits import load_images
     import numpy as np
     import torch
 
+    from ..data.splits import load_images
     from ..errors import require
     from ..io import save_npz
     from ..metrics.frechet import feature_statistics

@@ -5,8 +5,9 @@
 #   snakemake --cores all --configfile config/paper.yaml --profile cluster   # the full study
 #
 # The rules are thin (one `diffusability <command>` each); the logic lives in the package under
-# workflow/diffusability. Stage order: data → teacher → tokenizers → latents → metrics,
-# diffusion → samples → generation metrics → tables, correlations, figures, report.
+# workflow/diffusability. One stage = one rule file = one package (docs/architecture.md §2), included
+# in stage order: data → teacher → tokenizers → reconstruction, latents → latent metrics, diffusion →
+# sampling → evaluation, representation → analysis (tables, correlations, figures, report).
 
 from snakemake.utils import min_version
 
@@ -22,12 +23,15 @@ if not workflow.config_settings.configfiles:
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
-include: "workflow/rules/tokenizer.smk"
+include: "workflow/rules/teacher.smk"
+include: "workflow/rules/tokenizers.smk"
+include: "workflow/rules/reconstruction.smk"
 include: "workflow/rules/latents.smk"
-include: "workflow/rules/metrics.smk"
+include: "workflow/rules/latent_metrics.smk"
 include: "workflow/rules/diffusion.smk"
 include: "workflow/rules/sampling.smk"
 include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/representation.smk"
 include: "workflow/rules/analysis.smk"
 
 

@@ -27,7 +27,7 @@ import time
 import numpy as np
 import scipy.linalg
 
-from diffusability.evaluation import feature_statistics, frechet_distance
+from diffusability.metrics.frechet import feature_statistics, frechet_distance
 
 
 def adm_frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):

@@ -57,7 +57,7 @@ def bare_step_factory(spec, x: torch.Tensor):
 
 def measure(args: argparse.Namespace) -> dict[str, float]:
     """Seconds per step {regularizer: s} at ``args.precision`` (+ "bare" for fp32): the child's job."""
-    from diffusability.evaluation.domain_net import DomainClassifier
+    from diffusability.teacher.domain_net import DomainClassifier
     from diffusability.imaging import to_model_input
     from diffusability.tokenizers import TokenizerSpec
     from diffusability.tokenizers.distributed import BatchLayout

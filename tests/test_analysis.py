@@ -11,7 +11,8 @@ import pytest
 from scipy import stats
 
 from diffusability.analysis import correlations as corr
-from diffusability.analysis import layout, tables
+from diffusability.analysis import tables
+from diffusability.workflow import layout
 from diffusability.io import write_parquet
 
 TOKS = ["a", "b", "c", "d", "e", "f"]
@@ -50,11 +51,12 @@ def study(tmp_path, monkeypatch):
                   "downsample": 4, "architecture": "conv", "regularizer_params": {}} for tok in TOKS}
     t = {
         "tokenizers": tables.tokenizer_table(spec),
-        "metrics": tables.metrics_table([layout.latent_metric_rows(t) for t in TOKS]),
-        "reconstruction": tables.reconstruction_table([layout.reconstruction_rows(t) for t in TOKS]),
+        "metrics": tables.metrics_table(layout.keyed("metrics", [layout.latent_metric_rows(t) for t in TOKS])),
+        "reconstruction": tables.reconstruction_table(
+            layout.keyed("reconstruction", [layout.reconstruction_rows(t) for t in TOKS])),
         "generation": tables.generation_table(
-            [layout.generation_rows(t, "sit", c) for t in TOKS for c in ("1.00", "2.00")], [],
-            [layout.untrained_generation_rows(t, "sit") for t in TOKS]),
+            layout.keyed("generation", [layout.generation_rows(t, "sit", c) for t in TOKS for c in ("1.00", "2.00")]),
+            untrained=layout.keyed("untrained", [layout.untrained_generation_rows(t, "sit") for t in TOKS])),
     }
     return t, proxy, other, truth
 

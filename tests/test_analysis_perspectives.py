@@ -13,7 +13,8 @@ import pytest
 from scipy import stats
 
 from diffusability.analysis import correlations as corr
-from diffusability.analysis import guidance, layout
+from diffusability.analysis import guidance
+from diffusability.workflow import layout
 from diffusability.analysis import perspectives as persp
 from diffusability.io import read_parquet, write_parquet
 
@@ -255,7 +256,7 @@ def test_pairs_of_main_proxies_equal_least_squares():
     t = study()
     families = t["tokenizers"].set_index("tokenizer")["family"]
     proxies, table = correlate(t, bootstrap=0)
-    pairs = persp.perspective_pairs(proxies, t["generation"], families, persp.perspective_table(table))
+    pairs = corr.perspective_pairs(proxies, t["generation"], families, persp.perspective_table(table))
     pair = {"latent/lnc", "latent/viv_uniform"}
     row = pairs[(pairs["cfg_scale"] == 2.0) & pairs["proxy_1"].isin(pair) & pairs["proxy_2"].isin(pair)]
     assert len(row) == 1 and len(pairs[pairs["cfg_scale"] == 2.0]) == 3   # 3 of the study's perspectives: 3 pairs
@@ -377,7 +378,7 @@ def test_summary_reports_perspectives_guidance_pairs_and_seeds(tables, tmp_path)
 
 def test_analysis_schema_defaults_equal_the_command_defaults():
     from diffusability.analysis.commands import analysis_settings
-    from diffusability.config import load_schema
+    from diffusability.workflow.config import load_schema
 
     schema = load_schema()["properties"]["analysis"]["properties"]
     defaults = {key: value["default"] for key, value in schema.items()}

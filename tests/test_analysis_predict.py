@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from diffusability.analysis import layout
+from diffusability.workflow import layout
 from diffusability.analysis import predict as P
 from diffusability.cli import main
 from diffusability.io import read_parquet, save_npz, write_parquet
@@ -313,7 +313,7 @@ def test_new_proxies_refuse_a_different_protocol(tmp_path):
     """The study's lnc pooled foreground tokens; latents without masks would pool all tokens: an error."""
     import torch
 
-    from diffusability.analysis.predict_command import new_proxies
+    from diffusability.analysis.study_proxies import new_proxies
     from diffusability.errors import DiffusabilityError
     from diffusability.metrics.registry import compute_metrics
 

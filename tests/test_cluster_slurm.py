@@ -57,7 +57,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from diffusability.analysis import layout
+from diffusability.workflow import layout
 from diffusability.snakemake_output import job_counts
 
 PARTITION = "cpu-test"  # not the default partition: a job reaches it only through the profile's slurm_partition

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import yaml
 
-from diffusability.config import backbone_spec, tokenizer_spec, validate_config
+from diffusability.workflow.config import backbone_spec, tokenizer_spec, validate_config
 from diffusability.errors import DiffusabilityError
 
 

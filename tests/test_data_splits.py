@@ -19,7 +19,7 @@ from diffusability.cli import main
 from diffusability.data.shards import ConcatenatedArrays, write_array_shards
 from diffusability.data.splits import is_shard_index, open_image_split
 from diffusability.errors import DiffusabilityError
-from diffusability.evaluation.domain_net import DomainClassifier
+from diffusability.teacher.domain_net import DomainClassifier
 from diffusability.io import load_tensors, read_parquet, save_tensors, write_json
 
 TOKENIZER = dict(image_size=16, base_channels=8, channel_mult=[1, 2], num_res_blocks=1, latent_channels=3,
@@ -153,11 +153,11 @@ def trained_tokenizer(root, paths):
 def test_reconstruction_rfid_rows_use_the_fid_inception(stores, tmp_path):
     """--inception-weights adds rfid rows: the Fréchet distance of Inception pool3 features of the originals
     and of the posterior-mean reconstructions (recomputed here through the generation-metrics path)."""
-    from diffusability.evaluation import feature_statistics, frechet_distance
+    from diffusability.metrics.frechet import feature_statistics, frechet_distance
     from diffusability.evaluation.generation import extract_inception_outputs
     from diffusability.evaluation.inception import FIDInceptionV3
     from diffusability.tokenizers import load_tokenizer
-    from diffusability.tokenizers.commands import reconstruct
+    from diffusability.reconstruction.measure import reconstruct
 
     root, paths = stores
     torch.manual_seed(0)
@@ -185,7 +185,7 @@ def test_reconstruction_lpips_rows_average_the_per_image_distance(stores, tmp_pa
     """--lpips-weights adds lpips rows: the mean LPIPS-VGG distance of each image to its reconstruction."""
     from diffusability.imaging import to_model_input
     from diffusability.tokenizers import load_tokenizer
-    from diffusability.tokenizers.commands import reconstruct
+    from diffusability.reconstruction.measure import reconstruct
     from diffusability.tokenizers.lpips import LPIPSVGG, load_lpips_vgg
 
     root, paths = stores

@@ -12,8 +12,8 @@ import dataclasses
 
 import pytest
 
-from diffusability import config as cfg
-from diffusability.config import load_schema, validate_config
+from diffusability.workflow import config as cfg
+from diffusability.workflow.config import load_schema, validate_config
 
 #: a tokenizer entry's key that selects the import rule instead of training (never a training-spec key)
 TOKENIZER_IMPORT_ONLY = {"pretrained"}
@@ -178,10 +178,10 @@ def test_transformer_factories_and_config_defaults_follow_the_spec(family):
 # ----------------------------------------------------------------------------- the other specs
 
 def test_top_level_seed_default_is_every_specs_seed_default(schema):
-    from diffusability.evaluation.domain_net import DomainNetSpec
-    from diffusability.metrics.model_commands import MODEL_DEFAULTS, TOKENIZER_DEFAULTS
-    from diffusability.sampling.commands import SamplingSpec
-    from diffusability.tokenizers.commands import ENCODE_DEFAULTS
+    from diffusability.teacher.domain_net import DomainNetSpec
+    from diffusability.latent_metrics.network_commands import MODEL_DEFAULTS, TOKENIZER_DEFAULTS
+    from diffusability.sampling.spec import SamplingSpec
+    from diffusability.latents.commands import ENCODE_DEFAULTS
     from diffusability.tokenizers.spec import TokenizerSpec
     from diffusability.diffusion.spec import DiffusionSpec
 
@@ -207,14 +207,14 @@ def test_data_schema_defaults_equal_the_data_spec(schema):
 
 
 def test_teacher_schema_defaults_equal_the_domain_net_spec(schema):
-    from diffusability.evaluation.domain_net import DomainNetSpec
+    from diffusability.teacher.domain_net import DomainNetSpec
 
     teacher = schema["properties"]["teacher"]["properties"]
     assert disagreements(teacher, field_defaults(DomainNetSpec())) == []
 
 
 def test_encode_schema_defaults_equal_the_encode_defaults(schema):
-    from diffusability.tokenizers.commands import ENCODE_DEFAULTS
+    from diffusability.latents.commands import ENCODE_DEFAULTS
 
     encode = schema["properties"]["encode"]["properties"]
     assert disagreements(encode, ENCODE_DEFAULTS) == []
@@ -224,7 +224,7 @@ def test_encode_schema_defaults_equal_the_encode_defaults(schema):
 
 
 def test_sampling_schema_defaults_equal_the_sampling_spec(schema):
-    from diffusability.sampling.commands import SamplingSpec
+    from diffusability.sampling.spec import SamplingSpec
 
     sampling = schema["properties"]["sampling"]["properties"]
     assert disagreements(sampling, field_defaults(SamplingSpec()), skip=SAMPLING_WORKFLOW_ONLY) == []
@@ -232,7 +232,7 @@ def test_sampling_schema_defaults_equal_the_sampling_spec(schema):
 
 def test_generation_and_reconstruction_defaults_equal_the_schema(schema):
     from diffusability.evaluation.generation import GenerationSpec
-    from diffusability.tokenizers.commands import RECONSTRUCTION_DEFAULTS
+    from diffusability.reconstruction.commands import RECONSTRUCTION_DEFAULTS
 
     generation = schema["properties"]["generation"]["properties"]
     assert disagreements(generation, field_defaults(GenerationSpec())) == []
@@ -243,7 +243,7 @@ def test_generation_and_reconstruction_defaults_equal_the_schema(schema):
 
 
 def test_tokenizer_and_model_metric_defaults_equal_the_schema(schema):
-    from diffusability.metrics.model_commands import MODEL_DEFAULTS, TOKENIZER_DEFAULTS
+    from diffusability.latent_metrics.network_commands import MODEL_DEFAULTS, TOKENIZER_DEFAULTS
 
     metrics = schema["properties"]["metrics"]["properties"]
     for section, defaults, families in (("tokenizer", TOKENIZER_DEFAULTS, ("equivariance", "ifid")),
@@ -256,7 +256,7 @@ def test_tokenizer_and_model_metric_defaults_equal_the_schema(schema):
 
 def test_a_validated_config_resolves_like_the_commands(schema):
     """The whole path: what validation writes for the network-metric sections is what the commands use."""
-    from diffusability.metrics.model_commands import MODEL_DEFAULTS, TOKENIZER_DEFAULTS
+    from diffusability.latent_metrics.network_commands import MODEL_DEFAULTS, TOKENIZER_DEFAULTS
 
     config = minimal_config()
     tokenizer = cfg.tokenizer_metrics_spec(config)

@@ -9,7 +9,8 @@ import torch
 
 from diffusability.diffusion import commands as diffusion_commands
 from diffusability.diffusion import train as train_module
-from diffusability.diffusion.commands import load_normalised_latents
+from diffusability.latents import normalised
+from diffusability.latents.normalised import load_normalised_latents
 from diffusability.diffusion.spec import DiffusionSpec
 from diffusability.diffusion.train import flip_choices, global_batch_indices, train_diffusion
 from diffusability.errors import DiffusabilityError
@@ -182,7 +183,7 @@ def test_memory_mapped_latents_train_exactly_like_latents_in_memory(tmp_path):
 
     lazy, lazy_labels, extra = load_normalised_latents(tmp_path / "lat", flipped=True, lazy=True)
     eager, _, eager_extra = load_normalised_latents(tmp_path / "lat", flipped=True)
-    assert isinstance(lazy, diffusion_commands.NormalisedLatents) and lazy.shape == tuple(eager.shape)
+    assert isinstance(lazy, normalised.NormalisedLatents) and lazy.shape == tuple(eager.shape)
     assert torch.equal(lazy[:], eager) and torch.equal(extra["latents_flip"][[3, 0, 3]], eager_extra["latents_flip"][[3, 0, 3]])
 
     spec = dict(TINY, flip_augment=True)

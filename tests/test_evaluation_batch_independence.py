@@ -10,7 +10,7 @@ features differ by float32 round-off (about 1e-7 relative) and its metrics by le
 Reconstruction metrics (rFID, rFD, PSNR, SSIM): the tokenizer's float32 decoder is not bitwise independent of
 how many images share a call (3 of 24,576 uint8 values moved by one level between batch size 1 and 7 before
 the fix, moving rFID by 4e-5 relative), so the reconstruction step decodes in fixed blocks aligned to the
-image index (tokenizers/commands.py DECODE_BLOCK): the reconstructions are now identical bytes at every batch
+image index (reconstruction/measure.py DECODE_BLOCK): the reconstructions are now identical bytes at every batch
 size, and the metrics agree to REL_RECONSTRUCTION = 1e-6 (feature-extraction round-off only).
 
 What a batch-dependent evaluator gets wrong, and what catches it here: the last partial batch dropped (8 images
@@ -34,7 +34,7 @@ import torch
 
 from diffusability.cli import main
 from diffusability.data.shards import ConcatenatedArrays
-from diffusability.evaluation.domain_net import DomainClassifier
+from diffusability.teacher.domain_net import DomainClassifier
 from diffusability.evaluation.generation import extract_features_and_logits, extract_inception_outputs
 from diffusability.evaluation.inception import FIDInceptionV3
 from diffusability.io import load_arrays, read_parquet, save_npz, save_tensors, write_json
@@ -113,7 +113,7 @@ def test_every_image_once_in_order_no_padding(batch_size, sharded):
     np.testing.assert_allclose(logits, unit[:, :3], rtol=0, atol=1e-6)
     assert net.batches == expected_batches(8, batch_size)
 
-    from diffusability.tokenizers.commands import inception_features, original_features
+    from diffusability.reconstruction.measure import inception_features, original_features
 
     net = RecordingNet()
     originals = original_features({"rfid": inception_features(net)}, source, batch_size)["rfid"]
@@ -205,8 +205,8 @@ def test_rfid_does_not_depend_on_batch_size(inception_weights):
     1, 7, 64 over 8 images, to REL_RECONSTRUCTION; and the reconstructions themselves, which differ only
     where the decoder's round-off crosses a uint8 level (see the module docstring)."""
     from diffusability.evaluation.inception import load_fid_inception
-    from diffusability.tokenizers.commands import (domain_features, inception_features, reconstruct,
-                                                   reconstruction_metrics)
+    from diffusability.reconstruction.measure import (domain_features, inception_features, reconstruct,
+                                                      reconstruction_metrics)
     from diffusability.tokenizers.factory import initial_tokenizer
 
     torch.set_flush_denormal(True)

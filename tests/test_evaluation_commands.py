@@ -7,7 +7,8 @@ import pytest
 
 from diffusability.cli import main
 from diffusability.data.shapes import generate_shapes
-from diffusability.evaluation import feature_statistics, inception_score
+from diffusability.evaluation import inception_score
+from diffusability.metrics.frechet import feature_statistics
 from diffusability.evaluation.generation import generation_rows
 from diffusability.io import load_arrays, read_parquet, save_npz, save_tensors
 

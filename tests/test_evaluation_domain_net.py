@@ -8,7 +8,7 @@ import torch
 
 from diffusability.data.shapes import generate_shapes
 from diffusability.errors import DiffusabilityError
-from diffusability.evaluation.domain_net import (DomainClassifier, DomainNetSpec, classification_accuracy,
+from diffusability.teacher.domain_net import (DomainClassifier, DomainNetSpec, classification_accuracy,
                                                  load_domain_classifier, train_domain_classifier)
 from diffusability.io import read_parquet
 

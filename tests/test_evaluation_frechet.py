@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from diffusability.errors import DiffusabilityError
-from diffusability.evaluation import feature_statistics, frechet_distance
+from diffusability.metrics.frechet import feature_statistics, frechet_distance
 
 
 def adm_frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
@@ -162,7 +162,7 @@ def test_exactly_low_rank_covariances_to_round_off(f, r1, r2):
     """Σ = A Aᵀ with A (F×r): the truth is Σ √eig(Aᵀ Σ' A) with A the factor of lower rank (a regular r×r
     problem). The pivoted factor stops at the rank, so round-off eigenvalues (~ε·‖Σ‖, whose square roots cost
     clamped-eigh and sqrtm ~1e-8) never enter; whichever side is singular, FD(a, b) = FD(b, a)."""
-    from diffusability.evaluation.frechet import trace_sqrt_product
+    from diffusability.metrics.frechet import trace_sqrt_product
 
     rng = np.random.default_rng(9)
     a1, a2 = rng.standard_normal((f, r1)) / np.sqrt(r1), rng.standard_normal((f, r2)) / np.sqrt(r2)
@@ -180,7 +180,7 @@ def test_zero_covariances():
 
 
 def test_feature_statistics_in_blocks_matches_numpy_cov(monkeypatch):
-    from diffusability.evaluation import frechet
+    from diffusability.metrics import frechet
 
     monkeypatch.setattr(frechet, "STATISTICS_BLOCK_BYTES", 7 * 9 * 8)  # 7 rows: 50 rows in 8 blocks
     rng = np.random.default_rng(8)

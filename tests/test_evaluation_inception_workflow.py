@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from diffusability.cli import main
-from diffusability.evaluation import feature_statistics
+from diffusability.metrics.frechet import feature_statistics
 from diffusability.evaluation.generation import (IS_UNAVAILABLE, SFID_UNAVAILABLE, extract_inception_outputs,
                                                  inception_generation_rows, inception_has_softmax)
 from diffusability.evaluation.inception import FIDInceptionV3, load_fid_inception

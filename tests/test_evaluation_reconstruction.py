@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from diffusability.errors import DiffusabilityError
-from diffusability.evaluation.reconstruction import PSNR_CAP_DB, mean_psnr, psnr_uint8, ssim
+from diffusability.reconstruction.quality import PSNR_CAP_DB, mean_psnr, psnr_uint8, ssim
 
 
 def test_psnr_closed_form_and_identical_images():

@@ -14,11 +14,12 @@ import torch
 import transformers
 from PIL import Image
 
-from diffusability import config as cfg
-from diffusability.analysis import layout, tables
+from diffusability.workflow import config as cfg
+from diffusability.analysis import tables
+from diffusability.workflow import layout
 from diffusability.cli import main
 from diffusability.errors import DiffusabilityError
-from diffusability.evaluation.representation import (FDR6_SPACES, MODEL_SPACES, SPACES,
+from diffusability.representation.spaces import (FDR6_SPACES, MODEL_SPACES, SPACES,
                                                       extract_representation_features, load_representation_model,
                                                       representation_fds, representation_rows, resample_position_grid)
 from diffusability.io import load_arrays, provenance, read_parquet, save_npz, write_parquet
@@ -237,7 +238,7 @@ def test_fdr6_needs_all_six_spaces_and_the_params_say_which_were_used():
 
 def test_fd_of_a_set_with_itself_is_zero(model_folders):
     extractor = load_representation_model("siglip", model_folders["siglip"])
-    from diffusability.evaluation.frechet import feature_statistics
+    from diffusability.metrics.frechet import feature_statistics
 
     stats = feature_statistics(extract_representation_features(extractor, random_images(8, 32, seed=6)))
     result = representation_fds({"siglip": stats}, {"siglip": stats})
@@ -360,7 +361,7 @@ def test_aggregate_reads_representation_rows_with_the_generation_rows(tmp_path, 
     paths = [layout.generation_rows("tok", "bb", "1.50"), layout.representation_rows("tok", "bb", "1.50")]
     write_inception_rows(paths[0], fd=2.0)
     write_parquet(pd.DataFrame(rows), paths[1], provenance())
-    table = tables.generation_table(paths)
+    table = tables.generation_table(layout.keyed("generation", paths[:1]), layout.keyed("representation", paths[1:]))
     assert sorted(table["metric"]) == ["fd", "fd_mae", "fdr_mae", "sfid"]
     assert set(table["tokenizer"]) == {"tok"} and set(table["cfg_scale"]) == {1.5}
     assert layout.parse("representation", paths[1]) == ("tok", "bb", "1.50")

@@ -357,7 +357,7 @@ def test_summary_skips_invalid_anchors_and_refuses_none():
 @pytest.fixture(scope="module")
 def tokenizer_stage(tmp_path_factory):
     """A random f2 conv VAE (16 px → 3×8×8), a domain net, a labelled val split, its latents and stats."""
-    from diffusability.evaluation.domain_net import DomainClassifier
+    from diffusability.teacher.domain_net import DomainClassifier
     from diffusability.io import save_tensors, write_json
     from diffusability.tokenizers.factory import build_tokenizer
     from diffusability.tokenizers.spec import TokenizerSpec
@@ -419,7 +419,7 @@ def test_command_rows_equal_the_module_on_the_same_inputs(tokenizer_stage, tmp_p
     record = json.loads(scalars.loc["fi_gap", "params"])
     assert record["data_grid"] == [8, 8] and (record["data_dim"], record["latent_dim"]) == (192, 192)
 
-    from diffusability.metrics.model_commands import seeded_subset
+    from diffusability.seeding import seeded_subset
 
     anchors = seeded_subset(14, 6, "fisher-geometry-anchors", 0)
     flat = pooled.flatten(1).double()

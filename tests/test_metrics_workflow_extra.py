@@ -16,7 +16,7 @@ import torch
 
 from diffusability.cli import main
 from diffusability.diffusion.train import init_model, write_outputs
-from diffusability.evaluation.domain_net import DomainClassifier
+from diffusability.teacher.domain_net import DomainClassifier
 from diffusability.io import read_parquet, save_tensors, write_json
 from diffusability.tokenizers.factory import build_tokenizer
 from diffusability.tokenizers.spec import TokenizerSpec
@@ -126,10 +126,10 @@ def tokenizer_metrics(root, out, spec):
 
 def test_equivariance_rows_match_a_per_image_loop(tokenizer_stage, tmp_path, monkeypatch):
     from diffusability.imaging import to_model_input
-    from diffusability.metrics import model_commands
+    from diffusability.latent_metrics import tokenizer_rows
 
     root, model, _, images = tokenizer_stage
-    monkeypatch.setattr(model_commands, "EQUIVARIANCE_CHUNK", 5)   # 12 images: chunks of 5, 5, 2
+    monkeypatch.setattr(tokenizer_rows, "EQUIVARIANCE_CHUNK", 5)   # 12 images: chunks of 5, 5, 2
     out = tmp_path / "rows.parquet"
     assert tokenizer_metrics(root, out, {"enabled": ["equivariance"], "batch_size": 3}) == 0
     frame = rows(out)
@@ -176,7 +176,7 @@ def test_equivariance_subset_and_unusable_scales(tokenizer_stage, tmp_path):
 
 
 def _fd_of_decodes(model, net, images, latents):
-    from diffusability.evaluation import feature_statistics, frechet_distance
+    from diffusability.metrics.frechet import feature_statistics, frechet_distance
     from diffusability.imaging import to_model_input, to_uint8
 
     with torch.no_grad():
@@ -287,7 +287,7 @@ def test_switching_network_metrics_on_leaves_the_latent_metrics_spec_alone(repo)
 
     import yaml
 
-    from diffusability import config as cfg
+    from diffusability.workflow import config as cfg
 
     base = yaml.safe_load((repo / "config" / "smoke.yaml").read_text())
     base["metrics"].pop("tokenizer"), base["metrics"].pop("model")
@@ -304,7 +304,7 @@ def test_switching_network_metrics_on_leaves_the_latent_metrics_spec_alone(repo)
     assert spec["equivariance"] == {"rotations": [1, 2, 3], "scales": [0.5, 0.75], "max_images": None}
     assert cfg.model_metrics_spec(switched)["fisher"]["s_points"] == 32
     # the schema's defaults are the commands' defaults
-    from diffusability.metrics.model_commands import MODEL_DEFAULTS, TOKENIZER_DEFAULTS
+    from diffusability.latent_metrics.network_commands import MODEL_DEFAULTS, TOKENIZER_DEFAULTS
 
     assert spec["batch_size"] == TOKENIZER_DEFAULTS["batch_size"]
     assert spec["equivariance"] == TOKENIZER_DEFAULTS["equivariance"]
@@ -326,7 +326,7 @@ def test_aggregate_keys_model_rows_by_backbone_and_correlate_uses_each_backbones
     """Two backbones whose fd follows fi_model of its own backbone exactly (and anti-follows the other's)."""
     import pandas as pd
 
-    from diffusability.analysis import layout
+    from diffusability.workflow import layout
     from diffusability.io import write_parquet
 
     monkeypatch.chdir(tmp_path)

@@ -17,8 +17,8 @@ import re
 import pytest
 import yaml
 
-from diffusability import config as cfg
-from diffusability.analysis import layout
+from diffusability.workflow import config as cfg
+from diffusability.workflow import layout
 from diffusability.diffusion import transformer
 from diffusability.diffusion.spec import DiffusionSpec
 from diffusability.errors import DiffusabilityError

@@ -8,7 +8,7 @@ import csv
 import pytest
 import yaml
 
-from diffusability import config as cfg
+from diffusability.workflow import config as cfg
 from diffusability import plan
 from diffusability.cli import main
 from workflow_helpers import planned_jobs

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from diffusability.cli import main
-from diffusability.evaluation.domain_net import DomainClassifier
+from diffusability.teacher.domain_net import DomainClassifier
 from diffusability.io import load_tensors, read_parquet, save_tensors, write_json
 from diffusability.tokenizers import load_tokenizer
-from diffusability.tokenizers.commands import channel_statistics, posterior_noise
+from diffusability.latents.statistics import channel_statistics
+from diffusability.latents.encode import posterior_noise
 
 SPEC = dict(image_size=16, base_channels=8, channel_mult=[1, 2], num_res_blocks=1, latent_channels=3,
             batch_size=8, steps=4, checkpoint_every=2, lr=2e-3)
@@ -72,7 +73,7 @@ def test_encode_writes_latents_masks_and_channel_stats(stage):
 
 
 def test_encode_writes_mirrored_latents_on_request(stage):
-    from diffusability.tokenizers.commands import encode_images
+    from diffusability.latents.encode import encode_images
 
     args = ["encode", "--tokenizer", str(stage / "tok"), "--train", str(stage / "train.safetensors"),
             "--val", str(stage / "val.safetensors"), "--out", str(stage / "flip")]
@@ -128,14 +129,14 @@ def test_a_killed_encode_resumes_after_its_last_chunk_and_ends_with_the_same_fil
     continues from there when rerun (the done chunk is not encoded again) and its latent files are
     byte-identical to those of an uninterrupted run. A partial file of another spec is not resumed."""
     from diffusability.io import ResumableTensorFile
-    from diffusability.tokenizers import commands
+    from diffusability.latents import encode
 
     spec = json.dumps({"seed": 5, "batch_size": 3, "flip": True, "chunk": 8})  # train: [0, 8), [8, 16), [16, 20)
     args = ["encode", "--tokenizer", str(stage / "tok"), "--train", str(stage / "train.safetensors"),
             "--val", str(stage / "val.safetensors"), "--spec", spec, "--out"]
     assert main(args + [str(tmp_path / "straight")]) == 0
 
-    original, calls = commands.encode_images, []
+    original, calls = encode.encode_images, []
 
     def dies_on_the_second_chunk(*a, **kw):
         calls.append((kw["start"], kw["stop"]))
@@ -143,14 +144,14 @@ def test_a_killed_encode_resumes_after_its_last_chunk_and_ends_with_the_same_fil
             raise KeyboardInterrupt  # the job is killed mid-run
         return original(*a, **kw)
 
-    monkeypatch.setattr(commands, "encode_images", dies_on_the_second_chunk)
+    monkeypatch.setattr(encode, "encode_images", dies_on_the_second_chunk)
     with pytest.raises(KeyboardInterrupt):
         main(args + [str(tmp_path / "killed")])
     assert (tmp_path / "killed" / "train.safetensors.partial").is_file()
     assert not (tmp_path / "killed" / "train.safetensors").exists()
 
     calls.clear()
-    monkeypatch.setattr(commands, "encode_images", lambda *a, **kw: (calls.append((kw["start"], kw["stop"])),
+    monkeypatch.setattr(encode, "encode_images", lambda *a, **kw: (calls.append((kw["start"], kw["stop"])),
                                                                        original(*a, **kw))[1])
     assert main(args + [str(tmp_path / "killed")]) == 0
     assert calls[0] == (8, 16)  # the finished chunk [0, 8) was kept

@@ -252,8 +252,8 @@ def test_hinge_loss_closed_form_and_gan_switched_on_at_disc_start():
 @pytest.mark.slow
 def test_embedded_default_beats_its_untrained_self(tmp_path):
     from diffusability.data.shapes import generate_shapes
-    from diffusability.evaluation.reconstruction import mean_psnr, psnr_uint8
-    from diffusability.tokenizers.commands import reconstruct
+    from diffusability.reconstruction.quality import mean_psnr, psnr_uint8
+    from diffusability.reconstruction.measure import reconstruct
     from diffusability.tokenizers.factory import initial_tokenizer
 
     train = generate_shapes(1000, 32, seed=0)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from diffusability import config as cfg
+from diffusability.workflow import config as cfg
 from diffusability.errors import DiffusabilityError
 from workflow_helpers import expected_full_counts, planned_jobs, run_snakemake
 

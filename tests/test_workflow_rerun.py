@@ -40,7 +40,7 @@ def _same_weights(a, b) -> bool:
 
 def _straight_runs(work, config, tmp):
     """Tokenizer and diffusion trained from scratch, through the commands, on the study's current inputs."""
-    from diffusability import config as cfg
+    from diffusability.workflow import config as cfg
 
     validated = cfg.validate_config(copy.deepcopy(config))
     run = [sys.executable, "-m", "diffusability"]

@@ -1,7 +1,8 @@
 """``diffusability <command> …``: one subcommand per workflow rule, explicit file arguments.
 
-Each stage package owns a ``commands`` module with a ``register(subparsers)`` function; this
-file only collects them. Stage modules import torch lazily so ``--help`` stays fast.
+Each stage package owns a ``commands`` module with a ``register(subparsers)`` function;
+:data:`COMMAND_MODULES` is the one list of them. Command modules import torch lazily (inside the
+command functions) so ``--help`` stays fast.
 A :class:`~diffusability.errors.DiffusabilityError` ends the command with its message and
 exit status 2 instead of a traceback.
 """
@@ -9,43 +10,56 @@ exit status 2 instead of a traceback.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
+from . import plan
+from .analysis import commands as analysis_commands
+from .analysis import predict_command
+from .data import commands as data_commands
+from .diffusion import commands as diffusion_commands
 from .errors import DiffusabilityError
+from .evaluation import commands as evaluation_commands
+from .latent_metrics import commands as latent_metrics_commands
+from .latent_metrics import network_commands
+from .latents import commands as latents_commands
 from .progress import setup_logging
+from .reconstruction import commands as reconstruction_commands
+from .representation import commands as representation_commands
+from .sampling import commands as sampling_commands
+from .teacher import commands as teacher_commands
+from .tokenizers import commands as tokenizers_commands
 
+#: every module that registers subcommands, in stage order (its ``register(subparsers)`` adds them)
 COMMAND_MODULES = (
-    "diffusability.data.commands",
-    "diffusability.evaluation.commands",
-    "diffusability.evaluation.representation_commands",
-    "diffusability.tokenizers.commands",
-    "diffusability.diffusion.commands",
-    "diffusability.sampling.commands",
-    "diffusability.metrics.commands",
-    "diffusability.analysis.commands",
-    "diffusability.plan",
-    "diffusability.analysis.predict_command",
-    "diffusability.import_commands",
+    data_commands,
+    teacher_commands,
+    tokenizers_commands,
+    reconstruction_commands,
+    latents_commands,
+    latent_metrics_commands,
+    network_commands,
+    diffusion_commands,
+    sampling_commands,
+    evaluation_commands,
+    representation_commands,
+    analysis_commands,
+    predict_command,
+    plan,
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``diffusability`` parser with the subcommands of every module of :data:`COMMAND_MODULES`."""
     parser = argparse.ArgumentParser(prog="diffusability", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # a stage without commands yet
-                continue
-            raise
+    for module in COMMAND_MODULES:
         module.register(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``diffusability <command> …`` and return its exit status (2 on a :class:`DiffusabilityError`)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)

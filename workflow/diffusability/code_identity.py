@@ -146,7 +146,7 @@ def _parents(name: str) -> set[str]:
 def _closure(start: frozenset[str], without: frozenset[str] = frozenset()) -> frozenset[str]:
     """Modules reached from ``start``: each one's imports are followed. The packages above a module
     (whose ``__init__`` runs on import) count with their own code, but their imports are followed
-    only when the package itself is imported by name (``from ..evaluation import frechet_distance``):
+    only when the package itself is imported by name (``from ..evaluation import inception_score``):
     a package's other re-exports are not the code a submodule runs."""
     seen: set[str] = set()
     parents_only: set[str] = set()

@@ -207,7 +207,7 @@ def backbone_flop(config: dict, bb: str) -> float:
 
 def _latent_tokens(config: dict) -> int:
     # every tokenizer of a study has one latent grid (the diffusion models are compared on it)
-    from .config import downsample_factor
+    from .workflow.config import downsample_factor
 
     factors = {downsample_factor(entry) for entry in config["tokenizers"].values()}
     return (config["data"]["image_size"] // min(factors)) ** 2
@@ -381,7 +381,7 @@ def load_study(configfile: Path) -> dict:
     """The validated config of ``configfile`` alone (a --configfile study replaces the embedded default)."""
     import yaml
 
-    from .config import validate_config
+    from .workflow.config import validate_config
 
     if not configfile.is_file():
         raise DiffusabilityError(f"--configfile {configfile}: no such file")

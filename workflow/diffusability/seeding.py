@@ -31,3 +31,15 @@ def numpy_rng(*parts: object):
     import numpy as np
 
     return np.random.default_rng(derive_seed(*parts))
+
+
+def seeded_subset(count: int, limit, *names) -> "torch.Tensor":
+    """Sorted indices of a seeded random subset of ``limit`` of ``count`` items (all when limit is None)."""
+    import torch
+
+    from .errors import require
+
+    if limit is None or int(limit) >= count:
+        return torch.arange(count)
+    require(int(limit) >= 2, f"subset size {limit}: expected ≥ 2")
+    return torch.randperm(count, generator=torch_generator(*names))[:int(limit)].sort().values

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any, Mapping
 
 
 def json_spec(text: str) -> dict:
@@ -15,3 +16,13 @@ def json_spec(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("--spec must be a JSON object")
     return value
+
+
+def resolve_spec(spec: Mapping[str, Any] | None, defaults: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """``defaults`` updated with ``spec``; a key of ``spec`` that ``defaults`` lacks is an error naming ``what``."""
+    from .errors import require
+
+    spec = dict(spec or {})
+    unknown = sorted(set(spec) - set(defaults))
+    require(not unknown, f"{what} spec: unknown key(s) {unknown}; known keys are {sorted(defaults)}")
+    return {**defaults, **spec}

@@ -3,6 +3,9 @@
 
 from diffusability.analysis import figures as analysis_figures
 
+# the directory the aggregation writes the tables to and the analysis steps read them from
+TABLES_DIR = layout.tables_dir()
+
 
 def tokenizer_table_spec():
     return {
@@ -48,13 +51,13 @@ rule aggregate:
         code=code_identity("aggregate"),
         spec=as_arg({"tokenizers": tokenizer_table_spec(), "config": config}),
     log:
-        "logs/aggregate.log",
+        layout.log_file("aggregate"),
     shell:
         "{DIFFUSABILITY} aggregate --spec {params.spec} --tokenizer-configs {input.tokenizer_configs:q} "
         "--reconstruction {input.reconstruction:q} "
         "--metrics {input.metrics:q} --tokenizer-metrics {input.tokenizer_metrics:q} "
         "--model-metrics {input.model_metrics:q} --generation {input.generation:q} --trajectory {input.trajectory:q} "
-        "--untrained {input.untrained:q} --out-dir results/tables > {log:q} 2>&1"
+        "--untrained {input.untrained:q} --out-dir {TABLES_DIR:q} > {log:q} 2>&1"
 
 
 # The correlate step also writes the tables of the study's figures (docs/analysis.md): perspectives (Figs. 4-6),
@@ -76,9 +79,9 @@ rule correlate:
         code=code_identity("correlate"),
         spec=as_arg(config["analysis"]),
     log:
-        "logs/correlate.log",
+        layout.log_file("correlate"),
     shell:
-        "{DIFFUSABILITY} correlate --tables results/tables --spec {params.spec} "
+        "{DIFFUSABILITY} correlate --tables {TABLES_DIR:q} --spec {params.spec} "
         "--out-correlations {output.correlations:q} --out-regressions {output.regressions:q} "
         + ANALYSIS_TABLE_ARGS
         + " > {log:q} 2>&1"
@@ -97,9 +100,9 @@ rule predictions:
         code=code_identity("predictions"),
         spec=as_arg(config["analysis"]),
     log:
-        "logs/predictions.log",
+        layout.log_file("predictions"),
     shell:
-        "{DIFFUSABILITY} predictions --tables results/tables --spec {params.spec} "
+        "{DIFFUSABILITY} predictions --tables {TABLES_DIR:q} --spec {params.spec} "
         "--out-predictions {output.predictions:q} --out-scores {output.scores:q} --out-figure {output.figure:q} "
         "> {log:q} 2>&1"
 
@@ -109,7 +112,7 @@ rule figures:
         tables=[layout.table(name) for name in layout.TABLES],
     output:
         report(
-            directory("results/figures"),
+            directory(layout.figures_dir()),
             patterns=["{name}.png"],
             caption="../report/figures.rst",
             category="Figures",
@@ -120,21 +123,21 @@ rule figures:
         # (file-name prefix, caption) pairs, longest prefix first: figures.rst gives each figure its caption
         captions=analysis_figures.caption_list(),
     log:
-        "logs/figures.log",
+        layout.log_file("figures"),
     shell:
-        "{DIFFUSABILITY} figures --tables results/tables --spec {params.spec} --out-dir {output:q} > {log:q} 2>&1"
+        "{DIFFUSABILITY} figures --tables {TABLES_DIR:q} --spec {params.spec} --out-dir {output:q} > {log:q} 2>&1"
 
 
 rule summary:
     input:
         tables=[layout.table(name) for name in layout.TABLES],
     output:
-        report("results/report.md", caption="../report/summary.rst", category="Summary"),
+        report(layout.report(), caption="../report/summary.rst", category="Summary"),
     params:
         code=code_identity("summarize"),
         spec=as_arg(config["analysis"]),
     log:
-        "logs/summary.log",
+        layout.log_file("summary"),
     shell:
-        "{DIFFUSABILITY} summarize --tables results/tables --spec {params.spec} --out {output:q} > {log:q} 2>&1 "
+        "{DIFFUSABILITY} summarize --tables {TABLES_DIR:q} --spec {params.spec} --out {output:q} > {log:q} 2>&1 "
         "&& cat {output:q}"

@@ -9,8 +9,8 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
-from diffusability import config as cfg
-from diffusability.analysis import layout
+from diffusability.workflow import config as cfg
+from diffusability.workflow import layout
 from diffusability.errors import DiffusabilityError
 
 try:
@@ -75,7 +75,7 @@ def as_arg(spec):
 
 def final_outputs():
     outputs = [layout.table(name) for name in layout.TABLES]
-    outputs += ["results/figures", "results/report.md"]
+    outputs += [layout.figures_dir(), layout.report()]
     return outputs
 
 
@@ -122,7 +122,7 @@ if any(missing.is_file for missing in MISSING_PATHS):
             "echo 'missing user files (see the dry run warning): {output}' >&2; exit 1"
 
 INCEPTION = REFERENCE["feature_network"] == "inception"
-REFERENCE_STATS = "results/evaluation/reference_stats.npz"
+REFERENCE_STATS = layout.reference_stats()
 
 
 def inception_args():

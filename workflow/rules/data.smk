@@ -1,4 +1,4 @@
-# Data: the image splits (with labels and foreground masks) and the teacher network.
+# Data: the image splits (with labels and foreground masks).
 #
 # ImageNet: each folder is listed once into a manifest (paths, labels, SHA-256); the splits depend
 # on the manifests, so Snakemake never stats or hashes the raw tree. After changing the folders,
@@ -8,14 +8,6 @@
 # batch by batch (the full 1.28 M images).
 
 IMAGENET = config["data"]["source"] == "imagenet"
-
-
-def imagenet_manifest_file(split):
-    return f"results/data/imagenet/{split}.manifest.parquet"
-
-
-def imagenet_shards_index(split):
-    return layout.imagenet_shards_index(split)
 
 
 def imagenet_folder(split):
@@ -36,14 +28,14 @@ def imagenet_cache_arg(wildcards):
 
 rule imagenet_manifest:
     output:
-        imagenet_manifest_file("{split}"),
+        layout.imagenet_manifest("{split}"),
     params:
         code=code_identity("imagenet-manifest"),
         root=lambda wc: imagenet_folder(wc.split)["root"],
         train=lambda wc: imagenet_folder(wc.split)["train"],
         cache=imagenet_cache_arg,
     log:
-        "logs/imagenet_manifest/{split}.log",
+        layout.log_file("imagenet_manifest", "{split}"),
     threads: imagenet_workers
     shell:
         "{DIFFUSABILITY} imagenet-manifest --image-root {params.root:q} --train-dir {params.train:q} "
@@ -52,15 +44,15 @@ rule imagenet_manifest:
 
 rule imagenet_shards:
     input:
-        imagenet_manifest_file("{split}"),
+        layout.imagenet_manifest("{split}"),
     output:
-        imagenet_shards_index("{split}"),
+        layout.imagenet_shards_index("{split}"),
     params:
         code=code_identity("imagenet-shards"),
         spec=lambda wc: as_arg(cfg.shards_spec(config, wc.split)),
         out=lambda wc, output: str(Path(output[0]).parent),
     log:
-        "logs/imagenet_shards/{split}.log",
+        layout.log_file("imagenet_shards", "{split}"),
     threads: imagenet_workers
     shell:
         "{DIFFUSABILITY} imagenet-shards --manifest {input} --out-dir {params.out:q} --spec {params.spec} > {log:q} 2>&1"
@@ -68,12 +60,12 @@ rule imagenet_shards:
 
 rule imagenet_shards_all:
     input:
-        [imagenet_shards_index(split) for split in ("train", "val")],
+        [layout.imagenet_shards_index(split) for split in ("train", "val")],
 
 
 rule prepare_data:
     input:
-        manifests=[imagenet_manifest_file(split) for split in ("train", "val")] if IMAGENET else [],
+        manifests=[layout.imagenet_manifest(split) for split in ("train", "val")] if IMAGENET else [],
     output:
         train=layout.data_split("train"),
         val=layout.data_split("val"),
@@ -82,28 +74,8 @@ rule prepare_data:
         code=code_identity("prepare-data"),
         spec=as_arg(cfg.prepare_data_spec(config)),
     log:
-        "logs/prepare_data.log",
+        layout.log_file("prepare_data"),
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {DIFFUSABILITY} prepare-data --spec {params.spec} "
         "--out-train {output.train:q} --out-val {output.val:q} > {log:q} 2>&1"
-
-
-rule train_teacher:
-    input:
-        train=data_split("train"),
-        val=data_split("val"),
-    output:
-        model=layout.teacher_file("model.safetensors"),
-        config=layout.teacher_file("config.json"),
-    cache: CACHE
-    params:
-        code=code_identity("train-teacher"),
-        spec=as_arg(cfg.teacher_spec(config)),
-        out=lambda wc, output: str(Path(output.model).parent),
-    log:
-        "logs/train_teacher.log",
-    threads: 2  # alone on the critical path: every tokenizer waits for it
-    shell:
-        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} train-teacher --spec {params.spec} "
-        "--train {input.train:q} --val {input.val:q} --out {params.out:q} > {log:q} 2>&1"

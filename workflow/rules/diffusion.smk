@@ -19,7 +19,7 @@ rule train_diffusion:
         imported=lambda wc: (f"--import-from {shlex.quote(cfg.imported_diffusion(config, wc.tok, wc.bb))}"
                              if cfg.imported_diffusion(config, wc.tok, wc.bb) else ""),
     log:
-        "logs/train_diffusion/{tok}/{bb}.log",
+        layout.log_file("train_diffusion", "{tok}", "{bb}"),
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {PYTHON} {params.launch} train-diffusion --latents {params.latents:q} "

@@ -40,7 +40,7 @@ if INCEPTION:
             adopt=f"--statistics-from {shlex.quote(REFERENCE['reference_statistics'])}"
             if REFERENCE["reference_statistics"] else "",
         log:
-            "logs/reference_stats.log",
+            layout.log_file("reference_stats"),
         threads: THREADS
         shell:
             "OMP_NUM_THREADS={threads} {DIFFUSABILITY} reference-stats --images {input.images:q} --feature-net inception "
@@ -57,7 +57,7 @@ rule generation_metrics:
         spec=as_arg(cfg.generation_metrics_spec(config)),
         net=generation_args,
     log:
-        "logs/generation_metrics/{tok}/{bb}/cfg{cfg}.log",
+        layout.log_file("generation_metrics", "{tok}", "{bb}", "cfg{cfg}"),
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {DIFFUSABILITY} generation-metrics --samples {input.samples:q} "
@@ -74,7 +74,7 @@ rule untrained_generation_metrics:
         spec=as_arg(cfg.generation_metrics_spec(config)),
         net=generation_args,
     log:
-        "logs/generation_metrics/{tok}/{bb}/untrained.log",
+        layout.log_file("generation_metrics", "{tok}", "{bb}", "untrained"),
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {DIFFUSABILITY} generation-metrics --samples {input.samples:q} "
@@ -89,12 +89,8 @@ rule trajectory_metrics:
     params:
         code=code_identity("trajectory-metrics"),
     log:
-        "logs/trajectory_metrics/{tok}/{bb}/cfg{cfg}.log",
+        layout.log_file("trajectory_metrics", "{tok}", "{bb}", "cfg{cfg}"),
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {DIFFUSABILITY} trajectory-metrics --trajectories {input.trajectories:q} "
         "--out {output:q} > {log:q} 2>&1"
-
-
-# FDr in representation spaces (generation.representations; no jobs when unset).
-include: "representation.smk"

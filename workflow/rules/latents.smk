@@ -19,7 +19,7 @@ rule encode:
         tokenizer=lambda wc, input: str(Path(input.model).parent),
         out=lambda wc, output: str(Path(output.train).parent),
     log:
-        "logs/encode/{tok}.log",
+        layout.log_file("encode", "{tok}"),
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {DIFFUSABILITY} encode --tokenizer {params.tokenizer:q} "
@@ -43,7 +43,7 @@ rule import_latents:
         tokenizer=lambda wc, input: str(Path(input.tokenizer).parent),
         out=lambda wc, output: str(Path(output.train).parent),
     log:
-        "logs/import_latents/{tok}.log",
+        layout.log_file("import_latents", "{tok}"),
     shell:
         "{DIFFUSABILITY} import-latents --source {params.source:q} --tokenizer {params.tokenizer:q} "
         "--spec {params.spec} --out {params.out:q} > {log:q} 2>&1"

@@ -1,7 +1,7 @@
 # FDr (generation.representations, unset by default): reference statistics per representation space,
 # cached once from the reference images of `reference_stats`, and the rows fd_<space> / fdr_<space> /
 # fdr6 of every sample set, which the aggregate reads with its generation rows. The Inception space
-# is the sample set's gFID row (generation.feature_network: inception). Included by evaluation.smk.
+# is the sample set's gFID row (generation.feature_network: inception). Code: diffusability/representation/.
 
 try:
     REPRESENTATIONS = cfg.representation_models(config)
@@ -11,16 +11,12 @@ except DiffusabilityError as exc:
 REPRESENTATION_ROWS = [layout.representation_rows(*job) for job in SAMPLE_JOBS] if REPRESENTATIONS else []
 
 
-def representation_stats(space):
-    return f"results/evaluation/representation_stats/{space}.npz"
-
-
 def representation_inputs(wildcards):
     """Samples, the FDr code, each space's model config and reference statistics, and the gFID rows with the
     Inception."""
     inputs = {"samples": layout.samples_file(wildcards.tok, wildcards.bb, wildcards.cfg)}
     for space, folder in REPRESENTATIONS.items():
-        inputs[f"model_{space}"], inputs[f"stats_{space}"] = f"{folder}/config.json", representation_stats(space)
+        inputs[f"model_{space}"], inputs[f"stats_{space}"] = f"{folder}/config.json", layout.representation_stats(space)
     if INCEPTION:
         inputs["inception_rows"] = layout.generation_rows(wildcards.tok, wildcards.bb, wildcards.cfg)
     return inputs
@@ -42,7 +38,7 @@ if REPRESENTATIONS:
             images=REFERENCE["reference_statistics"] or data_split("val"),
             model=lambda wc: f"{REPRESENTATIONS[wc.space]}/config.json",
         output:
-            representation_stats("{space}"),
+            layout.representation_stats("{space}"),
         cache: CACHE
         params:
             space=lambda wc: wc.space,
@@ -52,7 +48,7 @@ if REPRESENTATIONS:
         wildcard_constraints:
             space="|".join(REPRESENTATIONS),
         log:
-            "logs/representation_reference_stats/{space}.log",
+            layout.log_file("representation_reference_stats", "{space}"),
         threads: THREADS
         shell:
             "OMP_NUM_THREADS={threads} {DIFFUSABILITY} representation-stats --images {input.images:q} "
@@ -68,7 +64,7 @@ if REPRESENTATIONS:
             spec=as_arg({"batch_size": REFERENCE["batch_size"]}),
             spaces=representation_args,
         log:
-            "logs/representation_metrics/{tok}/{bb}/cfg{cfg}.log",
+            layout.log_file("representation_metrics", "{tok}", "{bb}", "cfg{cfg}"),
         threads: THREADS
         shell:
             "OMP_NUM_THREADS={threads} {DIFFUSABILITY} representation-metrics --samples {input.samples:q} "

@@ -24,7 +24,7 @@ rule sample:
         tokenizer=lambda wc, input: str(Path(input.tokenizer).parent),
         latents=lambda wc, input: str(Path(input.stats).parent),
     log:
-        "logs/sample/{tok}/{bb}/cfg{cfg}.log",
+        layout.log_file("sample", "{tok}", "{bb}", "cfg{cfg}"),
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {PYTHON} {params.launch} sample --diffusion {params.diffusion:q} "
@@ -46,7 +46,7 @@ rule sample_untrained:
         tokenizer=lambda wc, input: str(Path(input.tokenizer).parent),
         latents=lambda wc, input: str(Path(input.stats).parent),
     log:
-        "logs/sample/{tok}/{bb}/untrained.log",
+        layout.log_file("sample", "{tok}", "{bb}", "untrained"),
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {PYTHON} {params.launch} sample --untrained "

@@ -1,13 +1,12 @@
-"""Commands of the analysis stage: aggregate, correlate, figures, summarize, trajectory-metrics."""
+"""Commands of the analysis stage: aggregate, correlate, figures, summarize."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import time
 from pathlib import Path
 
-from . import layout
+from ..workflow import layout
 
 log = logging.getLogger("diffusability.analysis")
 
@@ -54,13 +53,6 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=run_summarize)
 
-    p = subparsers.add_parser("trajectory-metrics",
-                              help="local straightness, global efficiency, per-segment length ratio")
-    p.add_argument("--trajectories", type=Path, required=True,
-                   help=".safetensors with `trajectory` (K+1, N, C, H, W) and `times` (K+1,)")
-    p.add_argument("--out", type=Path, required=True)
-    p.set_defaults(func=run_trajectory_metrics)
-
 
 def _tables(directory: Path, names) -> dict:
     from ..io import read_parquet
@@ -77,11 +69,19 @@ def run_aggregate(args: argparse.Namespace) -> None:
     require(isinstance(args.spec.get("tokenizers"), dict),
             "--spec: 'tokenizers' (the study's tokenizer entries by name) is required")
     meta = provenance(args.spec.get("config"))
+    # a sample set's FDr rows arrive among its generation rows
+    representation = [path for path in args.generation if layout.is_kind("representation", path)]
+    generation = [path for path in args.generation if path not in representation]
     frames = {
         "tokenizers": tables.tokenizer_table(args.spec["tokenizers"], args.tokenizer_configs),
-        "reconstruction": tables.reconstruction_table(args.reconstruction),
-        "metrics": tables.metrics_table(args.metrics, args.tokenizer_metrics, args.model_metrics),
-        "generation": tables.generation_table(args.generation, args.trajectory, args.untrained),
+        "reconstruction": tables.reconstruction_table(layout.keyed("reconstruction", args.reconstruction)),
+        "metrics": tables.metrics_table(layout.keyed("metrics", args.metrics),
+                                        layout.keyed("tokenizer_metrics", args.tokenizer_metrics),
+                                        layout.keyed("model_metrics", args.model_metrics)),
+        "generation": tables.generation_table(layout.keyed("generation", generation),
+                                              layout.keyed("representation", representation),
+                                              layout.keyed("trajectory", args.trajectory),
+                                              layout.keyed("untrained", args.untrained)),
     }
     for name, frame in frames.items():
         write_parquet(frame, args.out_dir / f"{name}.parquet", meta)
@@ -145,7 +145,7 @@ def run_correlate(args: argparse.Namespace) -> None:
         per_backbone.append((proxies, generation))
     correlations, regressions = pd.concat(correlations, ignore_index=True), pd.concat(regressions, ignore_index=True)
     perspectives = persp.perspective_table(correlations)
-    pairs = pd.concat([persp.perspective_pairs(proxies, generation, families, perspectives, target)
+    pairs = pd.concat([corr.perspective_pairs(proxies, generation, families, perspectives, target)
                        for proxies, generation in per_backbone], ignore_index=True)
     outputs = {
         "perspectives": perspectives, "perspective_pairs": pairs, "guidance_optima": optima,
@@ -175,38 +175,9 @@ def run_figures(args: argparse.Namespace) -> None:
 
 def run_summarize(args: argparse.Namespace) -> None:
     from ..io import atomic_path, parquet_metadata
-    from . import layout
     from .summary import summarize
 
     t = _tables(args.tables, layout.TABLES)
     text = summarize(t, args.spec.get("target", "fd"), parquet_metadata(args.tables / "generation.parquet"))
     with atomic_path(args.out) as tmp:
         tmp.write_text(text + "\n")
-
-
-def run_trajectory_metrics(args: argparse.Namespace) -> None:
-    import json
-
-    import pandas as pd
-
-    from ..io import load_tensors, write_parquet, provenance
-    from ..metrics.trajectory import trajectory_metrics
-
-    start = time.perf_counter()
-    data = load_tensors(args.trajectories, ["trajectory", "times"])
-    result = trajectory_metrics(data["trajectory"], data["times"])
-    n = int(data["trajectory"].shape[1])
-    seconds = time.perf_counter() - start
-    rows = [
-        {"metric": "local_straightness", "value": float(result["local_straightness"].double().mean()),
-         "direction": "higher", "params": "{}", "n": n, "seconds": seconds},
-        {"metric": "global_efficiency", "value": float(result["global_efficiency"].double().mean()),
-         "direction": "higher", "params": "{}", "n": n, "seconds": seconds},
-    ]
-    times = data["times"].double()
-    ratio = result["length_ratio"].double().mean(dim=0)
-    for k, value in enumerate(ratio.tolist()):
-        rows.append({"metric": "length_ratio", "value": value, "direction": "",
-                     "params": json.dumps({"segment": k + 1, "t_start": float(times[k]), "t_end": float(times[k + 1])}),
-                     "n": n, "seconds": seconds})
-    write_parquet(pd.DataFrame(rows), args.out, provenance())

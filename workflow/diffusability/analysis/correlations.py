@@ -32,6 +32,7 @@ import pandas as pd
 from scipy import stats
 
 from ..errors import require
+from .perspectives import main_proxies, perspective_of
 
 log = logging.getLogger("diffusability.analysis")
 
@@ -348,8 +349,6 @@ def correlate(proxies: pd.DataFrame, generation: pd.DataFrame, families: pd.Seri
     ``proxies``: tokenizer × proxy (``source/metric``); ``families``: tokenizer → family. With ``transport``,
     the trajectory metrics of each group's trained models are correlated too (proxy ``trajectory/<metric>``).
     """
-    from .perspectives import perspective_of
-
     directions = dict(proxy_directions or {})
     directions.update(transport_directions(generation))
     trajectories: dict = {}  # (backbone, cfg_scale) → transport_proxies, shared by targets and families
@@ -474,3 +473,36 @@ def seed_noise(generation: pd.DataFrame, families: pd.Series, targets) -> pd.Dat
                          "n_seeds_max": int(counts.max()), "seed_sd": seed_sd, "between_sd": between,
                          "ratio": ratio})
     return pd.DataFrame(rows, columns=SEED_COLUMNS)
+
+
+PAIR_COLUMNS = ["target", "family", "backbone", "cfg_scale", "perspective_1", "proxy_1", "perspective_2", "proxy_2",
+                "n", "r2", "adj_r2", "r2_1", "r2_2", "r_12", "coef_1", "coef_2"]
+
+
+def perspective_pairs(proxies: pd.DataFrame, generation: pd.DataFrame, families: pd.Series,
+                      perspectives: pd.DataFrame, target: str = "fd") -> pd.DataFrame:
+    """The study's Fig. 8 as a table: every pair of perspectives' main proxies, ``target ≈ a + b·m1 + c·m2``.
+
+    Per (family, backbone, guidance scale) group the main proxy of each of the study's perspectives is the
+    best-|Pearson r| metric of ``perspectives`` (:func:`perspective_table`); for every pair: n, R², adjusted R²,
+    each proxy's own R² (r²), the Pearson r between the two proxies (their collinearity) and the coefficients
+    (means over seeds; pairs with fewer than 4 tokenizers or a rank-deficient design are left out).
+    """
+    rows = []
+    for (family, backbone, cfg_scale), group in target_groups(generation, families, target):
+        y, _ = seed_matrix(group)
+        main = main_proxies(perspectives, target, family, backbone, cfg_scale)
+        main = [(p, proxy) for p, proxy in main if proxy in proxies.columns]
+        for (p1, m1), (p2, m2) in itertools.combinations(main, 2):
+            X = proxies[[m1, m2]].reindex(y.index)
+            ok = (X.notna().all(axis=1) & y.notna()).to_numpy()
+            Xs, ys = X.to_numpy(float)[ok], y.to_numpy(float)[ok]
+            if ok.sum() < 4 or np.linalg.matrix_rank(np.column_stack([np.ones(len(Xs)), Xs])) < 3:
+                continue
+            fit = ols(Xs, ys)
+            rows.append({"target": target, "family": family, "backbone": backbone, "cfg_scale": cfg_scale,
+                         "perspective_1": p1, "proxy_1": m1, "perspective_2": p2, "proxy_2": m2, "n": int(ok.sum()),
+                         "r2": fit["r2"], "adj_r2": fit["adj_r2"], "r2_1": ols(Xs[:, :1], ys)["r2"],
+                         "r2_2": ols(Xs[:, 1:], ys)["r2"], "r_12": float(np.corrcoef(Xs[:, 0], Xs[:, 1])[0, 1]),
+                         "coef_1": float(fit["coef"][1]), "coef_2": float(fit["coef"][2])})
+    return pd.DataFrame(rows, columns=PAIR_COLUMNS)

@@ -794,7 +794,7 @@ def length_ratio_figures(generation: pd.DataFrame, metrics: pd.DataFrame, out_di
 
 
 def all_figures(t: dict, spec: dict, out_dir: Path) -> list[Path]:
-    """Every figure of the tables ``t`` (the names of analysis/layout.py TABLES) into ``out_dir``."""
+    """Every figure of the tables ``t`` (the names of workflow/layout.py TABLES) into ``out_dir``."""
     from ..errors import DiffusabilityError
     from . import correlations as corr
     from .predict import tokenizer_cluster

@@ -19,8 +19,6 @@ perspectives ranked by their best |r| (the study's seven first, then the other g
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pandas as pd
 
@@ -161,38 +159,3 @@ def main_proxies(perspectives: pd.DataFrame, target: str, family: str, backbone:
         rows = rows[rows["paper"]]
     rows = rows.sort_values("rank")
     return list(zip(rows["perspective"], rows["proxy"]))
-
-
-PAIR_COLUMNS = ["target", "family", "backbone", "cfg_scale", "perspective_1", "proxy_1", "perspective_2", "proxy_2",
-                "n", "r2", "adj_r2", "r2_1", "r2_2", "r_12", "coef_1", "coef_2"]
-
-
-def perspective_pairs(proxies: pd.DataFrame, generation: pd.DataFrame, families: pd.Series,
-                      perspectives: pd.DataFrame, target: str = "fd") -> pd.DataFrame:
-    """The study's Fig. 8 as a table: every pair of perspectives' main proxies, ``target ≈ a + b·m1 + c·m2``.
-
-    Per (family, backbone, guidance scale) group the main proxy of each of the study's perspectives is the
-    best-|Pearson r| metric of ``perspectives`` (:func:`perspective_table`); for every pair: n, R², adjusted R²,
-    each proxy's own R² (r²), the Pearson r between the two proxies (their collinearity) and the coefficients
-    (means over seeds; pairs with fewer than 4 tokenizers or a rank-deficient design are left out).
-    """
-    from .correlations import ols, seed_matrix, target_groups
-
-    rows = []
-    for (family, backbone, cfg_scale), group in target_groups(generation, families, target):
-        y, _ = seed_matrix(group)
-        main = main_proxies(perspectives, target, family, backbone, cfg_scale)
-        main = [(p, proxy) for p, proxy in main if proxy in proxies.columns]
-        for (p1, m1), (p2, m2) in itertools.combinations(main, 2):
-            X = proxies[[m1, m2]].reindex(y.index)
-            ok = (X.notna().all(axis=1) & y.notna()).to_numpy()
-            Xs, ys = X.to_numpy(float)[ok], y.to_numpy(float)[ok]
-            if ok.sum() < 4 or np.linalg.matrix_rank(np.column_stack([np.ones(len(Xs)), Xs])) < 3:
-                continue
-            fit = ols(Xs, ys)
-            rows.append({"target": target, "family": family, "backbone": backbone, "cfg_scale": cfg_scale,
-                         "perspective_1": p1, "proxy_1": m1, "perspective_2": p2, "proxy_2": m2, "n": int(ok.sum()),
-                         "r2": fit["r2"], "adj_r2": fit["adj_r2"], "r2_1": ols(Xs[:, :1], ys)["r2"],
-                         "r2_2": ols(Xs[:, 1:], ys)["r2"], "r_12": float(np.corrcoef(Xs[:, 0], Xs[:, 1])[0, 1]),
-                         "coef_1": float(fit["coef"][1]), "coef_2": float(fit["coef"][2])})
-    return pd.DataFrame(rows, columns=PAIR_COLUMNS)

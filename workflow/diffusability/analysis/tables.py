@@ -2,8 +2,10 @@
 
 Every per-job file is a tidy Parquet table of result rows (:mod:`diffusability.rows`: metric, value,
 direction, params, n).
-Aggregation adds the keys the file belongs to (tokenizer, backbone, guidance scale), parsed
-from its path with :mod:`diffusability.analysis.layout`, and concatenates.
+Aggregation adds the keys the file belongs to (tokenizer, backbone, guidance scale) and concatenates.
+Each function takes ``(path, keys)`` pairs: the ``aggregate`` command parses the keys from the paths
+with the workflow's layout (:func:`diffusability.workflow.layout.keyed`), so this module does not know
+where the workflow puts its files.
 """
 
 from __future__ import annotations
@@ -13,9 +15,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from ..errors import DiffusabilityError, require
-from . import layout
-
+from ..errors import require
 from ..rows import ROW_COLUMNS as _ROWS
 
 ROW_COLUMNS = list(_ROWS)
@@ -56,13 +56,13 @@ def mixed_code(frame: pd.DataFrame) -> dict[str, list[str]]:
     return mixed
 
 
-def _concat(paths: Iterable[str], kind: str, keys: tuple[str, ...]) -> pd.DataFrame:
+Keyed = Iterable[tuple[str, tuple[str, ...]]]
+"""``(path, keys)`` pairs of per-job rows files: the keys (tokenizer[, backbone[, guidance scale]]) of each."""
+
+
+def _concat(keyed: Keyed, keys: tuple[str, ...]) -> pd.DataFrame:
     frames = []
-    for path in paths:
-        try:
-            values = layout.parse(kind, path)
-        except ValueError as exc:
-            raise DiffusabilityError(str(exc)) from None
+    for path, values in keyed:
         frame = read_rows(path)
         for key, value in zip(keys, values):
             frame.insert(len(frame.columns) - len(ROW_COLUMNS), key, value)
@@ -80,7 +80,7 @@ def tokenizer_table(spec: dict[str, dict], config_paths: Iterable[str] = ()) -> 
     architecture, latent channels and downsampling replace the study config's values — a pretrained
     entry's come from its checkpoint — and name the family (``conv-f16d32``) when the study sets none.
     """
-    from ..config import downsample_factor
+    from ..tokenizers.spec import downsample_factor
     from ..io import read_json
 
     actual = {Path(path).parent.name: read_json(path) for path in config_paths}
@@ -104,45 +104,45 @@ def _json(value) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def reconstruction_table(paths: Iterable[str]) -> pd.DataFrame:
-    return _concat(paths, "reconstruction", ("tokenizer",))
+def reconstruction_table(keyed: Keyed) -> pd.DataFrame:
+    """Reconstruction rows of each tokenizer (``keyed``: ``(path, (tokenizer,))`` pairs)."""
+    return _concat(keyed, ("tokenizer",))
 
 
-def metrics_table(paths: Iterable[str], tokenizer_paths: Iterable[str] = (),
-                  model_paths: Iterable[str] = ()) -> pd.DataFrame:
+def metrics_table(latent: Keyed, tokenizer: Keyed = (), model: Keyed = ()) -> pd.DataFrame:
     """Latent-metric rows, plus those of the tokenizer_metrics and model_metrics steps.
+
+    ``latent`` and ``tokenizer`` are keyed by ``(tokenizer,)``, ``model`` by ``(tokenizer, backbone)``.
 
     Columns: tokenizer, metric, value, direction, params, n, code_identity, backbone; ``backbone`` (last, so
     the columns before it keep their places) names the diffusion model of a model-based row (e.g.
     ``fi_model``) and is "" for rows of the tokenizer alone.
     """
     frames = []
-    for paths, kind in ((paths, "metrics"), (tokenizer_paths, "tokenizer_metrics")):
-        frame = _concat(paths, kind, ("tokenizer",))
+    for keyed in (latent, tokenizer):
+        frame = _concat(keyed, ("tokenizer",))
         frame["backbone"] = ""
         frames.append(frame)
-    frame = _concat(model_paths, "model_metrics", ("tokenizer", "backbone"))
+    frame = _concat(model, ("tokenizer", "backbone"))
     frames.append(frame[[c for c in frame.columns if c != "backbone"] + ["backbone"]])
     table = pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
     return table.astype({"backbone": str})
 
 
-def generation_table(generation: Iterable[str], trajectory: Iterable[str] = (),
-                     untrained: Iterable[str] = ()) -> pd.DataFrame:
-    """Generation rows of trained models (+ trajectory metrics) and of untrained baselines.
+def generation_table(generation: Keyed, representation: Keyed = (), trajectory: Keyed = (),
+                     untrained: Keyed = ()) -> pd.DataFrame:
+    """Generation rows of trained models (+ FDr and trajectory metrics) and of untrained baselines.
 
+    ``generation``, ``representation`` (a sample set's FDr rows: fd_<space>, fdr_<space>, fdr6) and
+    ``trajectory`` are keyed by ``(tokenizer, backbone, cfg)``, ``untrained`` by ``(tokenizer, backbone)``.
     Columns: tokenizer, backbone, cfg_scale (float), model ("trained"/"untrained"), metric, …
     """
     frames = []
-    # A sample set's FDr rows (fd_<space>, fdr_<space>, fdr6) arrive among its generation rows.
-    generation = list(generation)
-    representation = [path for path in generation if layout.is_kind("representation", path)]
-    generation = [path for path in generation if not layout.is_kind("representation", path)]
-    for paths, kind in ((generation, "generation"), (representation, "representation"), (trajectory, "trajectory")):
-        frame = _concat(paths, kind, ("tokenizer", "backbone", "cfg"))
+    for keyed in (generation, representation, trajectory):
+        frame = _concat(keyed, ("tokenizer", "backbone", "cfg"))
         frame.insert(3, "model", "trained")
         frames.append(frame)
-    frame = _concat(untrained, "untrained", ("tokenizer", "backbone"))
+    frame = _concat(untrained, ("tokenizer", "backbone"))
     frame.insert(2, "cfg", "1.00")
     frame.insert(3, "model", "untrained")
     frames.append(frame)

@@ -10,6 +10,7 @@ its rows from the memory-mapped Arrow files. Read through ``data.imagenet.storag
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -18,6 +19,34 @@ from pathlib import Path
 from ..errors import require
 
 SEPARATOR = "::"
+
+
+def offline_datasets():
+    """Import ``datasets`` with the hub switched off (nothing may be downloaded at run time)."""
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import datasets
+
+    return datasets
+
+
+@contextlib.contextmanager
+def quiet_datasets(datasets):
+    """``datasets``' progress bars and info/warning logs off, restored after.
+
+    Listing or opening local files goes through the hub machinery, which reports "Downloading data"
+    and "Generating train split" bars although nothing is downloaded; in a job log they are noise.
+    """
+    bars = datasets.is_progress_bar_enabled()
+    verbosity = datasets.logging.get_verbosity()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def is_hf_dataset(root: str | os.PathLike) -> bool:
@@ -49,9 +78,7 @@ def image_stem(path: str) -> str:
 @functools.lru_cache(maxsize=4)
 def _open(root: str):
     """The dataset at ``root`` with undecoded images (cached per process: workers reuse the memory map)."""
-    from .imagenet import _offline_datasets, quiet_datasets
-
-    datasets = _offline_datasets()
+    datasets = offline_datasets()
     with quiet_datasets(datasets):  # a local save_to_disk folder: no progress bars in the log
         dataset = datasets.load_from_disk(root)
     require(isinstance(dataset, datasets.Dataset),

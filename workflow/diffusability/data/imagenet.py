@@ -13,7 +13,6 @@ resampling so that masks stay aligned with their images.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,39 +81,13 @@ class FolderListing:
     wnids: list[str] = field(default_factory=list)
 
 
-def _offline_datasets():
-    """Import ``datasets`` with the hub switched off (nothing may be downloaded at run time)."""
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import datasets
-
-    return datasets
-
-
-@contextlib.contextmanager
-def quiet_datasets(datasets):
-    """``datasets``' progress bars and info/warning logs off, restored after.
-
-    Listing or opening local files goes through the hub machinery, which reports "Downloading data"
-    and "Generating train split" bars although nothing is downloaded; in a job log they are noise.
-    """
-    bars = datasets.is_progress_bar_enabled()
-    verbosity = datasets.logging.get_verbosity()
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        datasets.logging.set_verbosity(verbosity)
-        if bars:
-            datasets.enable_progress_bars()
-
-
 def list_image_folder(root: str | os.PathLike, cache_dir: str | None = None) -> FolderListing:
     """List ``root/<wnid>/*`` images with ``datasets``' imagefolder builder (paths only, no decoding)."""
     root = Path(root)
     require(root.is_dir(), f"{root}: image folder not found (expected <wnid>/*.JPEG inside)")
-    datasets = _offline_datasets()
+    from .hf_dataset import offline_datasets, quiet_datasets
+
+    datasets = offline_datasets()
     try:
         with quiet_datasets(datasets):  # local files: no "Downloading data" bars in the log
             loaded = datasets.load_dataset("imagefolder", data_dir=str(root), cache_dir=cache_dir)

@@ -97,3 +97,49 @@ def iterate_batches(count: int, batch_size: int) -> Iterator[slice]:
     require(batch_size >= 1, f"batch size must be >= 1, got {batch_size}")
     for start in range(0, count, batch_size):
         yield slice(start, min(start + batch_size, count))
+
+
+def check_uint8_images(images, name: str) -> np.ndarray:
+    """Validate a uint8 (N, H, W, 3) image batch and return it as a numpy array."""
+    from .shards import ConcatenatedArrays
+
+    if not isinstance(images, ConcatenatedArrays):  # memory-mapped shards stay lazy: read batch by batch
+        images = np.asarray(images)
+    require(images.dtype == np.uint8 and images.ndim == 4 and images.shape[-1] == 3,
+            f"{name}: expected uint8 images (N, H, W, 3), got {images.dtype} {images.shape}")
+    require(images.shape[0] >= 1, f"{name}: no images")
+    return images
+
+
+def read_split_metadata(path) -> dict:
+    """String metadata of a split (``n_classes``, ``image_size``, …): a ``.safetensors`` file's metadata,
+    a shard index's counts; {} for .npz."""
+    from safetensors import safe_open
+
+    if is_shard_index(path):
+        from .shards import ShardedImages
+
+        shards = ShardedImages(path)
+        return {"n_classes": str(shards.n_classes), "image_size": str(shards.image_size)}
+    if Path(path).suffix != ".safetensors":
+        return {}
+    from ..io import reading
+    with reading(path, "safetensors file"), safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
+
+
+def load_images(path, keys=("images", "arr_0")):
+    """uint8 (N, H, W, 3) images of a split or sample file, plus its labels (or None)."""
+    from ..io import load_arrays
+
+    if is_shard_index(path):  # a full-scale ImageNet split: memory-mapped, read batch by batch
+        split = open_image_split(path)
+        return check_uint8_images(split.images, f"{path}: images"), split.labels
+    arrays = load_arrays(path)
+    key = next((k for k in keys if k in arrays), None)
+    require(key is not None, f"{path}: has no image array (expected one of {list(keys)}, found {sorted(arrays)})")
+    images = check_uint8_images(arrays[key], f"{path}: {key}")
+    labels = arrays.get("labels")
+    if labels is not None:
+        require(labels.shape == (len(images),), f"{path}: labels shape {labels.shape} does not match {len(images)} images")
+    return images, labels

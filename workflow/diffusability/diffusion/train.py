@@ -108,7 +108,7 @@ def all_finite(latents) -> bool:
 
 def check_training_data(latents: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
     """Shapes, dtypes, finiteness and label range of the training data; ``latents`` is a float32 tensor
-    or :class:`~diffusability.diffusion.commands.NormalisedLatents` (memory-mapped, gathered per batch)."""
+    or :class:`~diffusability.latents.normalised.NormalisedLatents` (memory-mapped, gathered per batch)."""
     require(hasattr(latents, "shape") and hasattr(latents, "dim") and latents.dim() == 4,
             f"latents must be a float tensor (N, C, h, w), got {getattr(latents, 'shape', type(latents))}")
     require(latents.dtype == torch.float32, f"latents must be float32, got {latents.dtype}")

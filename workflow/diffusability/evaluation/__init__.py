@@ -1,13 +1,14 @@
-"""Evaluation: Fréchet distances, inception-style scores, precision/recall, reconstruction metrics
-and the feature networks.
+"""Evaluation: generation metrics of sample sets — FD, inception-style scores, precision/recall — and
+the FID Inception.
 
-The numerics (``frechet``, ``inception_scoring``, ``manifold_precision_recall``, ``reconstruction``,
-``generation``) are pure functions on tensors/arrays; ``domain_net`` and ``inception`` hold the
-feature networks; ``commands`` wires them to files for the workflow.
+The numerics (``inception_scoring``, ``manifold_precision_recall``, ``generation``; the Fréchet distance
+is :mod:`diffusability.metrics.frechet`) are pure functions on tensors/arrays; ``inception`` holds the FID feature network (the
+domain network is the teacher stage's, :mod:`diffusability.teacher`); ``commands`` wires them to files
+for the workflow.
 
 Public names are imported lazily (as in ``metrics``): every ``diffusability`` command imports this
 package for ``evaluation.commands``, and the eager imports cost ``--help`` 0.9 s (``scipy.special``
-through ``inception_scoring``, numpy through ``frechet``).
+through ``inception_scoring``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "feature_statistics": "frechet", "frechet_distance": "frechet",
     "inception_score": "inception_scoring", "precision_recall": "manifold_precision_recall",
 }
 

@@ -1,11 +1,12 @@
-"""Commands of the evaluation stage: ``train-teacher``, ``generation-metrics``, ``reference-stats``.
+"""Commands of the evaluation stage: ``generation-metrics``, ``reference-stats``, ``trajectory-metrics``.
 
 ``generation-metrics`` has two feature networks: a domain network directory (the embedded default,
 no downloaded weights) or ``inception`` — the FID Inception-v3 of the ADM evaluator, whose rows are
 ``fd`` (gFID on pool3), ``sfid``, ``is`` (only when the weights include the softmax layer; otherwise
 the row is left out and the params say why), ``precision`` and ``recall``. The reference is either
 images (``--reference``) or cached statistics (``--reference-stats``: a ``reference-stats`` output or
-ADM's ``VIRTUAL_imagenet256_labeled.npz``).
+ADM's ``VIRTUAL_imagenet256_labeled.npz``). ``trajectory-metrics`` measures the transport efficiency
+of a sample set's recorded trajectories (:func:`diffusability.metrics.trajectory.trajectory_metrics`).
 
 File formats follow CONTRIBUTING.md: image splits are ``.safetensors`` with ``images`` uint8
 (N, H, W, 3) and ``labels``; samples are ADM-layout ``.npz`` (``arr_0``, ``labels``); result
@@ -24,17 +25,6 @@ def register(subparsers) -> None:
     """Add the evaluation stage's subcommands to the ``diffusability`` parser."""
     from ..specs import json_spec
     from ..devices import add_device_argument
-
-    parser = subparsers.add_parser(
-        "train-teacher", help="train the domain classifier (feature net / stand-in teacher)",
-        description="Train the small domain CNN on the train split; report accuracy on the val split.")
-    parser.add_argument("--spec", type=json_spec, required=True,
-                        help='JSON: {"seed", "width", "steps", "batch_size", "lr", "weight_decay", ...}')
-    parser.add_argument("--train", required=True, help="train split (.safetensors or a shard index.json)")
-    parser.add_argument("--val", required=True, help="val split (.safetensors or a shard index.json)")
-    add_device_argument(parser)
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.set_defaults(func=run_train_teacher)
 
     parser = subparsers.add_parser(
         "generation-metrics", help="fd / sfid / is / class_accuracy / precision / recall rows of a sample set",
@@ -81,62 +71,12 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="statistics (.npz: mu, sigma[, mu_s, sigma_s, features], n)")
     parser.set_defaults(func=run_reference_stats)
 
-
-def read_split_metadata(path) -> dict:
-    """String metadata of a split (``n_classes``, ``image_size``, …): a ``.safetensors`` file's metadata,
-    a shard index's counts; {} for .npz."""
-    from safetensors import safe_open
-
-    from ..data.splits import is_shard_index
-
-    if is_shard_index(path):
-        from ..data.shards import ShardedImages
-
-        shards = ShardedImages(path)
-        return {"n_classes": str(shards.n_classes), "image_size": str(shards.image_size)}
-    if Path(path).suffix != ".safetensors":
-        return {}
-    from ..io import reading
-    with reading(path, "safetensors file"), safe_open(str(path), framework="pt") as handle:
-        return dict(handle.metadata() or {})
-
-
-def load_images(path, keys=("images", "arr_0")):
-    """uint8 (N, H, W, 3) images of a split or sample file, plus its labels (or None)."""
-    from ..errors import require
-    from ..io import load_arrays
-    from .generation import check_uint8_images
-
-    from ..data.splits import is_shard_index, open_image_split
-
-    if is_shard_index(path):  # a full-scale ImageNet split: memory-mapped, read batch by batch
-        split = open_image_split(path)
-        return check_uint8_images(split.images, f"{path}: images"), split.labels
-    arrays = load_arrays(path)
-    key = next((k for k in keys if k in arrays), None)
-    require(key is not None, f"{path}: has no image array (expected one of {list(keys)}, found {sorted(arrays)})")
-    images = check_uint8_images(arrays[key], f"{path}: {key}")
-    labels = arrays.get("labels")
-    if labels is not None:
-        require(labels.shape == (len(images),), f"{path}: labels shape {labels.shape} does not match {len(images)} images")
-    return images, labels
-
-
-def run_train_teacher(args) -> None:
-    from ..errors import require
-    from ..progress import log
-    from .domain_net import train_domain_classifier
-
-    train_images, train_labels = load_images(args.train, keys=("images",))
-    val_images, val_labels = load_images(args.val, keys=("images",))
-    require(train_labels is not None and val_labels is not None, f"{args.train} / {args.val}: need 'labels'")
-    metadata = read_split_metadata(args.train)
-    num_classes = int(metadata["n_classes"]) if "n_classes" in metadata else None
-    config = train_domain_classifier(train_images, train_labels, args.spec, args.out,
-                                     val_images=val_images, val_labels=val_labels, num_classes=num_classes,
-                                     device=resolve_device(args.device))
-    log.info("domain net: val accuracy %.3f (chance %.3f), train accuracy %.3f",
-             config["val_accuracy"], config["chance_accuracy"], config["train_accuracy"])
+    parser = subparsers.add_parser("trajectory-metrics",
+                                   help="local straightness, global efficiency, per-segment length ratio")
+    parser.add_argument("--trajectories", type=Path, required=True,
+                        help=".safetensors with `trajectory` (K+1, N, C, H, W) and `times` (K+1,)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.set_defaults(func=run_trajectory_metrics)
 
 
 def read_reference_statistics(path) -> dict:
@@ -188,10 +128,11 @@ def run_generation_metrics(args) -> None:
 def _domain_generation_rows(args, spec, start):
     import numpy as np
 
+    from ..data.splits import load_images
     from ..errors import require
     from ..io import load_arrays
-    from .domain_net import load_domain_classifier
-    from .frechet import feature_statistics
+    from ..teacher.domain_net import load_domain_classifier
+    from ..metrics.frechet import feature_statistics
     from .generation import extract_features_and_logits, generation_rows
 
     samples, labels = load_images(args.samples, keys=("arr_0",))
@@ -221,8 +162,9 @@ def _domain_generation_rows(args, spec, start):
 
 def _inception_generation_rows(args, spec, start):
     """The ADM suite on the FID Inception: fd (gFID), sfid, is (if the softmax layer is loaded), P/R."""
+    from ..data.splits import load_images
+    from ..metrics.frechet import feature_statistics
     from ..progress import log
-    from .frechet import feature_statistics
     from .generation import IS_UNAVAILABLE, extract_inception_outputs, inception_generation_rows, inception_has_softmax
 
     net = load_inception(args)
@@ -275,9 +217,10 @@ def run_reference_stats(args) -> None:
     import numpy as np
     import torch
 
+    from ..data.splits import load_images
     from ..errors import require
     from ..io import save_npz
-    from .frechet import feature_statistics
+    from ..metrics.frechet import feature_statistics
     from .generation import extract_features_and_logits
 
     require(args.batch_size >= 1, f"--batch-size {args.batch_size}: expected an integer >= 1")
@@ -302,7 +245,7 @@ def run_reference_stats(args) -> None:
         if adopted is None:
             arrays["mu_s"], arrays["sigma_s"] = feature_statistics(outputs["spatial"])
     else:
-        from .domain_net import load_domain_classifier
+        from ..teacher.domain_net import load_domain_classifier
 
         net = load_domain_classifier(args.feature_net)
         features, _ = extract_features_and_logits(net, images, args.batch_size, desc="reference features")
@@ -315,3 +258,32 @@ def run_reference_stats(args) -> None:
     if args.keep_features:
         arrays["features"] = features.astype(np.float32)
     save_npz(args.out, **arrays)
+
+
+def run_trajectory_metrics(args) -> None:
+    """Transport-efficiency rows of a sample set's recorded trajectories (docs/metrics.md §10)."""
+    import json
+
+    import pandas as pd
+
+    from ..io import load_tensors, write_parquet, provenance
+    from ..metrics.trajectory import trajectory_metrics
+
+    start = time.perf_counter()
+    data = load_tensors(args.trajectories, ["trajectory", "times"])
+    result = trajectory_metrics(data["trajectory"], data["times"])
+    n = int(data["trajectory"].shape[1])
+    seconds = time.perf_counter() - start
+    rows = [
+        {"metric": "local_straightness", "value": float(result["local_straightness"].double().mean()),
+         "direction": "higher", "params": "{}", "n": n, "seconds": seconds},
+        {"metric": "global_efficiency", "value": float(result["global_efficiency"].double().mean()),
+         "direction": "higher", "params": "{}", "n": n, "seconds": seconds},
+    ]
+    times = data["times"].double()
+    ratio = result["length_ratio"].double().mean(dim=0)
+    for k, value in enumerate(ratio.tolist()):
+        rows.append({"metric": "length_ratio", "value": value, "direction": "",
+                     "params": json.dumps({"segment": k + 1, "t_start": float(times[k]), "t_end": float(times[k + 1])}),
+                     "n": n, "seconds": seconds})
+    write_parquet(pd.DataFrame(rows), args.out, provenance())

@@ -19,10 +19,11 @@ import time
 
 import numpy as np
 
+from ..data.splits import check_uint8_images
 from ..errors import reject_unknown_keys, require
 from ..progress import log
 from ..rows import result_row
-from .frechet import feature_statistics, frechet_distance
+from ..metrics.frechet import feature_statistics, frechet_distance
 from .inception_scoring import inception_score
 
 
@@ -45,18 +46,6 @@ class GenerationSpec:
             value = getattr(result, name)
             require(isinstance(value, int) and value >= 1, f"generation spec {name}={value!r}: expected an integer >= 1")
         return result
-
-
-def check_uint8_images(images, name: str) -> np.ndarray:
-    """Validate a uint8 (N, H, W, 3) image batch and return it as a numpy array."""
-    from ..data.shards import ConcatenatedArrays
-
-    if not isinstance(images, ConcatenatedArrays):  # memory-mapped shards stay lazy: read batch by batch
-        images = np.asarray(images)
-    require(images.dtype == np.uint8 and images.ndim == 4 and images.shape[-1] == 3,
-            f"{name}: expected uint8 images (N, H, W, 3), got {images.dtype} {images.shape}")
-    require(images.shape[0] >= 1, f"{name}: no images")
-    return images
 
 
 def extract_features_and_logits(net, images, batch_size: int = 256, desc: str = "features"):

@@ -2,8 +2,10 @@
 
 Modules: ``viv`` (velocity irreducible variance), ``semantic`` (LNC, linear probe), ``spatial``
 (LDS, CDS, SRSS, RMSC), ``spectral`` (SEC), ``uniformity`` (t-SNE density), ``equivariance``,
-``continuity`` (iFID), ``fisher``, ``trajectory``, ``normalization``; ``registry`` maps metric
-names to functions and ``compute_metrics`` returns tidy rows; ``commands`` wires them to files.
+``continuity`` (iFID), ``fisher``, ``trajectory``, ``normalization``, ``frechet`` (the Fréchet distance
+of feature statistics, shared by FD, rFD, iFID and FDr); ``registry`` maps metric
+names to functions and ``compute_metrics`` returns tidy rows. The commands that read files and build
+networks are the latent-metrics stage's (:mod:`diffusability.latent_metrics`).
 
 Public names are imported lazily so that ``diffusability --help`` does not import torch. Each
 public function's docstring gives shapes and a runnable example (run as doctests by pytest);
@@ -27,6 +29,7 @@ _EXPORTS = {
     "interpolated_latents": "continuity", "interpolated_fd": "continuity",
     "class_conditional_viv": "viv", "irreducible_variance": "viv",
     "trajectory_metrics": "trajectory",
+    "feature_statistics": "frechet", "frechet_distance": "frechet",
 }
 
 __all__ = sorted(_EXPORTS)

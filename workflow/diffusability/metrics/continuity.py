@@ -169,7 +169,7 @@ def interpolated_fd(decode_fn: Callable[[torch.Tensor], torch.Tensor],
     >>> result["n"], result["value"] > 0
     (32, True)
     """
-    from ..evaluation import feature_statistics, frechet_distance
+    from .frechet import feature_statistics, frechet_distance
 
     queries = torch.as_tensor(queries)
     require(queries.ndim == 4, f"queries: expected latents (N, C, H, W), got {tuple(queries.shape)}")

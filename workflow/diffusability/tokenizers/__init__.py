@@ -1,4 +1,4 @@
-"""Tokenizers: conv VAEs, their training objective, latent regularizers and the train/encode commands.
+"""Tokenizers: conv VAEs, their training objective, latent regularizers and the train/import commands.
 
 Public entry points (imported lazily so ``diffusability --help`` does not import torch):
 ``build_tokenizer(spec)``, ``load_tokenizer(directory)``, ``train_tokenizer(...)``, ``TokenizerSpec``.

@@ -164,3 +164,10 @@ def paper_trans_f16d32(**overrides: Any) -> TokenizerSpec:
 def paper_f16d64(**overrides: Any) -> TokenizerSpec:
     """As :func:`paper_f16d32` with 64 latent channels."""
     return paper_f16d32(**{"name": "conv-f16d64", "latent_channels": 64, **overrides})
+
+
+def downsample_factor(tokenizer: dict) -> int:
+    """Pixels per latent token along a side: 2^(levels − 1) for conv, the patch size for ViT."""
+    if tokenizer.get("architecture") == "vit":
+        return tokenizer["patch_size"]
+    return 2 ** (len(tokenizer["channel_mult"]) - 1)

@@ -5,7 +5,7 @@ on tokenizer images x in [-1, 1]. Two kinds live behind :func:`load_teacher`, ch
 folder's ``config.json``:
 
 - the small domain classifier trained on the train split (our own format;
-  ``evaluation.domain_net``), the stand-in teacher of the embedded default;
+  ``teacher.domain_net``), the stand-in teacher of the embedded default;
 - a vision foundation model in a local transformers ``save_pretrained`` folder (``model_type`` in
   config.json): DINOv2 / WebSSL-DINO, DINOv3, CLIP, SigLIP / SigLIP2, MAE, MoCo v3 (converted by
   ``python -m diffusability.tokenizers.vfm.mocov3``) and C-RADIO. The Perception Encoder is refused
@@ -38,6 +38,6 @@ def load_teacher(directory: str | Path) -> Any:
     # model_type: a transformers folder; architecture: a timm folder (refused there with the reason).
     if "model_type" in config or "architecture" in config:
         return load_vfm_teacher(directory)
-    from ..evaluation.domain_net import load_domain_classifier
+    from ..teacher.domain_net import load_domain_classifier
 
     return load_domain_classifier(directory)

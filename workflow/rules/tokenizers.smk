@@ -1,6 +1,6 @@
 # Tokenizers: training (resumes from its own checkpoints) or import of a pretrained checkpoint
-# (`tokenizers.<name>.pretrained: PATH`), and reconstruction quality. Both producing rules write
-# the same files; the wildcard constraints give each tokenizer name to exactly one of them.
+# (`tokenizers.<name>.pretrained: PATH`). Both producing rules write the same files; the wildcard
+# constraints give each tokenizer name to exactly one of them.
 
 
 rule train_tokenizer:
@@ -25,7 +25,7 @@ rule train_tokenizer:
         # the chain (a parameter computed from the inputs is not a rerun trigger).
         teacher=lambda wc: cfg.tokenizer_teacher(config, wc.tok) or str(Path(layout.teacher_file()).parent),
     log:
-        "logs/train_tokenizer/{tok}.log",
+        layout.log_file("train_tokenizer", "{tok}"),
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {PYTHON} {params.launch} train-tokenizer --spec {params.spec} "
@@ -44,35 +44,7 @@ rule import_tokenizer:
         spec=lambda wc: as_arg(cfg.tokenizer_import_spec(config, wc.tok)),
         out=lambda wc, output: str(Path(output.model).parent),
     log:
-        "logs/import_tokenizer/{tok}.log",
+        layout.log_file("import_tokenizer", "{tok}"),
     shell:
         "{DIFFUSABILITY} import-tokenizer --source {params.source} --spec {params.spec} "
         "--out {params.out:q} > {log:q} 2>&1"
-
-
-LPIPS_WEIGHTS = config["generation"].get("lpips_weights")
-
-
-rule reconstruction:
-    input:
-        model=layout.tokenizer_file("{tok}", "model.safetensors"),
-        val=data_split("val"),
-        teacher=layout.teacher_file("model.safetensors"),
-        inception=[REFERENCE["inception_weights"]] if INCEPTION else [],
-        lpips=[LPIPS_WEIGHTS] if LPIPS_WEIGHTS else [],
-    output:
-        layout.reconstruction_rows("{tok}"),
-    params:
-        code=code_identity("reconstruction"),
-        spec=as_arg(cfg.reconstruction_spec(config)),
-        # rFID rows with the FID Inception, LPIPS rows with LPIPS-VGG weights (docs/models.md §3.4)
-        extra=(inception_args() if INCEPTION else "")
-        + (f" --lpips-weights {shlex.quote(LPIPS_WEIGHTS)}" if LPIPS_WEIGHTS else ""),
-        tokenizer=lambda wc, input: str(Path(input.model).parent),
-        teacher=lambda wc, input: str(Path(input.teacher).parent),
-    log:
-        "logs/reconstruction/{tok}.log",
-    threads: THREADS
-    shell:
-        "OMP_NUM_THREADS={threads} {DIFFUSABILITY} reconstruction --tokenizer {params.tokenizer:q} "
-        "--data {input.val:q} --feature-net {params.teacher:q} {params.extra} --spec {params.spec} --out {output:q} > {log:q} 2>&1"

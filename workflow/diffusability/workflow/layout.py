@@ -11,6 +11,8 @@ import re
 from pathlib import PurePosixPath
 
 RESULTS = "results"
+#: every job's log lands under this directory (:func:`log_file`)
+LOGS = "logs"
 
 # Names of tokenizers and backbones become path components and wildcards.
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.+-]*"
@@ -23,6 +25,11 @@ def format_cfg(scale: float) -> str:
 
 def data_split(split: str) -> str:
     return f"{RESULTS}/data/{split}.safetensors"
+
+
+def imagenet_manifest(split: str) -> str:
+    """A split's ImageNet manifest: every image of its folder listed once (paths, labels, SHA-256)."""
+    return f"{RESULTS}/data/imagenet/{split}.manifest.parquet"
 
 
 def imagenet_shards_index(split: str) -> str:
@@ -64,6 +71,16 @@ def diffusion_file(tok: str, bb: str, name: str = "ema.safetensors") -> str:
     return f"{RESULTS}/diffusion/{tok}/{bb}/{name}"
 
 
+def reference_stats() -> str:
+    """The cached FID-Inception statistics of the reference images (generation.feature_network: inception)."""
+    return f"{RESULTS}/evaluation/reference_stats.npz"
+
+
+def representation_stats(space: str) -> str:
+    """The cached reference statistics of one FDr representation space."""
+    return f"{RESULTS}/evaluation/representation_stats/{space}.npz"
+
+
 def samples_file(tok: str, bb: str, cfg: str) -> str:
     return f"{RESULTS}/samples/{tok}/{bb}/cfg{cfg}.npz"
 
@@ -93,8 +110,32 @@ def untrained_generation_rows(tok: str, bb: str) -> str:
     return f"{RESULTS}/generation/{tok}/{bb}/untrained.parquet"
 
 
+def tables_dir() -> str:
+    """The directory of the study's tables (the aggregation writes them, the analysis steps read them)."""
+    return f"{RESULTS}/tables"
+
+
 def table(name: str) -> str:
-    return f"{RESULTS}/tables/{name}.parquet"
+    return f"{tables_dir()}/{name}.parquet"
+
+
+def figures_dir() -> str:
+    """The directory of the study's figures (one PNG each)."""
+    return f"{RESULTS}/figures"
+
+
+def report() -> str:
+    """The readable Markdown summary of the tables."""
+    return f"{RESULTS}/report.md"
+
+
+def log_file(job: str, *parts: str) -> str:
+    """The log of a job: ``logs/<job>.log``, or ``logs/<job>/<part>/….log`` for a job per entity.
+
+    >>> log_file("aggregate"), log_file("sample", "{tok}", "{bb}", "cfg{cfg}")
+    ('logs/aggregate.log', 'logs/sample/{tok}/{bb}/cfg{cfg}.log')
+    """
+    return "/".join((LOGS, job, *parts)) + ".log"
 
 
 #: the predictor's tables (analysis/predict.py): leave-one-cluster-out predictions and their scores
@@ -144,3 +185,19 @@ def parse(kind: str, path: str) -> tuple[str, ...]:
     if not match:
         raise ValueError(f"{path}: not a {kind} path of the results layout")
     return match.groups()
+
+
+def keyed(kind: str, paths) -> list[tuple[str, tuple[str, ...]]]:
+    """``(path, (tok[, bb[, cfg]]))`` for each results path of ``kind``: what the aggregation's tables take.
+
+    Raises
+    ------
+    DiffusabilityError
+        A path that is not of ``kind`` (naming it).
+    """
+    from ..errors import DiffusabilityError
+
+    try:
+        return [(str(path), parse(kind, path)) for path in paths]
+    except ValueError as exc:
+        raise DiffusabilityError(str(exc)) from None

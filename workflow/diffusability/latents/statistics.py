@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import require
+from ..errors import require
 
 
 def channel_statistics(latents, chunk: int = 65536):

@@ -1,9 +1,9 @@
-"""Artifacts trained elsewhere, checked and brought into a study instead of being recomputed.
+"""Latents encoded elsewhere, checked and brought into a study instead of being recomputed.
 
-A study may name, per tokenizer, a directory of existing latents (``tokenizers.<name>.latents``)
-and, per backbone, trained diffusion models (``tokenizers.<name>.diffusion: {<backbone>: DIR}``).
-The workflow then runs ``import-latents`` / ``train-diffusion --import-from`` for them instead of ``encode`` /
-``train-diffusion``. What is checked, so that a foreign artifact cannot silently be the wrong one:
+A study may name, per tokenizer, a directory of existing latents (``tokenizers.<name>.latents``);
+the workflow then runs ``import-latents`` for it instead of ``encode`` (trained diffusion models come
+in the same way through ``train-diffusion --import-from``: :mod:`diffusability.diffusion.importing`).
+What is checked, so that a foreign artifact cannot silently be the wrong one:
 
 latents (``train.safetensors``, ``val.safetensors``, ``stats.safetensors``)
     ``latents`` float (N, C, h, w) with C and (h, w) those of the study's tokenizer (its
@@ -12,10 +12,6 @@ latents (``train.safetensors``, ``val.safetensors``, ``stats.safetensors``)
     within ``stats_tolerance`` relative to the std — to the per-channel statistics recomputed from
     the train latents (the normalisation a diffusion model was trained with must be the one the
     study's metrics and samplers use).
-diffusion model (``ema.safetensors``, ``config.json`` in this project's format)
-    ``config.json`` readable as a backbone spec, its ``in_channels``/``grid_size``/``num_classes``
-    equal to the study's latents and classes, and the weights loading into that architecture.
-
 The files are copied (atomically, through :mod:`diffusability.io`); the source is never modified.
 """
 
@@ -25,8 +21,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .errors import about, require
-from .io import atomic_path, load_tensors, memory_map_tensors, read_json
+from ..errors import about, require
+from ..io import atomic_path, load_tensors, memory_map_tensors, read_json
 
 LATENT_FILES = ("train", "val", "stats")
 
@@ -41,7 +37,8 @@ def latent_grid(tokenizer_config: dict, image_size: int) -> tuple[int, int]:
     return channels, image_size // factor
 
 
-def _copy(source: Path, target: Path) -> None:
+def copy_file(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` atomically (the source is never modified)."""
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
 
@@ -57,7 +54,7 @@ def check_latents(source: str | Path, channels: int, side: int, n_classes: int,
     """
     import torch
 
-    from .latent_statistics import channel_statistics
+    from .statistics import channel_statistics
 
     source = Path(source)
     require(source.is_dir(), f"{source}: latent directory not found")
@@ -109,24 +106,5 @@ def import_latents(source: str | Path, out: str | Path, tokenizer_dir: str | Pat
     channels, side = latent_grid(tokenizer_config, image_size)
     found = check_latents(source, channels, side, n_classes, stats_tolerance)
     for name in LATENT_FILES:
-        _copy(Path(source) / f"{name}.safetensors", Path(out) / f"{name}.safetensors")
+        copy_file(Path(source) / f"{name}.safetensors", Path(out) / f"{name}.safetensors")
     return found
-
-
-def import_diffusion(source: str | Path, out: str | Path, latent_dir: str | Path, n_classes: int) -> dict[str, Any]:
-    """Check a trained diffusion model directory against the study's latents and copy it to ``out``."""
-    from .diffusion.train import load_diffusion_model, read_model_config
-
-    source = Path(source)
-    require(source.is_dir(), f"{source}: diffusion model directory not found")
-    with about(source / "config.json"):
-        spec, shape = read_model_config(source)
-    latents = memory_map_tensors(Path(latent_dir) / "train.safetensors", ["latents"])["latents"]
-    expected = {"in_channels": int(latents.shape[1]), "grid_size": int(latents.shape[2]), "num_classes": n_classes}
-    wrong = {k: (shape[k], v) for k, v in expected.items() if shape[k] != v}
-    require(not wrong, f"{source}/config.json: the model does not fit the study's latents: "
-                       + ", ".join(f"{k} is {got}, the study has {want}" for k, (got, want) in wrong.items()))
-    load_diffusion_model(source)  # the weights must load into the described architecture
-    for name in ("ema.safetensors", "config.json"):
-        _copy(source / name, Path(out) / name)
-    return {"spec": spec.to_dict(), **shape}

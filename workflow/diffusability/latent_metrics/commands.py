@@ -10,7 +10,7 @@
   ``{"enabled": [names…], "params": {metric_or_group: {…}}, "seed": int (optional, provenance only)}``.
   ``train.safetensors`` is read too, only when a named metric needs the training latents
   (``linear_probe``); ``metrics`` takes them as ``--train FILE``.
-* ``tokenizer-metrics`` and ``model-metrics``: see :mod:`.model_commands`.
+* ``tokenizer-metrics`` and ``model-metrics``: see :mod:`.network_commands`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from ..errors import DiffusabilityError, about, require
+from .inputs import read_latent_inputs
 
 
 def _parse_param(text: str) -> tuple[str, str, object]:
@@ -64,41 +65,6 @@ def register(subparsers) -> None:
     q.add_argument("--device", default="cpu", help="torch device (default cpu)")
     q.set_defaults(func=run_latent_metrics)
 
-    # the proxies that need the tokenizer or a trained diffusion model live in their own module
-    from .model_commands import register as register_network_metrics
-
-    register_network_metrics(subparsers)
-
-
-def read_latent_inputs(arrays: dict, source: str) -> tuple:
-    """Validate ``latents`` / ``labels`` / ``masks`` arrays of a file → torch tensors (labels/masks may be None)."""
-    import numpy as np
-    import torch
-
-    require("latents" in arrays, f"{source}: has no array 'latents' (has {sorted(arrays)})")
-    latents = arrays["latents"]
-    require(np.issubdtype(latents.dtype, np.floating),
-            f"{source}: 'latents' must be float (N, C, H, W), got dtype {latents.dtype}")
-    require(latents.ndim == 4, f"{source}: 'latents' must have shape (N, C, H, W), got {latents.shape}")
-    if not np.isfinite(latents.sum(dtype=np.float64)):  # exact test: see as_latent_tensor
-        raise DiffusabilityError(f"{source}: 'latents' contains {int((~np.isfinite(latents)).sum())} "
-                                 "NaN/Inf values")
-    n, _, h, w = latents.shape
-    labels = arrays.get("labels")
-    if labels is not None:
-        require(np.issubdtype(labels.dtype, np.integer),
-                f"{source}: 'labels' must be integer (N,), got dtype {labels.dtype}")
-        require(labels.shape == (n,), f"{source}: 'labels' must have shape ({n},), got {labels.shape}")
-        labels = torch.from_numpy(labels.astype(np.int64))
-    masks = arrays.get("masks")
-    if masks is not None:
-        require(masks.dtype == np.bool_ or (np.issubdtype(masks.dtype, np.integer) and np.isin(masks, (0, 1)).all()),
-                f"{source}: 'masks' must be bool (N, H, W), got dtype {masks.dtype}")
-        require(masks.shape == (n, h, w),
-                f"{source}: 'masks' must have shape {(n, h, w)} (the latent grid), got {masks.shape}")
-        masks = torch.from_numpy(masks.astype(bool))
-    return torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32)), labels, masks
-
 
 def _params_from_flags(flags) -> dict:
     params: dict = {}
@@ -109,8 +75,8 @@ def _params_from_flags(flags) -> dict:
 
 def run_metrics(args) -> int:
     from ..io import load_arrays, provenance, write_parquet
-    from .normalization import channel_stats, normalize_latents
-    from .registry import compute_metrics
+    from ..metrics.normalization import channel_stats, normalize_latents
+    from ..metrics.registry import compute_metrics
 
     with about(args.input):
         latents, labels, masks = read_latent_inputs(load_arrays(args.input), str(args.input))
@@ -151,8 +117,8 @@ def _validate_spec(spec: dict) -> tuple[list[str], dict]:
 
 def run_latent_metrics(args) -> int:
     from ..io import load_tensors, provenance, write_parquet
-    from .normalization import normalize_latents
-    from .registry import compute_metrics, expand_names, requirements
+    from ..metrics.normalization import normalize_latents
+    from ..metrics.registry import compute_metrics, expand_names, requirements
 
     enabled, params = _validate_spec(args.spec)
     directory = Path(args.latents)

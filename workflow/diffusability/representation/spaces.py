@@ -19,11 +19,11 @@ models from local ``save_pretrained`` folders here):
 - the feature: ConvNeXt-V2 the global average of the last stage (before the head's LayerNorm,
   timm's ``forward_features``), DINOv2/MAE/CLIP the CLS token after the final norm, SigLIP the
   attention-pool (MAP) head output;
-- statistics in float64 with the N − 1 covariance (:func:`~.frechet.feature_statistics`).
+- statistics in float64 with the N − 1 covariance (:func:`~diffusability.metrics.frechet.feature_statistics`).
 
 The sizes are those the validation constants were measured at (``compute_valfd.py``): ConvNeXt,
 MAE and SigLIP at 224, DINOv2 and CLIP at 256 (not DINOv2's pretraining 518). The Inception space is
-the existing FID path (:mod:`.inception`, TF1 bilinear resize to 299, the ADM convention); its raw
+the existing FID path (:mod:`diffusability.evaluation.inception`, TF1 bilinear resize to 299, the ADM convention); its raw
 FD comes in as a number (the ``fd`` row of ``generation-metrics`` with the FID Inception).
 Numerical difference to the reference: features are computed in float32, the reference runs the
 timm models under bf16 autocast.
@@ -255,7 +255,7 @@ def extract_representation_features(extractor: RepresentationExtractor, images, 
     import torch
 
     from ..progress import progress
-    from .generation import check_uint8_images
+    from ..data.splits import check_uint8_images
 
     images = check_uint8_images(images, desc or f"{extractor.space.name} images")
     require(isinstance(batch_size, int) and batch_size >= 1, f"batch_size={batch_size!r}: expected an integer >= 1")
@@ -285,7 +285,7 @@ def representation_fds(stats_gen: dict, stats_ref: dict, raw_fds: dict | None = 
     """
     import numpy as np  # numpy and the Fréchet module on first use: every command imports this module
 
-    from .frechet import frechet_distance
+    from ..metrics.frechet import frechet_distance
 
     require(set(stats_gen) == set(stats_ref),
             f"representation statistics: samples have spaces {sorted(stats_gen)}, the reference {sorted(stats_ref)}")

@@ -22,7 +22,7 @@ def register(subparsers) -> None:
     """Add the FDr subcommands to the ``diffusability`` parser."""
     from ..specs import json_spec
     from ..devices import add_device_argument
-    from .representation import FDR6_SPACES, MODEL_SPACES
+    from .spaces import FDR6_SPACES, MODEL_SPACES
 
     parser = subparsers.add_parser(
         "representation-stats", help="reference statistics of one FDr representation space",
@@ -97,9 +97,9 @@ def run_representation_stats(args) -> None:
     from ..errors import require
     from ..io import save_npz
     from ..devices import resolve_device
-    from .commands import load_images
-    from .frechet import feature_statistics
-    from .representation import extract_representation_features, load_representation_model, space
+    from ..data.splits import load_images
+    from ..metrics.frechet import feature_statistics
+    from .spaces import extract_representation_features, load_representation_model, space
 
     require(args.batch_size >= 1, f"--batch-size {args.batch_size}: expected an integer >= 1")
     torch.set_flush_denormal(True)
@@ -120,9 +120,9 @@ def run_representation_metrics(args) -> None:
     from ..io import provenance, write_parquet
     from ..progress import log
     from ..devices import resolve_device
-    from .commands import load_images
-    from .frechet import feature_statistics
-    from .representation import (extract_representation_features, load_representation_model,
+    from ..data.splits import load_images
+    from ..metrics.frechet import feature_statistics
+    from .spaces import (extract_representation_features, load_representation_model,
                                  representation_fds, representation_rows)
 
     spec = dict(args.spec)

@@ -35,7 +35,7 @@ rule latent_metrics:
         spec=as_arg(cfg.metrics_spec(config)),
         latents=lambda wc, input: str(Path(input.val).parent),
     log:
-        "logs/latent_metrics/{tok}.log",
+        layout.log_file("latent_metrics", "{tok}"),
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {DIFFUSABILITY} latent-metrics --latents {params.latents:q} "
@@ -59,7 +59,7 @@ rule tokenizer_metrics:
         latents=lambda wc, input: str(Path(input.latents[0]).parent),
         teacher=lambda wc, input: str(Path(input.teacher).parent),
     log:
-        "logs/tokenizer_metrics/{tok}.log",
+        layout.log_file("tokenizer_metrics", "{tok}"),
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {DIFFUSABILITY} tokenizer-metrics --tokenizer {params.tokenizer:q} "
@@ -81,7 +81,7 @@ rule model_metrics:
         diffusion=lambda wc, input: str(Path(input.ema).parent),
         latents=lambda wc, input: str(Path(input.val).parent),
     log:
-        "logs/model_metrics/{tok}/{bb}.log",
+        layout.log_file("model_metrics", "{tok}", "{bb}"),
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {DIFFUSABILITY} model-metrics --diffusion {params.diffusion:q} "

@@ -13,10 +13,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .diffusion.spec import FAMILY_DEFAULTS
-from .errors import DiffusabilityError
+from ..diffusion.spec import FAMILY_DEFAULTS
+from ..errors import DiffusabilityError
+from ..tokenizers.spec import downsample_factor
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 
 
 def load_schema() -> dict:
@@ -106,7 +107,7 @@ def _check_finite_numbers(value, path: str = "") -> None:
 
 def _check_guidance_names(config: dict) -> None:
     """Two guidance scales must not share a file name (1.0 and 1.001 both become ``cfg1.00``)."""
-    from .analysis.layout import format_cfg
+    from .layout import format_cfg
 
     lists = {"sampling.cfg_scales": config["sampling"]["cfg_scales"]}
     lists.update({f"backbones.{bb}.cfg_scales": entry["cfg_scales"]
@@ -165,13 +166,6 @@ def _check_paper_ids(tokenizers: dict) -> None:
             raise DiffusabilityError(f"tokenizers.{name}.paper_id: {paper_id} is already the paper_id of "
                                      f"tokenizers.{seen[paper_id]} (one tokenizer per Table 1 row)")
         seen[paper_id] = name
-
-
-def downsample_factor(tokenizer: dict) -> int:
-    """Pixels per latent token along a side: 2^(levels − 1) for conv, the patch size for ViT."""
-    if tokenizer.get("architecture") == "vit":
-        return tokenizer["patch_size"]
-    return 2 ** (len(tokenizer["channel_mult"]) - 1)
 
 
 def data_spec(config: dict) -> dict:
@@ -313,7 +307,7 @@ def uses_shards(config: dict) -> bool:
 
 def split_path(config: dict, split: str) -> str:
     """The image split that the stages read: ``prepare_data``'s file, or the split's shard index."""
-    from .analysis import layout
+    from . import layout
 
     return layout.imagenet_shards_index(split) if uses_shards(config) else layout.data_split(split)
 

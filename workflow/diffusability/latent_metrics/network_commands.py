@@ -1,0 +1,199 @@
+"""``diffusability tokenizer-metrics`` and ``diffusability model-metrics``: the proxies that need networks.
+
+* ``tokenizer-metrics``: affine equivariance of the encoder (docs/metrics.md §7) and iFID through the
+  decoder (§5), from a tokenizer directory, the val split, its latent directory and the feature
+  network of the reconstruction step (the domain net). Rows: ``rotate_error``,
+  ``rotate_consistency``, ``scale_error``, ``scale_consistency``, ``ifid``; with ``fisher_geometry``
+  (docs/fisher-geometry.md) also ``fi_gap``, ``fir_gap`` (data-vs-latent alignment of the FI/FIR
+  curves, plus the curves themselves unless ``curves`` is false) and ``compression_penalty``,
+  ``distortion_penalty``, ``curvature_penalty``, ``data_curvature`` (JVPs of the encoder).
+* ``model-metrics``: FI/FIR of a trained diffusion model (EMA weights, §8.2 a) on the normalised
+  val latents. Rows: ``fi_model``, ``fir_model`` (the same summaries as the registry's ``fi``/``fir``).
+
+Both write the tidy rows of CONTRIBUTING.md. The spec is the workflow's ``metrics.tokenizer`` /
+``metrics.model`` section; missing keys take the defaults below (the schema's defaults). The rows of
+``tokenizer-metrics`` are computed by :mod:`diffusability.latent_metrics.tokenizer_rows`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..errors import reject_unknown_keys, require
+
+TOKENIZER_DEFAULTS = {"enabled": [], "batch_size": 64, "seed": 0,
+                      "equivariance": {"rotations": [1, 2, 3], "scales": [0.5, 0.75], "max_images": None},
+                      "ifid": {"k": 10, "alpha": 0.5, "pool": "train", "max_pool": None, "max_queries": None,
+                               "seed": 0},
+                      "fisher_geometry": {"data_grid": None, "sigma_min": 1e-3, "sigma_max": 100.0, "sigma_points": 32,
+                                          "shrinkage": "ledoit_wolf", "curves": True, "anchors": 256, "neighbors": 8,
+                                          "rank": 4, "collapse_ratio": 1e-4, "seed": 0}}
+#: the metric families of ``tokenizer-metrics`` (each an ``enabled`` name and a parameter object)
+TOKENIZER_FAMILIES = ("equivariance", "ifid", "fisher_geometry")
+MODEL_DEFAULTS = {"enabled": [], "seed": 0,
+                  "fisher": {"s_min": 1e-3, "s_max": 100.0, "s_points": 32, "probes": 2, "max_samples": 1000,
+                             "seed": 0, "batch_size": 256}}
+def register(subparsers) -> None:
+    """Add the ``tokenizer-metrics`` and ``model-metrics`` subcommands."""
+    from ..specs import json_spec
+    from ..devices import add_device_argument
+
+    p = subparsers.add_parser("tokenizer-metrics", help="affine equivariance, iFID and Fisher geometry of a tokenizer",
+                              description="Equivariance of the encoder (rot90, down-scales), iFID of the "
+                                          "decoder (slerp to a cosine neighbour, Fréchet distance of features) "
+                                          "and Fisher geometry (data-vs-latent FI/FIR alignment, encoder "
+                                          "penalties by JVPs; docs/fisher-geometry.md).")
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory")
+    p.add_argument("--data", required=True,
+                   help="val split (.safetensors with images uint8 (N, H, W, 3) and labels, or a shard index.json)")
+    p.add_argument("--latents", required=True,
+                   help="latent directory of the tokenizer (val/train raw latents for iFID, stats for normalising)")
+    p.add_argument("--feature-net", required=True, help="domain-net directory (features of the Fréchet distance)")
+    p.add_argument("--spec", required=True, type=json_spec,
+                   help='JSON: {"enabled": ["equivariance", "ifid", "fisher_geometry"], "batch_size", '
+                        '"equivariance": {...}, "ifid": {...}, "fisher_geometry": {...}}')
+    p.add_argument("--out", required=True, help="output Parquet rows")
+    add_device_argument(p)
+    p.set_defaults(func=run_tokenizer_metrics)
+
+    q = subparsers.add_parser("model-metrics", help="FI/FIR of a trained diffusion model",
+                              description="Fisher information (rate) of the latent law as the trained "
+                                          "velocity network sees it: denoiser score and Hutchinson JVPs.")
+    q.add_argument("--diffusion", required=True, help="trained diffusion model directory (ema.safetensors)")
+    q.add_argument("--latents", required=True, help="latent directory (val.safetensors, stats.safetensors)")
+    q.add_argument("--spec", required=True, type=json_spec,
+                   help='JSON: {"enabled": ["fisher"], "fisher": {"s_min", "s_max", "s_points", "probes", '
+                        '"max_samples", "seed", "batch_size"}}')
+    q.add_argument("--out", required=True, help="output Parquet rows")
+    add_device_argument(q)
+    q.set_defaults(func=run_model_metrics)
+
+
+def resolve_spec(spec: dict, defaults: dict, where: str, families: tuple[str, ...]) -> dict:
+    """``spec`` over ``defaults`` (one level deep for each metric family), unknown keys refused."""
+    reject_unknown_keys(spec, defaults, where)
+    resolved = {**defaults, **{k: v for k, v in spec.items() if k not in families}}
+    for family in families:
+        given = spec.get(family) or {}
+        require(isinstance(given, dict), f"{where}.{family}: expected an object, got {type(given).__name__}")
+        reject_unknown_keys(given, defaults[family], f"{where}.{family}")
+        resolved[family] = {**defaults[family], **given}
+    enabled = resolved["enabled"]
+    require(isinstance(enabled, list) and enabled and set(enabled) <= set(families),
+            f"{where}.enabled: expected a non-empty list of {list(families)}, got {enabled!r}")
+    return resolved
+
+
+def _write_rows(rows: list[dict], out, spec: dict, **sources) -> None:
+    """The tidy rows as Parquet with the spec and the input paths as provenance."""
+    from ..io import provenance, write_parquet
+    from ..rows import rows_frame
+
+    write_parquet(rows_frame(rows), out, provenance(spec, **sources))
+
+
+def _load_stats(directory: Path, channels: int):
+    """(mean, std) float (C,) of a latent directory's ``stats.safetensors``, checked."""
+    from ..io import load_tensors
+
+    stats = load_tensors(directory / "stats.safetensors", ["mean", "std"])
+    for key in ("mean", "std"):
+        require(tuple(stats[key].shape) == (channels,), f"{directory / 'stats.safetensors'}: '{key}' must have "
+                                                        f"shape ({channels},), got {tuple(stats[key].shape)}")
+    require(bool((stats["std"] > 0).all()), f"{directory / 'stats.safetensors'}: 'std' must be positive")
+    return stats["mean"].float(), stats["std"].float()
+
+
+def run_tokenizer_metrics(args) -> int:
+    """Equivariance, iFID and Fisher-geometry rows of ``--tokenizer`` (the families ``enabled`` in ``--spec``)."""
+    import torch
+
+    from ..data.splits import open_image_split
+    from ..devices import resolve_device
+    from ..teacher.domain_net import load_domain_classifier
+    from ..io import load_tensors
+    from ..tokenizers.factory import load_tokenizer
+    from .tokenizer_rows import equivariance_rows, fisher_geometry_rows, ifid_row
+
+    spec = resolve_spec(args.spec, TOKENIZER_DEFAULTS, "tokenizer-metrics --spec", TOKENIZER_FAMILIES)
+    batch_size = int(spec["batch_size"])
+    require(batch_size >= 1, f"tokenizer-metrics --spec: batch_size must be ≥ 1, got {batch_size}")
+    device = torch.device(resolve_device(args.device))
+    split = open_image_split(args.data)
+    images = split.images   # checked: uint8 (N, H, W, 3); shards are read lazily
+    directory = Path(args.latents)
+    val = load_tensors(directory / "val.safetensors", ["latents"])["latents"].float()
+    require(val.dim() == 4 and val.shape[0] == images.shape[0],
+            f"{directory / 'val.safetensors'}: 'latents' must be ({images.shape[0]}, C, h, w) — one per image of "
+            f"{args.data} — got {tuple(val.shape)}")
+    model = load_tokenizer(args.tokenizer).to(device)
+    rows = []
+    with torch.no_grad():
+        if "equivariance" in spec["enabled"]:
+            mean, std = _load_stats(directory, val.shape[1])
+            rows += equivariance_rows(model, images, mean, std, spec["equivariance"], batch_size, device,
+                                      int(spec["seed"]))
+        if "ifid" in spec["enabled"]:
+            params = spec["ifid"]
+            require(params["pool"] in ("train", "val"),
+                    f"tokenizer-metrics --spec: ifid.pool must be 'train' or 'val', got {params['pool']!r}")
+            pool = None
+            if params["pool"] == "train":
+                pool = load_tensors(directory / "train.safetensors", ["latents"])["latents"].float()
+            feature_net = load_domain_classifier(args.feature_net).to(device)
+            rows.append(ifid_row(model, feature_net, images, val, pool, params, batch_size, device))
+        if "fisher_geometry" in spec["enabled"]:
+            labels = torch.as_tensor(split.labels, dtype=torch.int64)
+            mean, std = _load_stats(directory, val.shape[1])
+            rows += fisher_geometry_rows(model, images, labels, (val - mean[:, None, None]) / std[:, None, None],
+                                         mean, std, spec["fisher_geometry"], batch_size, device)
+    _write_rows(rows, args.out, spec, tokenizer=str(args.tokenizer), latents=str(directory))
+    return 0
+
+
+def run_model_metrics(args) -> int:
+    """FI/FIR rows of the trained diffusion model of ``--diffusion`` on the normalised val latents."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from ..latents.normalised import load_normalised_latents
+    from ..diffusion.train import load_diffusion_model
+    from ..devices import resolve_device
+    from ..metrics.fisher import fisher_scalars, log_s_grid, model_fisher
+    from ..metrics.registry import metric_direction
+    from ..progress import log
+    from ..rows import result_row
+    from ..seeding import seeded_subset, torch_generator
+
+    spec = resolve_spec(args.spec, MODEL_DEFAULTS, "model-metrics --spec", ("fisher",))
+    params = spec["fisher"]
+    require(int(params["probes"]) >= 1 and int(params["batch_size"]) >= 1,
+            f"model-metrics --spec: fisher.probes and fisher.batch_size must be ≥ 1, got {params}")
+    device = torch.device(resolve_device(args.device))
+    latents, labels, _ = load_normalised_latents(Path(args.latents), "val")
+    model = load_diffusion_model(args.diffusion, which="ema", device=device).requires_grad_(False)
+    config = model.config
+    require(tuple(latents.shape[1:]) == (config.in_channels, config.grid_size, config.grid_size),
+            f"{args.latents}: val latents {tuple(latents.shape[1:])} do not fit the model of {args.diffusion} "
+            f"(C, h, w) = {(config.in_channels, config.grid_size, config.grid_size)}")
+    require(int(labels.min()) >= 0 and int(labels.max()) < config.num_classes,
+            f"{args.latents}: val labels must lie in [0, {config.num_classes}) (the model's classes)")
+    index = seeded_subset(latents.shape[0], params["max_samples"], "model-fisher-samples", params["seed"])
+    started = time.perf_counter()
+    # conditional velocity, no guidance: the score of the class-conditional latent law the model learnt.
+    # The fused attention kernels (flash, memory-efficient) have no forward-mode AD, the JVP needs the math one.
+    with sdpa_kernel(SDPBackend.MATH):
+        curves = model_fisher(lambda x, t, y: model(x, t, y), latents[index].to(device), labels[index].to(device),
+                              log_s_grid(params["s_min"], params["s_max"], params["s_points"]),
+                              probes=int(params["probes"]), batch_size=int(params["batch_size"]),
+                              generator=torch_generator("model-fisher", params["seed"], device=device.type))
+    summary = fisher_scalars(curves)
+    seconds = time.perf_counter() - started
+    record = {**params, "weights": "ema", "conditioning": "class label, no guidance"}
+    rows = [result_row(name, summary[key], metric_direction(name), record, len(index))
+            for key, name in (("fi", "fi_model"), ("fir", "fir_model"))]
+    log.info("model-metrics: fi_model %.4f, fir_model %.4f (%d samples, %.1f s)", summary["fi"], summary["fir"],
+             len(index), seconds)
+    _write_rows(rows, args.out, spec, diffusion=str(args.diffusion), latents=str(args.latents))
+    return 0

@@ -1,0 +1,102 @@
+"""``diffusability encode | import-latents``: the latents stage's commands.
+
+- ``encode``: fixed-seed posterior samples of the train and val splits, val masks pooled to the
+  latent grid, per-channel mean / unbiased std of the train latents (CONTRIBUTING.md "latents");
+  the encoding itself is :mod:`diffusability.latents.encode`.
+- ``import-latents``: check a latent directory encoded elsewhere against the study's tokenizer and
+  copy it in (what is checked is documented in :mod:`diffusability.latents.importing`); trained diffusion
+  models come in through ``train-diffusion --import-from``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import require
+from ..specs import resolve_spec
+from .encode import CHUNK
+
+ENCODE_DEFAULTS = {"seed": 0, "batch_size": 256, "mask_pooling": "max", "mask_threshold": 0.5, "flip": False,
+                   "chunk": CHUNK}
+
+
+def register(subparsers) -> None:
+    """Add the latents stage's subcommands to the ``diffusability`` parser."""
+    from ..specs import json_spec
+    from ..devices import add_device_argument
+
+    parser = subparsers.add_parser("encode", help="encode train/val splits into latents (posterior samples)",
+                                   description="Write train/val latents and per-channel stats of a tokenizer.")
+    parser.add_argument("--tokenizer", required=True, help="tokenizer directory")
+    parser.add_argument("--train", required=True, help="train split (.safetensors or a shard index.json)")
+    parser.add_argument("--val", required=True, help="val split (.safetensors or a shard index.json, with masks)")
+    parser.add_argument("--spec", type=json_spec, required=True,
+                        help='JSON: {"seed", "batch_size", "mask_pooling": "max"|"fraction", "mask_threshold"}')
+    add_device_argument(parser)
+    parser.add_argument("--out", required=True, help="latents directory")
+    parser.set_defaults(func=run_encode)
+
+    parser = subparsers.add_parser("import-latents", help="check and copy existing latents into a study",
+                                   description="Check a latent directory (train/val/stats.safetensors) against "
+                                               "the study's tokenizer and copy it to --out.")
+    parser.add_argument("--source", required=True, type=Path, help="existing latent directory")
+    parser.add_argument("--tokenizer", required=True, type=Path, help="the study's tokenizer directory (config.json)")
+    parser.add_argument("--spec", required=True, type=json_spec,
+                        help='JSON: {"image_size", "n_classes", "stats_tolerance"}')
+    parser.add_argument("--out", required=True, type=Path, help="latent directory of the study")
+    parser.set_defaults(func=run_import_latents)
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    """Encode ``--train`` and ``--val`` with ``--tokenizer`` into ``--out`` (train/val/stats.safetensors)."""
+    from ..data.splits import open_image_split
+    from ..devices import resolve_device
+    from ..io import file_sha256, memory_map_tensors, save_tensors
+    from ..progress import log
+    from .statistics import channel_statistics
+    from ..tokenizers.factory import load_tokenizer
+    from .encode import encode_split_to_file
+
+    spec = resolve_spec(args.spec, ENCODE_DEFAULTS, "encode")
+    require(spec["mask_pooling"] in ("max", "fraction"),
+            f"encode spec: mask_pooling must be 'max' or 'fraction', got {spec['mask_pooling']!r}")
+    require(int(spec["batch_size"]) >= 1, f"encode spec: batch_size must be ≥ 1, got {spec['batch_size']}")
+    require(int(spec["chunk"]) >= 1, f"encode spec: chunk must be ≥ 1, got {spec['chunk']}")
+    batch_size = int(spec["batch_size"])
+    device = resolve_device(args.device)
+    model = load_tokenizer(args.tokenizer).to(device)
+    out = Path(args.out)
+    metadata = {"tokenizer": str(args.tokenizer), "posterior": "sample", "seed": str(spec["seed"])}
+    # what the files' content depends on: a partial file of another tokenizer or spec is never resumed
+    identity = {"tokenizer": file_sha256(Path(args.tokenizer) / "model.safetensors"), "spec": spec}
+    train = open_image_split(args.train)
+    val = open_image_split(args.val, need_masks=True)
+    # images between two progress records: a killed job redoes at most this many per file
+    common = dict(seed=spec["seed"], batch_size=batch_size, device=device, metadata=metadata,
+                  chunk=int(spec["chunk"]))
+    # LightningDiT's cache with encode.flip: each training image also encoded mirrored (its own noise
+    # stream); the statistics stay those of the unflipped copy.
+    encode_split_to_file(model, train, out / "train.safetensors", name="train", mirror_copy=bool(spec["flip"]),
+                         fingerprint={**identity, "images": str(args.train)}, **common)
+    encode_split_to_file(model, val, out / "val.safetensors", name="val",
+                         mask_spec={"rule": spec["mask_pooling"], "threshold": spec["mask_threshold"]},
+                         fingerprint={**identity, "images": str(args.val)}, **common)
+    train_latents = memory_map_tensors(out / "train.safetensors", ["latents"])["latents"]
+    mean, std = channel_statistics(train_latents)
+    save_tensors(out / "stats.safetensors", {"mean": mean, "std": std}, metadata)
+    log.info("encode: %d train and %d val latents of shape %s in %s", len(train), len(val),
+             tuple(train_latents.shape[1:]), out)
+    return 0
+
+
+def run_import_latents(args: argparse.Namespace) -> int:
+    """Check the latents of ``--source`` against ``--tokenizer`` and copy them to ``--out``."""
+    from .importing import import_latents
+    from ..progress import log
+
+    found = import_latents(args.source, args.out, args.tokenizer, int(args.spec["image_size"]),
+                           int(args.spec["n_classes"]), float(args.spec.get("stats_tolerance", 1e-3)))
+    log.info("import-latents: %d train and %d val latents of (%d, %d, %d) from %s", found["train"], found["val"],
+             found["channels"], found["side"], found["side"], args.source)
+    return 0

@@ -44,7 +44,7 @@ test-weights: setup
 	$(BIN)/python scripts/fetch_test_weights.py
 
 test: setup test-weights
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 report: setup
 	$(BIN)/snakemake --report results/report.html

@@ -68,3 +68,28 @@ def small_study_checkout(snakemake_exe, tmp_path_factory):
     seconds = time.perf_counter() - started
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     return {"work": work, "cache": cache, "config": config, "seconds": seconds}
+
+
+#: modules whose tests share the session's ``small_study_checkout`` (one run of the small study)
+SMALL_STUDY_MODULES = {"test_workflow_cache.py", "test_workflow_rerun.py", "test_kill_soak.py"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marker into the node id
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``make test``: ``-n 2 --dist loadgroup``) every module runs in one worker, so
+    its module fixtures (a study, a SLURM cluster) are built once; the modules that share the small
+    study's session fixture go to one worker together."""
+    for item in items:
+        module = item.nodeid.split("::")[0].rsplit("/", 1)[-1]
+        group = "small_study" if module in SMALL_STUDY_MODULES else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_collection_finish(session):
+    """Fail at once if xdist did not group the tests (it writes the group into the node id; a pytest
+    that ignores that would spread a module over both workers and build its fixtures twice)."""
+    if getattr(session.config.option, "loadgroup", False):
+        ungrouped = [item.nodeid for item in session.items if "@" not in item.nodeid]
+        if ungrouped:
+            raise pytest.UsageError(f"pytest-xdist did not group {len(ungrouped)} tests, e.g. {ungrouped[0]}; "
+                                    "pytest and pytest-xdist versions: see envs/test.txt")

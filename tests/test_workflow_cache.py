@@ -84,10 +84,14 @@ def test_a_comment_or_docstring_change_reruns_nothing(checkout_a, snakemake_exe)
 
 
 def _ran(work: Path, rule: str) -> bool:
-    """Whether a job of ``rule`` executed its command in ``work``: its shell line writes its log file.
-    (Snakemake creates a job's log *folder* before it asks the cache, so a folder proves nothing.)"""
+    """Whether a job of ``rule`` executed its command in ``work``: its command logs to its log file.
+
+    Snakemake creates a cached job's log file too (empty) when it takes the outputs from the cache,
+    so only a log file with content proves that the command ran; every cached rule's command logs at
+    least one line (checked on checkout A, where they all ran)."""
     logs = work / "logs"
-    return (logs / f"{rule}.log").is_file() or any(path.is_file() for path in (logs / rule).rglob("*"))
+    files = [logs / f"{rule}.log", *(logs / rule).rglob("*")]
+    return any(path.is_file() and path.stat().st_size > 0 for path in files)
 
 
 def test_a_second_checkout_reuses_every_cached_artifact(checkout_a, repo, snakemake_exe, tmp_path):
@@ -107,6 +111,8 @@ def test_a_second_checkout_reuses_every_cached_artifact(checkout_a, repo, snakem
     seconds_b = time.perf_counter() - started
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
+    assert output.count(" from cache.") >= n_cached, output[-3000:]
+    assert all(_ran(work_a, rule) for rule in CACHED_RULES), "checkout A must have run every cached rule"
     executed = [rule for rule in CACHED_RULES if _ran(work_b, rule)]
     assert not executed, f"cached rules ran again in the second checkout: {executed}\n{output[-3000:]}"
     tables_a, tables_b = study_tables(work_a), study_tables(work_b)

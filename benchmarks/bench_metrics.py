@@ -24,6 +24,7 @@ import math
 import resource
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import scipy.fft
@@ -197,6 +198,9 @@ def main(argv=None) -> int:
     # VIV (class-conditional, both time laws)
     try:
         from diffusability.metrics import viv
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))   # the test oracle
+        from viv_reference import reference_viv_loop
     except ImportError:
         viv = None
     if args.skip_viv:
@@ -204,7 +208,7 @@ def main(argv=None) -> int:
     if viv is not None:
         result, ours_s = timed(viv.class_conditional_viv, z, labels.to(device), progress=False)
         subset = labels < args.ref_classes
-        reference, ref_s = timed(viv.reference_viv_loop, latents[subset], labels[subset])
+        reference, ref_s = timed(reference_viv_loop, latents[subset], labels[subset])
         ours_per_class = np.concatenate([result["per_class"]["uniform"][:args.ref_classes].cpu().numpy(),
                                          result["per_class"]["logit_normal"][:args.ref_classes].cpu().numpy()])
         ref_per_class = np.concatenate([reference["per_class"]["uniform"].numpy(),

@@ -178,6 +178,7 @@ def test_transformer_factories_and_config_defaults_follow_the_spec(family):
 # ----------------------------------------------------------------------------- the other specs
 
 def test_top_level_seed_default_is_every_specs_seed_default(schema):
+    from diffusability.data.commands import SHARD_SPEC_DEFAULTS
     from diffusability.teacher.domain_net import DomainNetSpec
     from diffusability.latent_metrics.network_commands import MODEL_DEFAULTS, TOKENIZER_DEFAULTS
     from diffusability.sampling.spec import SamplingSpec
@@ -187,7 +188,8 @@ def test_top_level_seed_default_is_every_specs_seed_default(schema):
 
     seed = schema["properties"]["seed"]["default"]
     assert [DomainNetSpec().seed, SamplingSpec().seed, ENCODE_DEFAULTS["seed"], TokenizerSpec().seed,
-            DiffusionSpec().seed, TOKENIZER_DEFAULTS["seed"], MODEL_DEFAULTS["seed"]] == [seed] * 7
+            DiffusionSpec().seed, TOKENIZER_DEFAULTS["seed"], MODEL_DEFAULTS["seed"],
+            SHARD_SPEC_DEFAULTS["seed"]] == [seed] * 8
 
 
 def test_data_schema_defaults_equal_the_data_spec(schema):
@@ -204,6 +206,11 @@ def test_data_schema_defaults_equal_the_data_spec(schema):
     assert disagreements(imagenet, resolved) == []
     shard_keys = {"shard_size", "workers", "max_bad_fraction", "masks_dir", "mask_categories"}
     assert disagreements(imagenet, SHARD_SPEC_DEFAULTS, skip=set(imagenet) - shard_keys) == []
+    # the keys the shard spec shares with prepare-data's ImageNet spec: the dataclass's defaults, key by key
+    shared = set(SHARD_SPEC_DEFAULTS) & set(field_defaults(ImagenetSpec()))
+    assert shared == {"max_bad_fraction", "masks_dir", "mask_categories"}
+    for key in sorted(shared):
+        assert SHARD_SPEC_DEFAULTS[key] == getattr(ImagenetSpec(), key), key
 
 
 def test_teacher_schema_defaults_equal_the_domain_net_spec(schema):
@@ -223,6 +230,20 @@ def test_encode_schema_defaults_equal_the_encode_defaults(schema):
     assert f"unset = {ENCODE_DEFAULTS['chunk']}" in encode["chunk"]["description"]
 
 
+def test_encode_defaults_equal_the_functions_they_configure():
+    """The encode spec's mask pooling and chunk are the Python API's defaults (pool_masks_to_grid, CHUNK)."""
+    import inspect
+
+    from diffusability.data.masks import pool_masks_to_grid
+    from diffusability.latents.commands import ENCODE_DEFAULTS
+    from diffusability.latents.encode import CHUNK
+
+    pooling = inspect.signature(pool_masks_to_grid).parameters
+    assert ENCODE_DEFAULTS["mask_pooling"] == pooling["rule"].default
+    assert ENCODE_DEFAULTS["mask_threshold"] == pooling["threshold"].default
+    assert ENCODE_DEFAULTS["chunk"] == CHUNK
+
+
 def test_sampling_schema_defaults_equal_the_sampling_spec(schema):
     from diffusability.sampling.spec import SamplingSpec
 
@@ -232,11 +253,17 @@ def test_sampling_schema_defaults_equal_the_sampling_spec(schema):
 
 def test_generation_and_reconstruction_defaults_equal_the_schema(schema):
     from diffusability.evaluation.generation import GenerationSpec
-    from diffusability.reconstruction.commands import RECONSTRUCTION_DEFAULTS
+    from diffusability.reconstruction.commands import reconstruction_defaults
 
     generation = schema["properties"]["generation"]["properties"]
     assert disagreements(generation, field_defaults(GenerationSpec())) == []
-    assert disagreements(generation, RECONSTRUCTION_DEFAULTS) == []
+    assert disagreements(generation, reconstruction_defaults()) == []
+    # the reconstruction spec reads the generation section: its shared keys are GenerationSpec's, key by key
+    reconstruction = reconstruction_defaults()
+    shared = set(reconstruction) & set(field_defaults(GenerationSpec()))
+    assert shared == {"batch_size", "is_splits"}
+    for key in sorted(shared):
+        assert reconstruction[key] == getattr(GenerationSpec(), key), key
     # pr_k has no schema default (reconstruction rejects the key); its documented default is the spec's
     assert GenerationSpec().pr_k == cfg.GENERATION_DEFAULTS["pr_k"]
     assert f"Default {GenerationSpec().pr_k}" in generation["pr_k"]["description"]

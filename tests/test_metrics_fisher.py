@@ -10,7 +10,7 @@ import torch
 from scipy import stats
 
 from diffusability.errors import DiffusabilityError
-from diffusability.metrics import fisher, viv
+from diffusability.metrics import fisher, kronecker
 
 S_GRID = torch.tensor([0.05, 0.3, 1.0, 3.0])
 
@@ -39,7 +39,7 @@ def test_kronecker_curves_use_the_product_eigenvalues():
     a = torch.randn(3, 3, dtype=torch.float64, generator=gen)
     b = torch.randn(4, 4, dtype=torch.float64, generator=gen)
     sigma_c, sigma_s = a @ a.T + 0.1 * torch.eye(3), b @ b.T + 0.1 * torch.eye(4)
-    spectra = viv.kronecker_spectra_from_factors(torch.zeros(1, 3, 4, dtype=torch.float64), sigma_c[None],
+    spectra = kronecker.kronecker_spectra_from_factors(torch.zeros(1, 3, 4, dtype=torch.float64), sigma_c[None],
                                                  sigma_s[None], (3, 2, 2))
     kron = torch.kron(sigma_s, sigma_c)
     out = fisher.kronecker_fisher_curves(spectra, S_GRID)
@@ -51,7 +51,7 @@ def test_kronecker_curves_use_the_product_eigenvalues():
 
 def test_mixture_with_one_component_matches_gaussian_closed_form():
     lam = torch.tensor([0.3, 2.0], dtype=torch.float64)
-    spectra = viv.kronecker_spectra_from_factors(torch.ones(1, 2, 1, dtype=torch.float64), torch.diag(lam)[None],
+    spectra = kronecker.kronecker_spectra_from_factors(torch.ones(1, 2, 1, dtype=torch.float64), torch.diag(lam)[None],
                                                  torch.ones(1, 1, 1, dtype=torch.float64), (2, 1, 1))
     out = fisher.mixture_fisher_curves(spectra, S_GRID, draws=4000, probes=2)
     closed = fisher.gaussian_fisher_curves(lam, S_GRID)
@@ -70,7 +70,7 @@ def grid_mixture_fisher(pi, mu, var, s):
 
 def test_mixture_one_dimensional_against_grid_quadrature():
     pi, mu, var = [0.4, 0.6], [-2.0, 1.5], [0.3, 0.8]
-    spectra = viv.kronecker_spectra_from_factors(
+    spectra = kronecker.kronecker_spectra_from_factors(
         torch.tensor(mu, dtype=torch.float64).reshape(2, 1, 1), torch.tensor(var, dtype=torch.float64).reshape(2, 1, 1),
         torch.ones(2, 1, 1, dtype=torch.float64), (1, 1, 1), counts=torch.tensor([4, 6]))
     s_grid = torch.tensor([0.1, 1.0])

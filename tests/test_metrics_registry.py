@@ -283,20 +283,20 @@ def test_linear_probe_needs_and_uses_train_latents():
 def test_viv_and_fisher_share_one_covariance_fit(monkeypatch):
     """With VIV and the analytic FI/FIR requested together the class covariances are fitted once, and the
     FI/FIR values equal those of a run that fits them on its own."""
-    from diffusability.metrics import viv
+    from diffusability.metrics import kronecker
 
     generator = torch.Generator().manual_seed(3)
     latents = torch.randn(24, 2, 3, 3, generator=generator)
     labels = torch.arange(3).repeat_interleave(8)
     alone = compute_metrics(latents, labels, names=["fi", "fir"]).set_index("metric")["value"]
     calls = []
-    original = viv.fit_class_covariances
+    original = kronecker.fit_class_covariances
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(viv, "fit_class_covariances", counting)
+    monkeypatch.setattr(kronecker, "fit_class_covariances", counting)
     together = compute_metrics(latents, labels, names=["viv_uniform", "fi", "fir"]).set_index("metric")["value"]
     assert len(calls) == 1
     np.testing.assert_allclose(together[["fi", "fir"]].to_numpy(), alone[["fi", "fir"]].to_numpy(), rtol=1e-12)
@@ -304,3 +304,41 @@ def test_viv_and_fisher_share_one_covariance_fit(monkeypatch):
     calls.clear()
     compute_metrics(latents, labels, names=["viv_uniform", "fi"], params={"fi": {"tol": 1e-5}})
     assert len(calls) == 2
+
+
+def _enums(node, path=""):
+    """Every ``enum`` of the schema as (path, values)."""
+    if isinstance(node, dict):
+        if "enum" in node:
+            yield path, node["enum"]
+        for key, value in node.items():
+            yield from _enums(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _enums(value, f"{path}[{index}]")
+
+
+def test_the_schema_enums_of_metric_names_are_the_registry():
+    """The config's metric names come from the registry: a metric (or group) added to one and not the other
+    fails here. The network-metric families are the commands' own lists."""
+    from diffusability.latent_metrics.network_commands import MODEL_DEFAULTS, TOKENIZER_FAMILIES
+    from diffusability.metrics.kronecker import SHRINKAGES
+    from diffusability.workflow.config import load_schema
+
+    schema = load_schema()
+    metrics = schema["properties"]["metrics"]["properties"]
+    enabled = metrics["enabled"]["items"]["enum"]
+    assert len(enabled) == len(set(enabled))
+    assert set(enabled) == set(METRICS) | set(GROUPS)
+    assert set(metrics["enabled"]["default"]) <= set(enabled)
+    assert set(metrics["tokenizer"]["properties"]["enabled"]["items"]["enum"]) == set(TOKENIZER_FAMILIES)
+    assert set(metrics["model"]["properties"]["enabled"]["items"]["enum"]) == set(MODEL_DEFAULTS) - {"enabled", "seed"}
+    assert metrics["tokenizer"]["properties"]["fisher_geometry"]["properties"]["shrinkage"]["enum"] == list(SHRINKAGES)
+    # no other enum of the schema lists metric or group names (one that did would need its own check here)
+    names = set(METRICS) | set(GROUPS) | set(registry.TOKENIZER_METRICS) | set(registry.MODEL_METRICS)
+    checked = {"/properties/metrics/properties/enabled/items",                   # the three checked above
+               "/properties/metrics/properties/tokenizer/properties/enabled/items",  # the family `ifid`
+               "/properties/metrics/properties/model/properties/enabled/items"}      # the family `fisher`
+    stray = {path: sorted(names & set(map(str, values))) for path, values in _enums(schema)
+             if path not in checked and names & set(map(str, values))}
+    assert stray == {}

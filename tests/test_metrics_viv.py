@@ -11,15 +11,16 @@ from hypothesis import given, settings, strategies as st
 from scipy import integrate, stats
 
 from diffusability.errors import DiffusabilityError
-from diffusability.metrics import viv
+from diffusability.metrics import kronecker, viv
 from diffusability.metrics._linalg import ledoit_wolf_shrink
+from viv_reference import reference_viv_loop
 
 
-def single_eigenvalue_spectra(lams) -> viv.KroneckerSpectra:
+def single_eigenvalue_spectra(lams) -> kronecker.KroneckerSpectra:
     """K classes with one latent dimension each (C = H = W = 1), eigenvalue λ_k."""
     lams = torch.as_tensor(lams, dtype=torch.float64).reshape(-1, 1, 1)
     k = lams.shape[0]
-    return viv.kronecker_spectra_from_factors(torch.zeros(k, 1, 1, dtype=torch.float64), lams,
+    return kronecker.kronecker_spectra_from_factors(torch.zeros(k, 1, 1, dtype=torch.float64), lams,
                                               torch.ones(k, 1, 1, dtype=torch.float64), (1, 1, 1))
 
 
@@ -59,7 +60,7 @@ def test_uniform_closed_form_equals_numeric_integral_of_eq4(lam):
 
 def test_curve_limits_and_peak():
     gen = torch.Generator().manual_seed(1)
-    spectra = viv.kronecker_spectra_from_factors(
+    spectra = kronecker.kronecker_spectra_from_factors(
         torch.zeros(2, 3, 4, dtype=torch.float64), torch.stack([random_spd(3, gen) for _ in range(2)]),
         torch.stack([random_spd(4, gen) for _ in range(2)]), (3, 2, 2))
     lam = spectra.eigenvalue_products()
@@ -77,7 +78,7 @@ def test_curve_limits_and_peak():
 def test_kronecker_trace_identity_against_explicit_kronecker_product():
     gen = torch.Generator().manual_seed(2)
     sigma_c, sigma_s = random_spd(3, gen), random_spd(6, gen)
-    spectra = viv.kronecker_spectra_from_factors(torch.zeros(1, 3, 6, dtype=torch.float64), sigma_c[None],
+    spectra = kronecker.kronecker_spectra_from_factors(torch.zeros(1, 3, 6, dtype=torch.float64), sigma_c[None],
                                                  sigma_s[None], (3, 2, 3))
     kron_eigs = torch.linalg.eigvalsh(torch.kron(sigma_s, sigma_c))
     torch.testing.assert_close(torch.sort(spectra.eigenvalue_products()[0]).values, kron_eigs)
@@ -165,7 +166,7 @@ def test_flip_flop_recovers_known_factors(shrinkage):
     sigma_c, sigma_s = random_spd(3, gen), random_spd(4, gen)
     x = matrix_normal(3000, sigma_c, sigma_s, 2, 2, gen, mean=torch.randn(3, 4, dtype=torch.float64,
                                                                            generator=gen))
-    spectra = viv.fit_class_covariances(x, torch.zeros(3000, dtype=torch.int64), shrinkage=shrinkage,
+    spectra = kronecker.fit_class_covariances(x, torch.zeros(3000, dtype=torch.int64), shrinkage=shrinkage,
                                         return_factors=True, progress=False, product_dtype=torch.float64)
     assert bool(spectra.converged.all())
     truth = torch.kron(sigma_s, sigma_c)
@@ -186,8 +187,8 @@ def test_ledoit_wolf_flip_flop_low_bias_at_50_per_class():
     x = torch.cat([matrix_normal(n, channel, spatial, h, w, gen) for _ in range(classes)])
     labels = torch.arange(classes).repeat_interleave(n)
     truth = float(torch.linalg.eigvalsh(torch.kron(spatial, channel)).clamp_min(0).sqrt().sum())
-    lw = viv.viv_uniform(viv.fit_class_covariances(x, labels, progress=False)).mean() * 2 / math.pi
-    plain = viv.viv_uniform(viv.fit_class_covariances(x, labels, shrinkage="none", progress=False)).mean()
+    lw = viv.viv_uniform(kronecker.fit_class_covariances(x, labels, progress=False)).mean() * 2 / math.pi
+    plain = viv.viv_uniform(kronecker.fit_class_covariances(x, labels, shrinkage="none", progress=False)).mean()
     assert abs(float(lw) / truth - 1) < 0.03
     assert float(plain) * 2 / math.pi < truth            # the plain MLE under-estimates Σσ at small N
 
@@ -238,7 +239,7 @@ def test_batched_equals_brute_force_per_class_loop(shrinkage):
     labels = torch.cat([torch.full((m,), 10 * k) for k, m in enumerate(counts)])
     perm = torch.randperm(len(labels), generator=gen)
     x, labels = x[perm], labels[perm]
-    spectra = viv.fit_class_covariances(x, labels, shrinkage=shrinkage, return_factors=True, progress=False,
+    spectra = kronecker.fit_class_covariances(x, labels, shrinkage=shrinkage, return_factors=True, progress=False,
                                         classes_per_batch=2, product_dtype=torch.float64)
     assert spectra.classes.tolist() == [0, 10, 20, 30, 40, 50]
     assert spectra.counts.tolist() == counts
@@ -253,7 +254,7 @@ def test_batched_equals_reference_loop_and_float32_products_agree():
     counts = [20, 20, 25, 20]
     x = torch.cat([matrix_normal(m, random_spd(4, gen), random_spd(6, gen), 2, 3, gen) for m in counts])
     labels = torch.arange(4).repeat_interleave(torch.tensor(counts))
-    reference = viv.reference_viv_loop(x, labels)
+    reference = reference_viv_loop(x, labels)
     exact = viv.class_conditional_viv(x, labels, product_dtype=torch.float64, progress=False)
     fast = viv.class_conditional_viv(x.float(), labels, progress=False)
     for law in ("uniform", "logit_normal"):
@@ -282,10 +283,10 @@ def test_dead_channel_is_handled():
     x[:, 1] = 0.5                                     # a collapsed channel: zero variance
     labels = torch.arange(2).repeat(20)
     for shrinkage in ("none", "ledoit_wolf"):
-        spectra = viv.fit_class_covariances(x, labels, shrinkage=shrinkage, progress=False)
+        spectra = kronecker.fit_class_covariances(x, labels, shrinkage=shrinkage, progress=False)
         assert bool(torch.isfinite(spectra.channel_eigs).all()) and bool((spectra.channel_eigs >= 0).all())
         assert bool(torch.isfinite(viv.viv_uniform(spectra)).all())
-    plain = viv.fit_class_covariances(x, labels, shrinkage="none", progress=False)
+    plain = kronecker.fit_class_covariances(x, labels, shrinkage="none", progress=False)
     assert float(plain.channel_eigs[:, 0].max()) < 1e-5 * float(plain.channel_eigs.max())
 
 
@@ -338,10 +339,10 @@ def test_bad_inputs_raise_clear_errors(case, pattern):
 
 # ------------------------------------------------------------------------------------------ §1.5 marginal
 
-def small_mixture(seed: int = 13) -> viv.KroneckerSpectra:
+def small_mixture(seed: int = 13) -> kronecker.KroneckerSpectra:
     gen = torch.Generator().manual_seed(seed)
     k, c, p = 3, 2, 2
-    return viv.kronecker_spectra_from_factors(
+    return kronecker.kronecker_spectra_from_factors(
         2 * torch.randn(k, c, p, dtype=torch.float64, generator=gen),
         torch.stack([random_spd(c, gen) for _ in range(k)]), torch.stack([random_spd(p, gen) for _ in range(k)]),
         (c, p, 1), counts=torch.tensor([1, 2, 3]))
@@ -370,7 +371,7 @@ def test_marginal_exceeds_class_average():
 
 def test_marginal_with_one_component_equals_class_viv():
     gen = torch.Generator().manual_seed(14)
-    spectra = viv.kronecker_spectra_from_factors(torch.zeros(1, 2, 3, dtype=torch.float64),
+    spectra = kronecker.kronecker_spectra_from_factors(torch.zeros(1, 2, 3, dtype=torch.float64),
                                                  random_spd(2, gen)[None], random_spd(3, gen)[None], (2, 3, 1))
     for law, exact in (("uniform", viv.viv_uniform(spectra)), ("logit_normal", viv.viv_logit_normal(spectra))):
         out = viv.marginal_viv(None, None, spectra=spectra, time_law=law, draws=4000, progress=False)
@@ -380,7 +381,7 @@ def test_marginal_with_one_component_equals_class_viv():
 
 def test_marginal_one_dimensional_two_components_against_grid_posterior():
     pi, mu, var, t = np.array([0.3, 0.7]), np.array([-1.5, 2.0]), np.array([0.5, 1.2]), 0.6
-    spectra = viv.kronecker_spectra_from_factors(
+    spectra = kronecker.kronecker_spectra_from_factors(
         torch.tensor(mu).reshape(2, 1, 1), torch.tensor(var).reshape(2, 1, 1), torch.ones(2, 1, 1,
                                                                                           dtype=torch.float64),
         (1, 1, 1), counts=torch.tensor([3, 7]))
@@ -401,7 +402,7 @@ def test_marginal_one_dimensional_two_components_against_grid_posterior():
 def test_marginal_top_component_preranking_close_to_exact():
     gen = torch.Generator().manual_seed(15)
     k, c, p = 12, 2, 2
-    spectra = viv.kronecker_spectra_from_factors(
+    spectra = kronecker.kronecker_spectra_from_factors(
         6 * torch.randn(k, c, p, dtype=torch.float64, generator=gen),
         torch.stack([random_spd(c, gen) for _ in range(k)]), torch.stack([random_spd(p, gen) for _ in range(k)]),
         (c, p, 1))
@@ -440,10 +441,10 @@ def smooth_classes(counts, c, h, w, seed):
 @pytest.mark.parametrize("c, h, w", [(3, 9, 9), (2, 8, 8)])    # P = 81 (odd split) and 64: the block GEMMs
 def test_batched_equals_reference_loop_on_the_block_path(c, h, w, monkeypatch):
     x, labels = smooth_classes([12, 12, 15, 7, 12], c, h, w, seed=20)
-    reference = viv.reference_viv_loop(x, labels)
+    reference = reference_viv_loop(x, labels)
     for kwargs, budget in (({}, None), ({"classes_per_batch": 2}, None), ({}, 1)):   # 1 byte: one class a batch
         if budget is not None:
-            monkeypatch.setattr(viv, "WORKSPACE_BYTES", budget)
+            monkeypatch.setattr(kronecker, "WORKSPACE_BYTES", budget)
         out = viv.class_conditional_viv(x, labels, progress=False, **kwargs)
         for law in ("uniform", "logit_normal"):
             torch.testing.assert_close(out["per_class"][law], reference["per_class"][law], rtol=1e-10, atol=0)
@@ -452,7 +453,7 @@ def test_batched_equals_reference_loop_on_the_block_path(c, h, w, monkeypatch):
 def test_float32_products_tolerance():
     """The stated tolerance of the float32 product path: 1e-5 relative to the float64 reference loop."""
     x, labels = smooth_classes([20, 20, 20], 3, 8, 8, seed=21)
-    reference = viv.reference_viv_loop(x, labels)
+    reference = reference_viv_loop(x, labels)
     fast = viv.class_conditional_viv(x, labels, product_dtype=torch.float32, progress=False)
     for law in ("uniform", "logit_normal"):
         torch.testing.assert_close(fast["per_class"][law], reference["per_class"][law], rtol=1e-5, atol=0)
@@ -463,23 +464,23 @@ def test_workspace_is_bounded_whatever_the_number_of_latents():
     small_x, small_labels = smooth_classes([4] * 6, 2, 8, 8, seed=22)
     budget = 600_000
     for latents, lab in ((x, labels), (small_x, small_labels)):
-        spectra = viv.fit_class_covariances(latents, lab, workspace_bytes=budget, progress=False)
+        spectra = kronecker.fit_class_covariances(latents, lab, workspace_bytes=budget, progress=False)
         assert spectra.workspace_bytes <= budget
         n = int(spectra.counts[0])
-        per_class = viv.workspace_bytes_per_class(n, 2, 64)
+        per_class = kronecker.workspace_bytes_per_class(n, 2, 64)
         # every class slot is counted, P×P stacks included: the batch shrinks as n grows, never the reverse
         assert per_class > 5 * 64 * 64 * 8
-    assert viv.workspace_bytes_per_class(5, 32, 256) > 5 * 256 * 256 * 8      # the stacks dominate at small n
+    assert kronecker.workspace_bytes_per_class(5, 32, 256) > 5 * 256 * 256 * 8      # the stacks dominate at small n
 
 
 def test_converged_classes_leave_the_batch_with_their_own_result():
     """Classes stop at different iterations; the slots are compacted in place and results stay attached."""
     x, labels = smooth_classes([10, 10, 10, 10], 2, 4, 4, seed=23)
     x[labels == 2] = 0.5 * torch.randn_like(x[labels == 2])            # isotropic: converges fast
-    together = viv.fit_class_covariances(x, labels, return_factors=True, progress=False)
+    together = kronecker.fit_class_covariances(x, labels, return_factors=True, progress=False)
     assert len(set(together.iterations.tolist())) > 1
     for k in range(4):
-        alone = viv.fit_class_covariances(x[labels == k], torch.zeros(10, dtype=torch.int64), return_factors=True,
+        alone = kronecker.fit_class_covariances(x[labels == k], torch.zeros(10, dtype=torch.int64), return_factors=True,
                                           progress=False)
         torch.testing.assert_close(together.spatial_factors[k], alone.spatial_factors[0], rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(together.channel_factors[k], alone.channel_factors[0], rtol=1e-12, atol=1e-14)
@@ -547,16 +548,16 @@ def test_batches_in_threads_equal_one_thread_and_raise_in_the_caller():
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = viv.fit_class_covariances(x, labels, classes_per_batch=2, progress=False)
+        one = kronecker.fit_class_covariances(x, labels, classes_per_batch=2, progress=False)
         torch.set_num_threads(3)
-        three = viv.fit_class_covariances(x, labels, classes_per_batch=2, progress=False)
+        three = kronecker.fit_class_covariances(x, labels, classes_per_batch=2, progress=False)
         assert torch.get_num_threads() == 3
         torch.testing.assert_close(three.spatial_eigs, one.spatial_eigs, rtol=1e-12, atol=1e-15)
         torch.testing.assert_close(three.channel_eigs, one.channel_eigs, rtol=1e-12, atol=1e-15)
         assert three.iterations.tolist() == one.iterations.tolist()
         x[labels == 6] = 1.0
         with pytest.raises(DiffusabilityError, match=r"class\(es\) \[6\] have all-constant"):
-            viv.fit_class_covariances(x, labels, classes_per_batch=2, progress=False)
+            kronecker.fit_class_covariances(x, labels, classes_per_batch=2, progress=False)
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(previous)
@@ -568,7 +569,7 @@ def test_curve_equals_eq4_on_the_products():
     b = torch.rand(k, c, dtype=torch.float64, generator=gen) * 2
     a = torch.rand(k, p, dtype=torch.float64, generator=gen) ** 4 * 5
     a[0, :2], b[1, 0] = 0.0, 0.0
-    spectra = viv.KroneckerSpectra(classes=torch.arange(k), counts=torch.full((k,), 5), channel_eigs=b,
+    spectra = kronecker.KroneckerSpectra(classes=torch.arange(k), counts=torch.full((k,), 5), channel_eigs=b,
                                    spatial_eigs=a, iterations=torch.ones(k), converged=torch.ones(k, dtype=torch.bool),
                                    latent_shape=(c, 2, 5))
     t = torch.tensor([0.0, 1e-9, 0.05, 0.5, 0.9, 1 - 1e-9, 1.0], dtype=torch.float64)

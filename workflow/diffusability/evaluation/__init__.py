@@ -3,8 +3,8 @@ the FID Inception.
 
 The numerics (``inception_scoring``, ``manifold_precision_recall``, ``generation``; the Fréchet distance
 is :mod:`diffusability.metrics.frechet`) are pure functions on tensors/arrays; ``inception`` holds the FID feature network (the
-domain network is the teacher stage's, :mod:`diffusability.teacher`); ``commands`` wires them to files
-for the workflow.
+domain network is the teacher stage's, :mod:`diffusability.teacher`); ``trajectory`` turns recorded
+sampling trajectories into transport-efficiency rows; ``commands`` wires them to files for the workflow.
 
 Public names are imported lazily (as in ``metrics``): every ``diffusability`` command imports this
 package for ``evaluation.commands``, and the eager imports cost ``--help`` 0.9 s (``scipy.special``

@@ -6,7 +6,7 @@ no downloaded weights) or ``inception`` — the FID Inception-v3 of the ADM eval
 the row is left out and the params say why), ``precision`` and ``recall``. The reference is either
 images (``--reference``) or cached statistics (``--reference-stats``: a ``reference-stats`` output or
 ADM's ``VIRTUAL_imagenet256_labeled.npz``). ``trajectory-metrics`` measures the transport efficiency
-of a sample set's recorded trajectories (:func:`diffusability.metrics.trajectory.trajectory_metrics`).
+of a sample set's recorded trajectories (rows: :func:`diffusability.evaluation.trajectory.trajectory_rows`).
 
 File formats follow CONTRIBUTING.md: image splits are ``.safetensors`` with ``images`` uint8
 (N, H, W, 3) and ``labels``; samples are ADM-layout ``.npz`` (``arr_0``, ``labels``); result
@@ -262,28 +262,19 @@ def run_reference_stats(args) -> None:
 
 def run_trajectory_metrics(args) -> None:
     """Transport-efficiency rows of a sample set's recorded trajectories (docs/metrics.md §10)."""
-    import json
-
-    import pandas as pd
-
-    from ..io import load_tensors, write_parquet, provenance
-    from ..metrics.trajectory import trajectory_metrics
+    from ..io import load_tensors, provenance, write_parquet
+    from ..progress import log
+    from ..rows import rows_frame
+    from .trajectory import trajectory_rows
 
     start = time.perf_counter()
     data = load_tensors(args.trajectories, ["trajectory", "times"])
-    result = trajectory_metrics(data["trajectory"], data["times"])
-    n = int(data["trajectory"].shape[1])
-    seconds = time.perf_counter() - start
-    rows = [
-        {"metric": "local_straightness", "value": float(result["local_straightness"].double().mean()),
-         "direction": "higher", "params": "{}", "n": n, "seconds": seconds},
-        {"metric": "global_efficiency", "value": float(result["global_efficiency"].double().mean()),
-         "direction": "higher", "params": "{}", "n": n, "seconds": seconds},
-    ]
-    times = data["times"].double()
-    ratio = result["length_ratio"].double().mean(dim=0)
-    for k, value in enumerate(ratio.tolist()):
-        rows.append({"metric": "length_ratio", "value": value, "direction": "",
-                     "params": json.dumps({"segment": k + 1, "t_start": float(times[k]), "t_end": float(times[k + 1])}),
-                     "n": n, "seconds": seconds})
-    write_parquet(pd.DataFrame(rows), args.out, provenance())
+    rows = trajectory_rows(data["trajectory"], data["times"])
+    steps, samples = data["trajectory"].shape[0] - 1, data["trajectory"].shape[1]
+    if steps < 2:
+        log.warning("trajectory metrics of %s: one sampler step, local straightness is undefined (NaN)",
+                    args.trajectories)
+    log.info("trajectory metrics of %s: %d samples, %d segments, %.2f s", args.trajectories, samples, steps,
+             time.perf_counter() - start)
+    # NaN only for local straightness with one step (undefined, see trajectory_rows); inputs are checked finite
+    write_parquet(rows_frame(rows, require_finite=False), args.out, provenance())

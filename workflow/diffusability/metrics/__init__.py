@@ -1,6 +1,7 @@
 """Latent proxy metrics: pure functions on tensors (no file I/O), and their registry.
 
-Modules: ``viv`` (velocity irreducible variance), ``semantic`` (LNC, linear probe), ``spatial``
+Modules: ``viv`` (velocity irreducible variance), ``kronecker`` (the Kronecker class-covariance fit
+that VIV and ``fisher`` share), ``semantic`` (LNC, linear probe), ``spatial``
 (LDS, CDS, SRSS, RMSC), ``spectral`` (SEC), ``uniformity`` (t-SNE density), ``equivariance``,
 ``continuity`` (iFID), ``fisher``, ``trajectory``, ``normalization``, ``frechet`` (the Fréchet distance
 of feature statistics, shared by FD, rFD, iFID and FDr); ``registry`` maps metric

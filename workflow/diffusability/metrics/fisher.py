@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from diffusability.errors import require
-from diffusability.metrics.viv import KroneckerMixture, KroneckerSpectra
+from diffusability.metrics.kronecker import KroneckerMixture, KroneckerSpectra
 
 
 def _check_s_grid(s_grid: torch.Tensor, device) -> torch.Tensor:
@@ -227,13 +227,13 @@ def class_conditional_fisher(latents: torch.Tensor, labels: torch.Tensor, *, s_m
 
     Args:
         latents: (N, C, H, W) normalised latents; labels: (N,) int (≥ ``min_per_class`` per class).
-        spectra: the :class:`~diffusability.metrics.viv.KroneckerSpectra` of these latents when VIV has
+        spectra: the :class:`~diffusability.metrics.kronecker.KroneckerSpectra` of these latents when VIV has
             already fitted them with the same fit parameters (the registry shares one fit); else fitted here.
     Returns:
         ``dict(fi, fir, s (S,), phi (S,), psi (S,), n_classes)``: φ, ψ are the equal-weight class means
         of each class's closed-form curves; fi, fir their means over the log-uniform s grid.
     """
-    from diffusability.metrics.viv import fit_class_covariances
+    from diffusability.metrics.kronecker import fit_class_covariances
 
     if spectra is None:
         spectra = fit_class_covariances(latents, labels, shrinkage=shrinkage, tol=tol, max_iter=max_iter,
@@ -253,7 +253,7 @@ def mixture_fisher(latents: torch.Tensor, labels: torch.Tensor, *, s_min: float 
     Every draw evaluates all K components, so the cost is draws·S·K·(C²P + CP²): meant for small K
     (the embedded default) or a subset of classes. Returns ``dict(fi, fir, s, phi, psi, n_classes)``.
     """
-    from diffusability.metrics.viv import fit_class_covariances
+    from diffusability.metrics.kronecker import fit_class_covariances
 
     spectra = fit_class_covariances(latents, labels, shrinkage=shrinkage, tol=tol, max_iter=max_iter,
                                     min_per_class=min_per_class, return_factors=True, progress=progress)

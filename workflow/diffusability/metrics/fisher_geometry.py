@@ -8,7 +8,7 @@ project's definitions (docs/fisher-geometry.md writes them out and says why); th
 paper's text.
 
 **Alignment** (:func:`fisher_alignment`). Each space is modelled by class Gaussians N(μ_c, Σ_c) fitted as
-for VIV (Kronecker Σ_S ⊗ Σ_C, :func:`~diffusability.metrics.viv.fit_class_covariances`), eigenvalues
+for VIV (Kronecker Σ_S ⊗ Σ_C, :func:`~diffusability.metrics.kronecker.fit_class_covariances`), eigenvalues
 λ_{c,i}, dimension D, and its total variance per dimension v̄ = tr Cov(x) / D. On the normalised noise axis
 σ = s / v̄ the per-dimension curves are
 
@@ -223,7 +223,7 @@ def class_gaussian_spectrum(samples: torch.Tensor, labels: torch.Tensor, *, shri
     >>> class_gaussian_spectrum(x, torch.arange(40) % 2).shape
     torch.Size([2, 8])
     """
-    from diffusability.metrics.viv import fit_class_covariances
+    from diffusability.metrics.kronecker import fit_class_covariances
 
     spectra = fit_class_covariances(samples, labels, shrinkage=shrinkage, tol=tol, max_iter=max_iter,
                                     min_per_class=min_per_class, progress=progress)

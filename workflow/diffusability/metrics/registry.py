@@ -3,11 +3,12 @@
 A *computation* is one call of a metric function (e.g. the class-conditional VIV spectra, or one
 t-SNE per subset) that may yield several metric values; each *metric* names one value of one
 computation. ``compute_metrics`` runs every needed computation once and returns the tidy rows of
-CONTRIBUTING.md: ``metric, value (float64), direction, params (JSON), n, seconds``.
+:mod:`diffusability.rows`: ``metric, value (float64), direction, params (JSON), n`` (wall times go to the log).
 
 The linear probe also needs the training latents (``train_latents``/``train_labels``). The rows of
 the ``tokenizer-metrics`` and ``model-metrics`` commands (which need networks, not only latents)
-are listed in ``TOKENIZER_METRICS`` / ``MODEL_METRICS`` for their directions.
+and of ``trajectory-metrics`` (sampler trajectories) are listed in ``TOKENIZER_METRICS`` /
+``MODEL_METRICS`` / ``TRAJECTORY_METRICS`` for their directions.
 
 Parameters are given per metric name, per group name (``viv``, ``uniformity``, ``fisher``) or per
 computation name; the recorded ``params`` JSON is the full effective set (defaults included,
@@ -315,11 +316,22 @@ MODEL_METRICS: dict[str, MetricSpec] = {m.name: m for m in (
 )}
 
 
+#: rows of the ``trajectory-metrics`` command (the sampler's recorded trajectories, docs/metrics.md §10): the
+#: means over samples of eqs. (10), (11) and, one row per segment, ρ_k — a profile whose straight constant-speed
+#: value is 1 with no better side (above 1 aggressive, below conservative), so a diagnostic
+TRAJECTORY_METRICS: dict[str, MetricSpec] = {m.name: m for m in (
+    MetricSpec("local_straightness", "trajectory", "higher", "mean cosine of consecutive segments, eq. (10)"),
+    MetricSpec("global_efficiency", "trajectory", "higher", "displacement over path length, eq. (11)"),
+    MetricSpec("length_ratio", "trajectory", "none",
+               "per-segment length ratio ρ_k, one row per segment (params segment, t_start, t_end); 1 = straight"),
+)}
+
+
 def metric_direction(name: str) -> str:
-    """"lower", "higher" or "none" (diagnostic) for a metric, SEC sweep, tokenizer- or model-level row name."""
+    """"lower", "higher" or "none" (diagnostic) for a metric, SEC sweep, tokenizer-, model- or trajectory row name."""
     if name.startswith("sec_r"):
         return METRICS["sec"].direction
-    known = {**METRICS, **TOKENIZER_METRICS, **MODEL_METRICS}
+    known = {**METRICS, **TOKENIZER_METRICS, **MODEL_METRICS, **TRAJECTORY_METRICS}
     require(name in known, f"metric {name!r} is unknown (known: {sorted(known)})")
     return known[name].direction
 
@@ -427,20 +439,52 @@ def compute_metrics(latents, labels=None, masks=None, names=("all",), params: di
                     device: str | None = None, train_latents=None, train_labels=None):
     """Compute named metrics on (already normalised) latents and return tidy rows.
 
-    Args:
-        latents: (N, C, H, W) float, finite, not constant.
-        labels: (N,) int or None. masks: (N, H, W) bool foreground at latent resolution or None.
-        names: metric names, groups (``viv``, ``uniformity``) and/or ``all``; or a comma string.
-        params: ``{metric | group | computation: {keyword: value}}``.
-        device: where to compute (default: the latents' device).
-        train_latents, train_labels: (M, C, H, W) float and (M,) int training latents, normalised like
-            ``latents`` — needed only by ``linear_probe``.
-    Returns:
-        pandas.DataFrame with columns ``metric`` (str), ``value`` (float64), ``direction``
-        ("lower"/"higher"/"none"), ``params`` (JSON str), ``n`` (int64), ``seconds`` (float64: the
-        wall time of the computation that produced the row, shared by its rows). Metrics that
-        ``all`` selected but the inputs cannot support (e.g. SRSS's foreground threshold on a small
-        grid) are left out, with the reason in ``frame.attrs["skipped"]`` ({metric: why}).
+    Every computation that the named metrics need runs once (e.g. one flip-flop fit for all VIV rows
+    and, with the same fit parameters, for ``fi``/``fir``); its wall time goes to the log, not the rows.
+
+    Parameters
+    ----------
+    latents : torch.Tensor or array-like, shape (N, C, H, W)
+        Float, finite, not constant; normalised as the diffusion model sees them (docs/metrics.md §0.3).
+    labels : array-like of int, shape (N,), optional
+        Class labels (VIV, LNC, FI/FIR, the linear probe).
+    masks : array-like of bool, shape (N, H, W), optional
+        Foreground at latent resolution (SRSS; LNC's foreground pooling).
+    names : sequence of str or str, default ("all",)
+        Metric names, groups (``viv``, ``uniformity``, ``fisher``) and/or ``all``; or a comma string.
+    params : dict, optional
+        ``{metric | group | computation: {keyword: value}}``.
+    device : str, optional
+        Where to compute (default: the latents' device).
+    train_latents, train_labels : optional
+        (M, C, H, W) float and (M,) int training latents, normalised like ``latents`` — needed only
+        by ``linear_probe``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows of :mod:`diffusability.rows`: ``metric`` (str), ``value`` (float64), ``direction``
+        ("lower"/"higher"/"none"), ``params`` (key-sorted JSON of the effective parameters), ``n``
+        (int64). Metrics that ``all`` selected but the inputs cannot support (e.g. SRSS's foreground
+        threshold on a small grid) are left out, with the reason in ``frame.attrs["skipped"]``
+        ({metric: why}).
+
+    Examples
+    --------
+    Spatially constant latents: every token equals its neighbours and the distant ones (LDS = 0) and
+    all DCT energy sits at the zero frequency (SEC = 0 at every cut-off of the sweep).
+
+    >>> import torch
+    >>> from diffusability.metrics import compute_metrics
+    >>> flat = torch.randn(6, 3, 1, 1, generator=torch.Generator().manual_seed(0)).expand(6, 3, 8, 8)
+    >>> table = compute_metrics(flat, names=["lds", "sec"])
+    >>> list(table.columns)
+    ['metric', 'value', 'direction', 'params', 'n']
+    >>> [(row.metric, round(row.value, 6), row.direction, row.n) for row in table.itertuples()]
+    [('lds', 0.0, 'higher', 6), ('sec', 0.0, 'lower', 6), ('sec_r0.25', 0.0, 'lower', 6),
+     ('sec_r0.5', 0.0, 'lower', 6), ('sec_r0.75', 0.0, 'lower', 6)]
+    >>> table.loc[0, "params"]
+    '{"far_dist": 6}'
     """
     latents = as_latent_tensor(latents)
     if device is not None:

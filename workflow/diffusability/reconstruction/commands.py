@@ -11,7 +11,15 @@ import argparse
 
 from ..specs import resolve_spec
 
-RECONSTRUCTION_DEFAULTS = {"seed": None, "batch_size": 256, "is_splits": 10}
+
+def reconstruction_defaults() -> dict:
+    """Keys and defaults of the ``reconstruction`` spec: the config's ``generation`` section is passed on, and
+    its ``batch_size`` and ``is_splits`` take :class:`~diffusability.evaluation.generation.GenerationSpec`'s
+    defaults (one source; imported here, not at module level, so ``diffusability --help`` stays fast)."""
+    from ..evaluation.generation import GenerationSpec
+
+    generation = GenerationSpec()
+    return {"seed": None, "batch_size": generation.batch_size, "is_splits": generation.is_splits}
 
 
 def register(subparsers) -> None:
@@ -51,7 +59,7 @@ def run_reconstruction(args: argparse.Namespace) -> int:
     from .measure import (RECONSTRUCTION_ROWS, domain_features, inception_features, lpips_distances,
                           original_features, reconstruction_metrics)
 
-    spec = resolve_spec(args.spec, RECONSTRUCTION_DEFAULTS, "reconstruction")
+    spec = resolve_spec(args.spec, reconstruction_defaults(), "reconstruction")
     batch_size = int(spec["batch_size"])
     device = resolve_device(args.device)
     images = open_image_split(args.data).images  # checked: uint8 (N, H, W, 3)

@@ -60,17 +60,6 @@ def inception_features(net, device: str = "cpu"):
     return lambda batch: net.forward_preprocessed(net.preprocess(batch).to(device))["pool3"].double().cpu()
 
 
-def feature_batches(feature_net, images, batch_size: int):
-    """Domain-net ``features`` (N, F) of uint8 images (N,H,W,3) (any array-like that slices to batches)."""
-    import torch
-
-    from ..data.splits import iterate_batches
-
-    extract = domain_features(feature_net)
-    with torch.no_grad():
-        return torch.cat([extract(torch.as_tensor(images[rows])) for rows in iterate_batches(images.shape[0], batch_size)])
-
-
 def original_features(extractors: dict, images, batch_size: int) -> dict:
     """{name: features (N, F)} of the original images for every feature extractor, in one pass."""
     import torch

@@ -11,9 +11,10 @@ IMAGENET = config["data"]["source"] == "imagenet"
 
 
 def imagenet_folder(split):
-    """Quoted image root of a split, and the train folder whose sorted wnids define the labels."""
+    """Image root of a split, and the train folder whose sorted wnids define the labels: raw paths,
+    quoted once by the rule's `:q` (quoting here as well passed the quotes into the path)."""
     spec = cfg.imagenet_spec(config)
-    return {"root": shlex.quote(spec[f"{split}_dir"]), "train": shlex.quote(spec["train_dir"])}
+    return {"root": spec[f"{split}_dir"], "train": spec["train_dir"]}
 
 
 def imagenet_workers(wildcards):
@@ -55,7 +56,7 @@ rule imagenet_shards:
         layout.log_file("imagenet_shards", "{split}"),
     threads: imagenet_workers
     shell:
-        "{DIFFUSABILITY} imagenet-shards --manifest {input} --out-dir {params.out:q} --spec {params.spec} > {log:q} 2>&1"
+        "{DIFFUSABILITY} imagenet-shards --manifest {input:q} --out-dir {params.out:q} --spec {params.spec} > {log:q} 2>&1"
 
 
 rule imagenet_shards_all:

@@ -109,6 +109,46 @@ def test_profile_retries_and_requeues(repo):
     assert profile.get("rerun-incomplete") is True
 
 
+def _cached_rules(repo: Path) -> set[str]:
+    """The rules with a `cache:` directive in workflow/rules/*.smk."""
+    rules, current = set(), None
+    for path in sorted((repo / "workflow" / "rules").glob("*.smk")):
+        for line in path.read_text().splitlines():
+            if match := re.match(r"\s*(?:rule|checkpoint)\s+(\w+)\s*:", line):
+                current = match.group(1)
+            elif re.match(r"\s*cache\s*:", line) and current:
+                rules.add(current)
+    return rules
+
+
+def test_profile_enables_the_output_cache(repo, monkeypatch):
+    """The profile turns on the between-workflow cache for exactly the rules marked `cache:`, by name, read
+    as Snakemake reads the profile. By name because Snakemake hands `--cache` on to a SLURM job, where the
+    cache is read and written, only when the list is not empty."""
+    from snakemake.cli import parse_args
+
+    monkeypatch.chdir(repo)
+    _, args = parse_args(["snakemake", "--profile", "cluster"])
+    assert args.cache and set(args.cache) == _cached_rules(repo)
+
+
+def test_profile_without_a_cache_folder_says_what_to_set(repo, snakemake_exe, tmp_path, monkeypatch):
+    """Without SNAKEMAKE_OUTPUT_CACHE the profile's named rules would stop Snakemake on a traceback ("Cache
+    backend unavailable"); the workflow stops first, before any job, naming the variable and the README."""
+    monkeypatch.delenv("SNAKEMAKE_OUTPUT_CACHE", raising=False)
+    work = tmp_path / "work"
+    (work / "config").mkdir(parents=True)
+    for name in ("Snakefile", "workflow", "cluster"):
+        (work / name).symlink_to(repo / name)
+    (work / "config" / "config.yaml").write_text((repo / "config" / "config.yaml").read_text())
+    result = subprocess.run([snakemake_exe, "--cores", "all", "--profile", "cluster", "-n"], cwd=work,
+                            capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert "export SNAKEMAKE_OUTPUT_CACHE=" in output and "Sharing the artifact cache" in output, output[-3000:]
+    assert "Traceback" not in output and "Cache backend unavailable" not in output, output[-3000:]
+
+
 # ----------------------------------------------------------------------------- the test profile
 
 #: Every change of the test profile against cluster/config.yaml, and why this node forces it.
@@ -388,6 +428,7 @@ def small_study(repo) -> dict:
     config["sampling"].update(cfg_scales=[1.0], trajectories=0, untrained_baseline=False, num_samples=32,
                               batch_size=32)
     config["metrics"] = {"enabled": ["lnc"], "params": {"lnc": {"k": 3}}}
+    config["repeats"] = 1
     return config
 
 
@@ -520,8 +561,14 @@ def runs(cluster, repo, snakemake_exe):
     try:
         watcher.start()
         for name, work in (("local", local), ("slurm", slurm)):
+            # The profile enables the output cache: each run gets its own, empty one, so that every job of
+            # both runs executes (a shared cache would let one run take the other's outputs) and the cached
+            # rules' outputs go through the cache's store and symlink as on a real cluster.
+            cache = cluster.root / f"cache-{name}"
+            cache.mkdir()
             with open(cluster.root / f"{name}.out", "w") as out:
-                processes[name] = subprocess.Popen(commands[name], cwd=work, env=env, stdout=out,
+                processes[name] = subprocess.Popen(commands[name], cwd=work,
+                                                   env=dict(env, SNAKEMAKE_OUTPUT_CACHE=str(cache)), stdout=out,
                                                    stderr=subprocess.STDOUT)
         while len(seconds) < len(processes) and time.monotonic() - started < 1800:
             for name, process in processes.items():
@@ -615,6 +662,20 @@ def test_a_cancelled_training_job_is_retried_and_resumes(runs):
     log = (runs.slurm / "logs" / "train_tokenizer" / f"{CANCEL_TOK}.log").read_text()
     resumed = {int(s) for s in re.findall(r"train_tokenizer: resumed from \S+ \(step (\d+)\)", log)}
     assert resumed and all(cancelled["step"] <= s < steps for s in resumed), log[-3000:]
+
+
+@slow
+def test_cached_jobs_went_through_the_cache(runs):
+    """The profile's output cache works inside SLURM jobs: the SLURM run stored one cache entry per output of
+    its cached jobs, as the local run did, and its results hold those outputs as links into its cache."""
+    entries = {name: sorted(p.name for p in (runs.cluster.root / f"cache-{name}").iterdir())
+               for name in ("slurm", "local")}
+    assert entries["local"], "the local run cached nothing"
+    assert len(entries["slurm"]) == len(entries["local"]), entries
+    cache = (runs.cluster.root / "cache-slurm").resolve()
+    linked = [p for p in (runs.slurm / "results").rglob("*") if p.is_symlink()]
+    assert len(linked) == len(entries["slurm"])
+    assert all(p.resolve().parent == cache for p in linked), linked
 
 
 @slow

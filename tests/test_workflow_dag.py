@@ -21,8 +21,10 @@ def test_default_dag_has_every_stage(repo, snakemake_exe, workdir_factory):
     assert planned_jobs(snakemake_exe, work) == expected_full_counts(config)
 
 
-def test_cluster_profile_dry_run(repo, snakemake_exe, workdir_factory):
-    """`snakemake --cores all --profile cluster -n` works as written from the repo root."""
+def test_cluster_profile_dry_run(repo, snakemake_exe, workdir_factory, tmp_path, monkeypatch):
+    """`snakemake --cores all --profile cluster -n` works as written from the repo root, with the output
+    cache folder exported as the README says (the profile turns the cache on)."""
+    monkeypatch.setenv("SNAKEMAKE_OUTPUT_CACHE", str(tmp_path / "cache"))
     work = workdir_factory(_default(repo))
     (work / "cluster").symlink_to(repo / "cluster")
     result = run_snakemake(snakemake_exe, work, "--cores", "all", "--profile", "cluster", "-n", timeout=300)
@@ -101,7 +103,7 @@ def test_paper_real_run_stops_on_the_placeholders(repo, snakemake_exe, workdir_f
     output = result.stdout + result.stderr
     assert result.returncode != 0
     for key in ("data.imagenet.train_dir: /path/to/imagenet/train is not a directory",
-                "generation.inception_weights: /path/to/fid_inception.safetensors not found",
+                "generation.inception_weights: /path/to/pt_inception-2015-12-05-6726825d.pth not found",
                 "generation.representations.clip: /path/to/", "teachers.pe-b: /path/to/",
                 ".lpips_weights (and 85 other tokenizers): /path/to/"):
         assert key in output, key

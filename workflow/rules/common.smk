@@ -28,8 +28,10 @@ def cfg_scales(bb):
     return [layout.format_cfg(w) for w in scales]
 
 
-# Every (tokenizer, backbone, guidance scale) sampling job of the study.
-SAMPLE_JOBS = [(tok, bb, w) for tok in TOKENIZERS for bb in BACKBONES for w in cfg_scales(bb)]
+# Every (tokenizer, backbone, guidance scale, seed repeat) sampling job of the study: each repeat
+# (config repeats) has its own diffusion model and noise (cfg.repeat_seed).
+REPEATS = [str(r) for r in range(config["repeats"])]
+SAMPLE_JOBS = [(tok, bb, w, r) for tok in TOKENIZERS for bb in BACKBONES for w in cfg_scales(bb) for r in REPEATS]
 RECORD_TRAJECTORIES = config["sampling"]["trajectories"] > 0
 
 # The command every rule runs: the package of the Python that runs Snakemake (a venv or the
@@ -49,16 +51,25 @@ def code_identity(command, without=()):
     return rule_identity(command, tuple(without))
 
 
-# Between-workflow output cache (`--cache` with SNAKEMAKE_OUTPUT_CACHE set; cluster/config.yaml
-# enables it): the expensive, deterministic rules are marked cacheable only when a cache location
-# is set, so a plain run does not warn about caching it was not asked for.
+# Between-workflow output cache (`--cache` with SNAKEMAKE_OUTPUT_CACHE set): the expensive, deterministic
+# rules are marked cacheable only when a cache location is set, so a plain run does not warn about
+# caching it was not asked for, and a bare `--cache` without the variable only warns that nothing is
+# cached. cluster/config.yaml names the cached rules (`--cache RULE…`, which Snakemake hands on to the
+# SLURM jobs): named rules are cacheable whatever their `cache:` says, and without the variable Snakemake
+# would stop on a traceback ("Cache backend unavailable"), so say here what to do.
 CACHE = bool(os.environ.get("SNAKEMAKE_OUTPUT_CACHE"))
+if not CACHE and getattr(getattr(workflow, "workflow_settings", None), "cache", None):
+    raise WorkflowError(
+        "--cache (the cluster profile turns the output cache on) needs the cache folder: export "
+        "SNAKEMAKE_OUTPUT_CACHE=/path/to/shared/cache (README, cluster section, 'Sharing the artifact cache'), "
+        "or delete `cache:` from the profile to run without the cache")
 
 
 wildcard_constraints:
     tok=layout.NAME_PATTERN,
     bb=layout.NAME_PATTERN,
     cfg=r"[0-9]+\.[0-9]{2}",
+    seed="[0-9]+",
     split="train|val",
 
 
@@ -119,7 +130,9 @@ if any(missing.is_file for missing in MISSING_PATHS):
         output:
             sorted({missing.path for missing in MISSING_PATHS if missing.is_file}),
         shell:
-            "echo 'missing user files (see the dry run warning): {output}' >&2; exit 1"
+            # each path quoted on its own, outside the message's quotes: a path with a quote in it
+            # must not end the message and run the rest as shell
+            "echo 'missing user files (see the dry run warning):' {output:q} >&2; exit 1"
 
 INCEPTION = REFERENCE["feature_network"] == "inception"
 REFERENCE_STATS = layout.reference_stats()

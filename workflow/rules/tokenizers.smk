@@ -3,10 +3,29 @@
 # constraints give each tokenizer name to exactly one of them.
 
 
+def tokenizer_monitor(wc):
+    """(monitor on, study named) of tokenizer ``wc.tok``'s training-time monitor (tokenizers/monitor.py)."""
+    spec = cfg.tokenizer_spec(config, wc.tok)
+    return bool(spec.get("monitor_every")), bool(spec.get("monitor_every") and spec.get("monitor_study"))
+
+
+def tokenizer_monitor_code(wc):
+    """The monitor's modules this job does not run: all of them when it is off, the study predictor's
+    (and the analysis code only it imports) when no monitor_study is named."""
+    on, study = tokenizer_monitor(wc)
+    if not on:
+        return ("diffusability.tokenizers.monitor", "diffusability.analysis.monitor_predictor")
+    return () if study else ("diffusability.analysis.monitor_predictor",)
+
+
 rule train_tokenizer:
     input:
         train=data_split("train"),
         teacher=layout.teacher_file("model.safetensors"),
+        # the monitor's fixed subset comes from the val split (its masks make SRSS computable); an input only
+        # when the monitor is on. monitor_study is a path, not an input: it is usually this workflow's own
+        # results/tables of an earlier run, which depend on this rule (a cycle), and it never changes weights.
+        val=lambda wc: data_split("val") if tokenizer_monitor(wc)[0] else [],
     output:
         model=layout.tokenizer_file("{tok}", "model.safetensors"),
         config=layout.tokenizer_file("{tok}", "config.json"),
@@ -14,9 +33,11 @@ rule train_tokenizer:
         tok=cfg.tokenizer_names_pattern(config, pretrained=False),
     cache: CACHE
     params:
-        # the proxy monitor runs only when monitor_every > 0: otherwise metric code is not this job's code
-        code=lambda wc: code_identity("train-tokenizer", () if cfg.tokenizer_spec(config, wc.tok).get("monitor_every")
-                                      else ("diffusability.tokenizers.monitor",)),
+        # the proxy monitor runs only when monitor_every > 0 (its study predictor only with monitor_study):
+        # otherwise metric (and analysis) code is not this job's code
+        code=lambda wc: code_identity("train-tokenizer", tokenizer_monitor_code(wc)),
+        # a function of the wildcards only (the path of the val split), like `teacher` below
+        monitor=lambda wc: "--val " + shlex.quote(str(data_split("val"))) if tokenizer_monitor(wc)[0] else "",
         launch=launcher,
         spec=lambda wc: as_arg(cfg.tokenizer_spec(config, wc.tok)),
         out=lambda wc, output: str(Path(output.model).parent),
@@ -29,7 +50,7 @@ rule train_tokenizer:
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {PYTHON} {params.launch} train-tokenizer --spec {params.spec} "
-        "--train {input.train:q} --teacher {params.teacher:q} --out {params.out:q} > {log:q} 2>&1"
+        "--train {input.train:q} --teacher {params.teacher:q} {params.monitor} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule import_tokenizer:

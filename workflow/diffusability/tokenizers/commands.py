@@ -22,6 +22,9 @@ def register(subparsers) -> None:
     parser.add_argument("--train", required=True, help="train split (.safetensors: images uint8 NHWC, labels; or a shard index.json)")
     parser.add_argument("--teacher", default=None, help="teacher directory: the domain net, or a local transformers Dinov2/CLIP/ViTMAE "
                              "(teacher for the perceptual loss and VF/REPA)")
+    parser.add_argument("--val", default=None,
+                        help="val split of the training-time monitor (spec monitor_every > 0): a fixed subset of it, "
+                             "with its masks (SRSS); default: the train split (no masks)")
     parser.add_argument("--out", required=True, help="tokenizer directory")
     parser.set_defaults(func=run_train_tokenizer)
 
@@ -52,7 +55,16 @@ def run_train_tokenizer(args: argparse.Namespace) -> int:
     spec = as_spec(args.spec)
     inputs = {"train": args.train, "teacher": args.teacher,
               "lpips_weights": spec.lpips_weights if spec.perceptual == "lpips" else None}
-    train_tokenizer(split.images, split.labels, spec, args.out, teacher=teacher, inputs=inputs)
+    # the monitor's split is not an input of the weights (the monitor never changes them): not in ``inputs``
+    monitor_split = open_image_split(args.val) if args.val and spec.monitor_every else None
+    predictor = None
+    if spec.monitor_every and spec.monitor_study:
+        # fitted once here, so a bad study folder fails before any step (exit 2 naming its file)
+        from ..analysis.monitor_predictor import study_predictor
+
+        predictor = study_predictor(spec, monitor_split)
+    train_tokenizer(split.images, split.labels, spec, args.out, teacher=teacher, inputs=inputs,
+                    monitor_split=monitor_split, predictor=predictor)
     log.info("train-tokenizer: wrote %s", args.out)
     return 0
 

@@ -57,9 +57,11 @@ class TokenizerSpec:
     micro_batch_size: int | None = None
     precision: str = "fp32"
     # training-time proxy monitor (tokenizers/monitor.py): every monitor_every steps (0 = off), on a fixed
-    # class-balanced subset of monitor_images training images; adds monitor_* columns to train_log.parquet
+    # class-balanced subset of monitor_images val images; adds monitor_* columns to train_log.parquet and
+    # monitor.png; with monitor_study (a study's results/tables) also the study predictor's gFID estimate
     monitor_every: int = 0
     monitor_images: int = 256
+    monitor_study: str | None = None
     lr: float = 1e-3
     betas: tuple[float, float] = (0.5, 0.9)
     checkpoint_every: int = 100
@@ -107,6 +109,8 @@ class TokenizerSpec:
         require(isinstance(self.monitor_images, int) and not isinstance(self.monitor_images, bool)
                 and self.monitor_images >= 2,
                 f"tokenizer spec: 'monitor_images' must be an integer >= 2, got {self.monitor_images!r}")
+        require(self.monitor_study is None or (isinstance(self.monitor_study, str) and self.monitor_study),
+                f"tokenizer spec: 'monitor_study' must be a folder path or null, got {self.monitor_study!r}")
         require(self.precision in PRECISIONS,
                 f"tokenizer spec: precision {self.precision!r} not supported (expected one of {PRECISIONS})")
         require(self.perceptual in PERCEPTUAL,

@@ -43,6 +43,8 @@ from .regularizers import RegularizerContext, build_regularizer, regularizer_nee
 from .spec import TokenizerSpec, as_spec
 
 LOG_FILE = "train_log.parquet"
+#: the training-time monitor's figure, beside the log (written when monitor_every > 0)
+MONITOR_FIGURE = "monitor.png"
 CHECKPOINT_DIR = "checkpoints"
 #: The generator-side values of one micro-batch that the log averages over the global batch.
 GENERATOR_TERMS = ("loss", "nll", "kl", "regularizer", "l1", "gan", "gan_weight")
@@ -172,7 +174,7 @@ def frozen(module: nn.Module | None):
 
 
 #: Spec keys that do not change the trained weights (a run that differs only there resumes).
-NON_RESULT_KEYS = ("name", "checkpoint_every", "monitor_every", "monitor_images")
+NON_RESULT_KEYS = ("name", "checkpoint_every", "monitor_every", "monitor_images", "monitor_study")
 
 
 def training_identity(spec: TokenizerSpec, inputs: Mapping[str, Any] | None, images: Any = None,
@@ -330,7 +332,8 @@ class TokenizerTrainer:
 
 def train_tokenizer(images: Any, labels: Any, spec: TokenizerSpec | Mapping[str, Any] | None,
                     out_dir: str | Path, teacher: Any = None, stop_after: int | None = None,
-                    inputs: Mapping[str, Any] | None = None) -> Path | None:
+                    inputs: Mapping[str, Any] | None = None, monitor_split: Any = None,
+                    predictor: Any = None) -> Path | None:
     """Train a tokenizer on uint8 (N,S,S,3) images; write ``model.safetensors``, ``config.json``,
     ``train_log.parquet`` (and ``checkpoints/``) into ``out_dir``; return ``out_dir``.
 
@@ -343,6 +346,14 @@ def train_tokenizer(images: Any, labels: Any, spec: TokenizerSpec | Mapping[str,
     killed after its checkpoint, for tests. The spec's ``batch_size`` is the global batch; it is met
     on any number of processes by gradient accumulation over ``micro_batch_size`` (see distributed.py).
     Only process 0 writes checkpoints and outputs.
+
+    With ``spec.monitor_every > 0`` the training-time monitor (monitor.py) logs the latent proxies of a
+    fixed subset of ``monitor_split`` (an :class:`~diffusability.data.splits.ImageSplit`, normally the
+    val split: its labels and masks too) every that many steps, and the study predictor's estimate when
+    ``spec.monitor_study`` names a study's tables (``predictor``: its
+    :func:`~diffusability.analysis.monitor_predictor.study_predictor`, which the train-tokenizer command
+    builds; the analysis sits above this stage); without a split it watches the training images
+    (no masks: no SRSS). ``monitor.png`` plots it at the end. The monitor never changes the weights.
     """
     spec = as_spec(spec)
     images, labels = validate_images(images, labels, spec.image_size)
@@ -354,6 +365,10 @@ def train_tokenizer(images: Any, labels: Any, spec: TokenizerSpec | Mapping[str,
     out_dir = Path(out_dir)
     checkpoint_dir = out_dir / CHECKPOINT_DIR
     identity = training_identity(spec, inputs, images, labels)
+    # the caller fitted the study predictor (a bad study folder failed there, before any step was spent)
+    require(predictor is not None or not (spec.monitor_every and spec.monitor_study),
+            f"tokenizer spec: monitor_study {spec.monitor_study!r} needs its predictor: pass "
+            "predictor=diffusability.analysis.monitor_predictor.study_predictor(spec, monitor_split)")
     # decided before any network or process group is built; every process reads the same folder
     latest, resume_state = checkpointing.resume_checkpoint(checkpoint_dir, identity, max_step=spec.steps)
     trainer = TokenizerTrainer(spec, teacher)
@@ -368,9 +383,7 @@ def train_tokenizer(images: Any, labels: Any, spec: TokenizerSpec | Mapping[str,
     order = EpochOrder(spec.seed, count, batch_size)
     monitor = None
     if spec.monitor_every and accelerator.is_main_process:
-        from .monitor import TokenizerMonitor
-
-        monitor = TokenizerMonitor.from_split(images, labels, None, spec.monitor_images, spec.seed)
+        monitor = build_monitor(spec, images, labels, monitor_split, predictor)
     bar = progress(total=spec.steps, desc=f"tokenizer {spec.name}", unit="step",
                    disable=not accelerator.is_local_main_process)
     bar.update(trainer.step)
@@ -398,6 +411,23 @@ def train_tokenizer(images: Any, labels: Any, spec: TokenizerSpec | Mapping[str,
     return out_dir
 
 
+def build_monitor(spec: TokenizerSpec, images: Any, labels: Any, monitor_split: Any = None, predictor: Any = None):
+    """The training-time monitor of a fixed subset of ``monitor_split`` (labels, masks, mask_valid), chosen by
+    the run's seed; of the training images (labels only) when no split is given."""
+    from .monitor import TokenizerMonitor
+
+    if monitor_split is None:
+        log.info("train_tokenizer: the monitor watches training images (no val split given: no SRSS)")
+        return TokenizerMonitor.from_split(images, labels, None, spec.monitor_images, spec.seed, predictor=predictor)
+    shape = tuple(monitor_split.images.shape)
+    require(shape[1:3] == (spec.image_size, spec.image_size),
+            f"{monitor_split.path}: the monitor's images are {shape[1]}×{shape[2]} but the spec's image_size is "
+            f"{spec.image_size}")
+    return TokenizerMonitor.from_split(monitor_split.images, monitor_split.labels, monitor_split.masks,
+                                       spec.monitor_images, spec.seed, valid=monitor_split.mask_valid,
+                                       predictor=predictor)
+
+
 def write_outputs(trainer: TokenizerTrainer, out_dir: Path) -> None:
     import pandas as pd
 
@@ -405,4 +435,9 @@ def write_outputs(trainer: TokenizerTrainer, out_dir: Path) -> None:
     weights = {key: value.detach().cpu() for key, value in trainer.model.state_dict().items()}
     save_tensors(out_dir / WEIGHTS_FILE, weights, metadata={"format": "diffusability-conv-vae"})
     write_json(out_dir / CONFIG_FILE, trainer.spec.to_dict())
-    write_parquet(pd.DataFrame(trainer.log_rows), out_dir / LOG_FILE, provenance(trainer.spec.to_dict()))
+    table = pd.DataFrame(trainer.log_rows)
+    write_parquet(table, out_dir / LOG_FILE, provenance(trainer.spec.to_dict()))
+    if trainer.spec.monitor_every:
+        from .monitor import monitor_figure
+
+        monitor_figure(table, out_dir / MONITOR_FIGURE, title=trainer.spec.name)

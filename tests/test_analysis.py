@@ -25,7 +25,8 @@ def _rows(values: dict[str, float], direction="lower") -> pd.DataFrame:
 
 def test_layout_round_trip():
     assert layout.parse("generation", layout.generation_rows("kl-1e-3", "sit-t", layout.format_cfg(1.5))) == (
-        "kl-1e-3", "sit-t", "1.50")
+        "kl-1e-3", "sit-t", "0", "1.50")
+    assert layout.parse("trajectory", layout.trajectory_rows("a", "b", "2.00", "12")) == ("a", "b", "12", "2.00")
     assert layout.parse("metrics", layout.latent_metric_rows("mcos+mdms")) == ("mcos+mdms",)
     with pytest.raises(ValueError):
         layout.parse("generation", "results/generation/a/b/c.parquet")

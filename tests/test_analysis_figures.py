@@ -113,3 +113,16 @@ def test_figures_command_writes_the_length_ratio_pngs(tmp_path):
                                                          "value", "direction", "params", "n", "seconds"])])
 def test_no_trajectory_rows_no_figure(tmp_path, frame):
     assert figures.length_ratio_figures(frame, metrics_table(()), tmp_path) == []
+
+
+def test_cluster_trend_is_the_least_squares_line_and_pearson_r():
+    from scipy.stats import pearsonr
+
+    from diffusability.analysis.figures import cluster_trend
+
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=7), rng.normal(size=7)
+    slope, intercept, r = cluster_trend(x, y)
+    np.testing.assert_allclose([slope, intercept], np.polyfit(x, y, 1), rtol=1e-12)
+    assert r == pytest.approx(pearsonr(x, y).statistic, rel=1e-12)
+    assert cluster_trend(x[:2], y[:2]) is None  # two points always fit: no trend is claimed

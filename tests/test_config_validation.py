@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import yaml
 
-from diffusability.workflow.config import backbone_spec, tokenizer_spec, validate_config
+from diffusability.workflow.config import backbone_spec, sampling_spec, tokenizer_spec, validate_config
 from diffusability.errors import DiffusabilityError
 
 
@@ -57,9 +57,9 @@ def test_wrong_type_is_named(default_config):
 
 def test_unknown_regularizer_lists_the_known_ones(default_config):
     config = copy.deepcopy(default_config)
-    config["tokenizers"]["mcos"]["regularizer"]["name"] = "vf-loss"
+    config["tokenizers"]["mcos-0.5"]["regularizer"]["name"] = "vf-loss"
     message = _error(config)
-    assert "tokenizers.mcos.regularizer.name" in message and "'vf-loss'" in message and "mdms" in message
+    assert "tokenizers.mcos-0.5.regularizer.name" in message and "'vf-loss'" in message and "mdms" in message
 
 
 def test_unknown_backbone_family(default_config):
@@ -77,11 +77,30 @@ def test_downsampling_must_divide_image_size(default_config):
 
 def test_specs_are_per_entity_slices(default_config):
     config = validate_config(default_config)
-    spec = tokenizer_spec(config, "mcos")
-    assert spec["name"] == "mcos" and spec["regularizer"]["name"] == "mcos"
+    spec = tokenizer_spec(config, "mcos-0.5")
+    assert spec["name"] == "mcos-0.5" and spec["regularizer"]["name"] == "mcos"
     assert "tokenizers" not in spec and "baseline" not in str(spec)
-    bb = backbone_spec(config, "mcos", "sit-t")
+    bb = backbone_spec(config, "mcos-0.5", "sit-t")
     assert bb["norm"] == "layernorm" and bb["time_sampling"] == "uniform"  # family defaults
+
+
+def test_seed_repeats_have_their_own_seeds_and_repeat_0_keeps_the_root_seed(default_config):
+    config = validate_config({**default_config, "seed": 5, "repeats": 3})
+    train = [backbone_spec(config, "baseline", "sit-t", r)["seed"] for r in range(3)]
+    sample = [sampling_spec(config, r)["seed"] for r in range(3)]
+    assert train == sample and train[0] == 5 and len(set(train)) == 3
+    # the same seeds for every tokenizer (common random numbers), and only the seed differs
+    assert train == [backbone_spec(config, "kl-1e-1", "sit-t", r)["seed"] for r in range(3)]
+    one, two = backbone_spec(config, "baseline", "sit-t", 0), backbone_spec(config, "baseline", "sit-t", 2)
+    assert {k for k in one if one[k] != two[k]} == {"seed"}
+
+
+def test_repeats_with_an_imported_diffusion_model_are_refused(default_config):
+    config = copy.deepcopy(default_config)
+    config["repeats"] = 2
+    config["tokenizers"]["baseline"]["diffusion"] = {"sit-t": "/somewhere/sit-t"}
+    message = _error(config)
+    assert "tokenizers.baseline.diffusion.sit-t" in message and "repeats" in message
 
 
 def test_snakemake_refuses_bad_config_before_any_job(workdir_factory, snakemake_exe, default_config):

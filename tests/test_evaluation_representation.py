@@ -364,7 +364,7 @@ def test_aggregate_reads_representation_rows_with_the_generation_rows(tmp_path, 
     table = tables.generation_table(layout.keyed("generation", paths[:1]), layout.keyed("representation", paths[1:]))
     assert sorted(table["metric"]) == ["fd", "fd_mae", "fdr_mae", "sfid"]
     assert set(table["tokenizer"]) == {"tok"} and set(table["cfg_scale"]) == {1.5}
-    assert layout.parse("representation", paths[1]) == ("tok", "bb", "1.50")
+    assert layout.parse("representation", paths[1]) == ("tok", "bb", "0", "1.50")
 
 
 def test_option_adds_exactly_the_representation_jobs(repo, snakemake_exe, workdir_factory, model_folders):

@@ -118,9 +118,11 @@ def tokenizer_stage(tmp_path_factory):
     return root, model, net, torch.from_numpy(images)
 
 
-def tokenizer_metrics(root, out, spec):
+def tokenizer_metrics(root, out, spec, features=None):
+    """``tokenizer-metrics`` on the stage; iFID's network from the arguments ``features`` (None: the domain net)."""
+    features = ["--feature-net", str(root / "teacher")] if features is None else features
     return main(["tokenizer-metrics", "--tokenizer", str(root / "tok"), "--data", str(root / "val.safetensors"),
-                 "--latents", str(root / "lat"), "--feature-net", str(root / "teacher"), "--spec", json.dumps(spec),
+                 "--latents", str(root / "lat"), *features, "--spec", json.dumps(spec),
                  "--out", str(out), "--device", "cpu"])
 
 
@@ -217,6 +219,82 @@ def test_ifid_at_alpha_1_with_k_1_decodes_the_cosine_nearest_pool_latent(tokeniz
         assert rows(out).loc["ifid", "value"] == pytest.approx(expected, rel=1e-5), pool_name
 
 
+@pytest.fixture(scope="module")
+def random_inception(tmp_path_factory):
+    """A kaiming-initialised FID Inception (the architecture of the real one, random weights, no softmax layer)
+    and its state dict file, as the Inception tests use."""
+    from diffusability.evaluation.inception import FIDInceptionV3
+
+    torch.manual_seed(0)
+    net = FIDInceptionV3().eval()
+    path = tmp_path_factory.mktemp("ifid_inception") / "fid_inception.safetensors"
+    save_tensors(path, {k: v for k, v in net.state_dict().items() if k != "softmax_weight"})
+    return net, path
+
+
+def _brute_force_fd(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance of two equally sized feature sets without a matrix square root: for centred rows
+    A, B (n × F), the nonzero eigenvalues of Σ_A Σ_B are σ_i(A Bᵀ)² / (n − 1)², so tr √(Σ_A Σ_B) is the
+    nuclear norm of A Bᵀ over n − 1 (exact even when, as here, n ≪ F makes both covariances singular)."""
+    n = a.shape[0]
+    ca, cb = a - a.mean(0), b - b.mean(0)
+    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + ((ca ** 2).sum() + (cb ** 2).sum()) / (n - 1)
+                 - 2 * np.linalg.svd(ca @ cb.T, compute_uv=False).sum() / (n - 1))
+
+
+def test_ifid_in_the_fid_inception_is_the_fd_of_pool3_of_decoded_slerp_midpoints(tokenizer_stage, random_inception,
+                                                                                  tmp_path):
+    """The official protocol (feature_net: inception): each query latent slerped half-way to its cosine-nearest
+    train latent (k = 1: no random pick), decoded, quantised to uint8, and compared with the real query images
+    by the Fréchet distance of the Inception's pool3 — every step recomputed here by its formula."""
+    from diffusability.imaging import to_uint8
+    from diffusability.io import load_tensors
+    from diffusability.seeding import seeded_subset
+
+    root, model, _, images = tokenizer_stage
+    net, weights = random_inception
+    out = tmp_path / "rows.parquet"
+    # 4 queries keep the 299-px Inception passes short; no --feature-net: the domain net is not needed
+    spec = {"enabled": ["ifid"], "ifid": {"k": 1, "alpha": 0.5, "max_queries": 4, "feature_net": "inception"}}
+    assert tokenizer_metrics(root, out, spec, ["--inception-weights", str(weights)]) == 0
+    frame = rows(out)
+    params = json.loads(frame.loc["ifid", "params"])
+    assert params["feature_net"] == "inception" and "pool3" in params["features"]
+
+    index = seeded_subset(12, 4, "ifid-queries", 0)           # the documented seeded subset of queries
+    queries = load_tensors(root / "lat" / "val.safetensors")["latents"][index].double().flatten(1)
+    pool = load_tensors(root / "lat" / "train.safetensors")["latents"].double().flatten(1)
+    cosine = (queries / queries.norm(dim=1, keepdim=True)) @ (pool / pool.norm(dim=1, keepdim=True)).T
+    theta = torch.arccos(cosine.max(dim=1).values)
+    # slerp at α = ½: sin(θ/2)/sin θ · (z + z_nn)
+    midpoints = (torch.sin(theta / 2) / torch.sin(theta))[:, None] * (queries + pool[cosine.argmax(dim=1)])
+    with torch.no_grad():
+        decoded = to_uint8(model.decode(midpoints.float().reshape(4, 3, 8, 8)))
+        real = net(images[index])["pool3"].double().numpy()   # uint8 NHWC in: TF1 resize to 299 inside
+        fake = net(decoded)["pool3"].double().numpy()
+    assert frame.loc["ifid", "value"] == pytest.approx(_brute_force_fd(real, fake), rel=1e-6)
+    assert frame.loc["ifid", "n"] == 4
+
+
+def test_ifid_feature_net_errors_name_the_key(tokenizer_stage, random_inception, tmp_path, capsys):
+    root, *_ = tokenizer_stage
+    _, weights = random_inception
+    out = tmp_path / "rows.parquet"
+    inception = {"enabled": ["ifid"], "ifid": {"feature_net": "inception"}}
+    assert tokenizer_metrics(root, out, inception) == 2                               # the domain net only
+    assert "ifid.feature_net 'inception' needs --inception-weights" in capsys.readouterr().err
+    assert tokenizer_metrics(root, out, {"enabled": ["ifid"]}, ["--inception-weights", str(weights)]) == 2
+    assert "ifid.feature_net 'domain' needs --feature-net" in capsys.readouterr().err   # the command's default
+    assert tokenizer_metrics(root, out, {"enabled": ["ifid"], "ifid": {"feature_net": "clip"}}) == 2
+    assert "ifid.feature_net must be one of ['inception', 'domain']" in capsys.readouterr().err
+    assert tokenizer_metrics(root, out, inception, ["--inception-weights", str(weights),
+                                                    "--inception-sha256", "0" * 64]) == 2
+    assert "does not match the expected" in capsys.readouterr().err
+    assert not out.exists()
+    # equivariance alone needs no feature network at all
+    assert tokenizer_metrics(root, out, {"enabled": ["equivariance"], "equivariance": {"max_images": 2}}, []) == 0
+
+
 def test_tokenizer_metrics_refuses_bad_specs(tokenizer_stage, tmp_path, capsys):
     root, *_ = tokenizer_stage
     out = tmp_path / "rows.parquet"
@@ -300,7 +378,8 @@ def test_switching_network_metrics_on_leaves_the_latent_metrics_spec_alone(repo)
     assert set(cfg.metrics_spec(plain)) == {"seed", "enabled", "params"}
     assert plain["metrics"]["tokenizer"]["enabled"] == [] and plain["metrics"]["model"]["enabled"] == []
     spec = cfg.tokenizer_metrics_spec(switched)
-    assert spec["ifid"] == {"k": 3, "alpha": 0.5, "pool": "train", "max_pool": None, "max_queries": None, "seed": 0}
+    assert spec["ifid"] == {"k": 3, "alpha": 0.5, "pool": "train", "max_pool": None, "max_queries": None, "seed": 0,
+                            "feature_net": "domain"}   # smoke.yaml has no FID Inception
     assert spec["equivariance"] == {"rotations": [1, 2, 3], "scales": [0.5, 0.75], "max_images": None}
     assert cfg.model_metrics_spec(switched)["fisher"]["s_points"] == 32
     # the schema's defaults are the commands' defaults
@@ -313,6 +392,94 @@ def test_switching_network_metrics_on_leaves_the_latent_metrics_spec_alone(repo)
     assert cfg.metrics_need_train_latents(plain)          # smoke.yaml names linear_probe
     with pytest.raises(Exception, match="metrics.tokenizer.enabled"):
         cfg.validate_config({**base, "metrics": {**base["metrics"], "tokenizer": {"enabled": ["fid"]}}})
+
+
+def _smoke(repo) -> dict:
+    import yaml
+
+    return yaml.safe_load((repo / "config" / "smoke.yaml").read_text())
+
+
+def _with(config: dict, generation: dict | None = None, ifid: dict | None = None) -> dict:
+    """``config`` with keys of ``generation`` and ``metrics.tokenizer.ifid`` replaced (a deep enough copy)."""
+    import copy
+
+    config = copy.deepcopy(config)
+    config["generation"] = {**config.get("generation", {}), **(generation or {})}
+    tokenizer = config["metrics"]["tokenizer"]
+    tokenizer["ifid"] = {**tokenizer.get("ifid", {}), **(ifid or {})}
+    return config
+
+
+def test_ifid_feature_net_defaults_to_the_studys_fid_inception(repo, tmp_path):
+    """Unset, iFID is in the FID Inception's space when the study has that network and in the domain net's
+    otherwise (the embedded default: no Inception weights); an explicit value wins; the spec carries it."""
+    from diffusability.workflow import config as cfg
+
+    weights = tmp_path / "fid_inception.safetensors"
+    weights.write_bytes(b"")
+    inception = {"feature_network": "inception", "inception_weights": str(weights)}
+    cases = [({}, {}, "domain"), (inception, {}, "inception"), (inception, {"feature_net": "domain"}, "domain"),
+             ({"inception_weights": str(weights)}, {"feature_net": "inception"}, "inception")]
+    for generation, ifid, expected in cases:
+        config = cfg.validate_config(_with(_smoke(repo), generation, ifid))
+        assert cfg.ifid_feature_net(config) == expected, (generation, ifid)
+        assert cfg.tokenizer_metrics_spec(config)["ifid"]["feature_net"] == expected
+        assert cfg.ifid_uses_inception(config) == (expected == "inception")
+    for name in ("config.yaml", "smoke.yaml"):   # the shipped small studies: no weights, the domain net
+        import yaml
+
+        shipped = cfg.validate_config(yaml.safe_load((repo / "config" / name).read_text()))
+        assert cfg.tokenizer_metrics_spec(shipped)["ifid"]["feature_net"] == "domain", name
+
+
+def test_ifid_in_the_inception_without_weights_is_refused_naming_the_key(repo, tmp_path):
+    from diffusability.errors import DiffusabilityError
+    from diffusability.workflow import config as cfg
+
+    with pytest.raises(DiffusabilityError, match=r"metrics\.tokenizer\.ifid\.feature_net: 'inception' needs "
+                                                 r"generation\.inception_weights"):
+        cfg.validate_config(_with(_smoke(repo), ifid={"feature_net": "inception"}))
+    off = _with(_smoke(repo), ifid={"feature_net": "inception"})
+    off["metrics"]["tokenizer"]["enabled"] = ["equivariance"]     # no iFID job: nothing reads the weights
+    assert not cfg.ifid_uses_inception(cfg.validate_config(off))
+    # gFID on the domain net, iFID on the Inception: the weights are still checked, by their key
+    missing = cfg.validate_config(_with(_smoke(repo), {"inception_weights": str(tmp_path / "absent.pth")},
+                                        {"feature_net": "inception"}))
+    problems = [str(problem) for problem in cfg.generation_path_problems(missing)]
+    assert problems == [f"generation.inception_weights: {tmp_path / 'absent.pth'} not found (the FID Inception "
+                        "state dict of metrics.tokenizer.ifid.feature_net: inception)"]
+    assert cfg.generation_path_problems(cfg.validate_config(_smoke(repo))) == []
+
+
+@pytest.mark.slow
+def test_tokenizer_metrics_rule_passes_ifids_network_and_the_device(repo, snakemake_exe, workdir_factory, tmp_path):
+    """The rule's command line (a dry run with -p): the Inception weights (and their hash) and no domain net for
+    iFID in the Inception; the domain net otherwise; `--device auto` for both metric commands."""
+    from workflow_helpers import run_snakemake
+
+    from diffusability.workflow import layout
+
+    weights = tmp_path / "fid_inception.safetensors"
+    weights.write_bytes(b"")
+    inception = _with(_smoke(repo), {"feature_network": "inception", "inception_weights": str(weights),
+                                     "inception_sha256": "ab" * 32})
+    for name, config in (("inception", inception), ("domain", _smoke(repo))):
+        work = workdir_factory(config, name=f"ifid_{name}")
+        result = run_snakemake(snakemake_exe, work, "-n", "-p", "--cores", "1", layout.tokenizer_metric_rows("lcr"),
+                               layout.latent_metric_rows("lcr"), timeout=300)
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output[-3000:]
+        line = next(line for line in output.splitlines() if "diffusability tokenizer-metrics" in line
+                    or " tokenizer-metrics " in line)
+        assert "--device auto" in line
+        if name == "inception":
+            assert f"--inception-weights {weights} --inception-sha256 {'ab' * 32}" in line
+            assert "--feature-net" not in line
+        else:
+            assert "--feature-net results/teacher" in line and "--inception-weights" not in line
+        latent = next(line for line in output.splitlines() if " latent-metrics " in line)
+        assert "--device auto" in latent
 
 
 def _tidy(values: dict, direction="lower"):

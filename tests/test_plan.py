@@ -11,9 +11,10 @@ import yaml
 from diffusability.workflow import config as cfg
 from diffusability import plan
 from diffusability.cli import main
-from workflow_helpers import planned_jobs
+from workflow_helpers import expected_full_counts, planned_jobs
 
-SINGLETONS = {"aggregate": 1, "correlate": 1, "figures": 1, "summary": 1, "all": 1}
+#: the single jobs of the analysis (every rule of analysis.smk) and the default target
+SINGLETONS = {"aggregate": 1, "correlate": 1, "predictions": 1, "figures": 1, "summary": 1, "all": 1}
 
 
 def study(repo, name: str) -> dict:
@@ -39,24 +40,37 @@ def test_paper_counts(repo):
 
 
 def test_smoke_counts(repo):
-    """smoke.yaml: 4 tokenizers × 1 backbone × 2 scales, untrained baselines, trajectories, both metric rules."""
+    """smoke.yaml: 4 tokenizers × 1 backbone × 2 scales × its seed repeats (a model and a sample set per repeat),
+    untrained baselines, trajectories, both metric rules."""
+    smoke = study(repo, "smoke.yaml")
+    r = smoke["repeats"]
     expected = {
         "prepare_data": 1, "train_teacher": 1, "train_tokenizer": 4, "reconstruction": 4, "encode": 4,
-        "latent_metrics": 4, "tokenizer_metrics": 4, "train_diffusion": 4, "model_metrics": 4,
-        "sample": 8, "generation_metrics": 8, "trajectory_metrics": 8, "sample_untrained": 4,
+        "latent_metrics": 4, "tokenizer_metrics": 4, "train_diffusion": 4 * r, "model_metrics": 4,
+        "sample": 8 * r, "generation_metrics": 8 * r, "trajectory_metrics": 8 * r, "sample_untrained": 4,
         "untrained_generation_metrics": 4, **SINGLETONS,
     }
-    assert plan.job_counts(study(repo, "smoke.yaml")) == expected
+    assert plan.job_counts(smoke) == expected
 
 
 @pytest.mark.slow
 def test_smoke_counts_are_snakemakes(repo, snakemake_exe, workdir_factory):
-    """The plan's counts are the dry run's, rule for rule; a rule the plan does not list is a single job."""
+    """The plan's counts are the dry run's, rule for rule: no rule of the DAG is missing from the plan (a
+    left-out single job, like `predictions` once was, fails here) and the plan lists no rule the DAG lacks."""
     work = workdir_factory(yaml.safe_load((repo / "config" / "smoke.yaml").read_text()), name="plan_smoke")
-    dry_run = planned_jobs(snakemake_exe, work)
-    counts = plan.job_counts(study(repo, "smoke.yaml"))
-    assert {rule: dry_run.get(rule) for rule in counts} == counts
-    assert all(n == 1 for rule, n in dry_run.items() if rule not in counts)
+    assert planned_jobs(snakemake_exe, work) == plan.job_counts(study(repo, "smoke.yaml"))
+
+
+def test_default_counts_follow_repeats_and_the_dags_count(repo):
+    """The embedded default (two seed repeats) against the count its DAG test checks against Snakemake's dry run
+    (tests/test_workflow_dag.py): a diffusion model and a sample set per repeat, the rest once."""
+    raw = yaml.safe_load((repo / "config" / "config.yaml").read_text())
+    counts = plan.job_counts(cfg.validate_config(raw))
+    assert counts == expected_full_counts(raw)
+    once = plan.job_counts(cfg.validate_config(dict(raw, repeats=1)))
+    for rule in counts:
+        factor = 2 if rule in ("train_diffusion", "sample", "generation_metrics", "trajectory_metrics") else 1
+        assert counts[rule] == factor * once[rule], rule
 
 
 def test_transformer_flop_is_the_dit_papers():
@@ -84,6 +98,30 @@ def test_sampling_hours_double_with_guidance(repo):
     decode = 50_000 * plan.CONV_DECODER_FLOP / plan.EFFECTIVE_FLOPS["fp32"] / 3600
     ratio = (plan.gpu_hours(guided)["sample"] - decode) / (plan.gpu_hours(unguided)["sample"] - decode)
     assert ratio == pytest.approx(2.0)
+
+
+def test_repeats_multiply_the_models_and_samples_hours(repo):
+    paper = study(repo, "paper.yaml")
+    one = dict(paper, tokenizers={"t01-c32-baseline": paper["tokenizers"]["t01-c32-baseline"]})
+    single, triple = plan.gpu_hours(one), plan.gpu_hours(dict(one, repeats=3))
+    for rule in ("train_diffusion", "sample", "generation_metrics", "representation_metrics"):
+        assert triple[rule] == pytest.approx(3 * single[rule]), rule
+    for rule in ("train_tokenizer", "encode", "tokenizer_metrics"):
+        assert triple[rule] == single[rule], rule
+
+
+def test_ifid_in_the_inception_adds_two_inception_passes_per_query(repo):
+    """The paper's iFID (feature_net: inception) featurises every query image and its decoded midpoint."""
+    paper = study(repo, "paper.yaml")
+    assert cfg.ifid_feature_net(paper) == "inception"
+    one = dict(paper, tokenizers={"t01-c32-baseline": paper["tokenizers"]["t01-c32-baseline"]})
+    tokenizer = one["metrics"]["tokenizer"]
+    domain = dict(one, metrics=dict(one["metrics"], tokenizer=dict(tokenizer, ifid=dict(tokenizer["ifid"],
+                                                                                            feature_net="domain"))))
+    queries = tokenizer["ifid"].get("max_queries") or paper["data"]["n_val"]
+    extra = 2 * queries * plan.INCEPTION_FLOP / plan.EFFECTIVE_FLOPS["fp32"] / 3600
+    assert plan.gpu_hours(one)["tokenizer_metrics"] - plan.gpu_hours(domain)["tokenizer_metrics"] == \
+        pytest.approx(extra)
 
 
 def test_cli_prints_the_paper_table(repo, monkeypatch, capsys):

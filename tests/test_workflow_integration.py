@@ -65,6 +65,13 @@ def test_tables_schema_and_finite_values(smoke_run):
     generation = _table(work, "generation")
     assert {"fd", "is", "local_straightness", "global_efficiency"} <= set(generation["metric"])
     assert set(generation["model"]) == {"trained", "untrained"}
+    # every trained (tokenizer, backbone, scale, metric) has one row per seed repeat
+    trained = generation[generation["model"] == "trained"]
+    assert set(trained["seed"]) == set(range(config["repeats"])) and config["repeats"] == 2
+    assert (trained.groupby(["tokenizer", "backbone", "cfg_scale", "metric"])["seed"].nunique() == 2).all()
+    seeds = _table(work, "seeds")
+    fd = seeds[seeds["target"] == "fd"]
+    assert len(fd) and (fd["n_seeds_min"] == 2).all() and np.isfinite(fd["seed_sd"]).all()
     meta = __import__("diffusability.io", fromlist=["x"]).parquet_metadata(
         work / "results" / "tables" / "correlations.parquet")
     assert {"diffusability_version", "git_commit", "config_sha256"} <= set(meta)

@@ -26,12 +26,13 @@ def expected_full_counts(config: dict) -> dict[str, int]:
     """The job count per rule of a study from scratch, derived from the config."""
     n_tok, n_bb = len(config["tokenizers"]), len(config["backbones"])
     grid = config["sampling"].get("cfg_scales", [1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0])
-    n_samples = n_tok * sum(len(b.get("cfg_scales") or grid) for b in config["backbones"].values())
+    n_repeats = config.get("repeats", 1)  # a model and a sample set per seed repeat
+    n_samples = n_tok * n_repeats * sum(len(b.get("cfg_scales") or grid) for b in config["backbones"].values())
     untrained = config["sampling"].get("untrained_baseline", True)
     counts = {
         "prepare_data": 1, "train_teacher": 1,
         "train_tokenizer": n_tok, "reconstruction": n_tok, "encode": n_tok, "latent_metrics": n_tok,
-        "train_diffusion": n_tok * n_bb, "sample": n_samples, "generation_metrics": n_samples,
+        "train_diffusion": n_tok * n_bb * n_repeats, "sample": n_samples, "generation_metrics": n_samples,
         "aggregate": 1, "correlate": 1, "predictions": 1, "figures": 1, "summary": 1, "all": 1,
     }
     if config["sampling"].get("trajectories", 64) > 0:
@@ -67,6 +68,7 @@ def small_study(repo: Path) -> dict:
     config["sampling"].update(cfg_scales=[1.0], trajectories=0, untrained_baseline=False, num_samples=32,
                               batch_size=32)
     config["metrics"] = {"enabled": ["lnc"], "params": {"lnc": {"k": 3}}}
+    config["repeats"] = 1
     return config
 
 

@@ -1,8 +1,9 @@
 """``diffusability plan``: the jobs and GPU-hours of a study, per rule, before anything runs.
 
 The job counts are computed from the validated config, with the same rules the workflow's DAG
-follows (one ``train_tokenizer`` per trained tokenizer, one ``sample`` per tokenizer, backbone and
-guidance scale, ...); the tests compare them with Snakemake's own dry run. GPUs per job come from
+follows (one ``train_tokenizer`` per trained tokenizer, one ``train_diffusion`` per tokenizer, backbone
+and seed repeat, one ``sample`` per tokenizer, backbone, guidance scale and seed repeat, ...); the
+tests compare them, rule for rule, with Snakemake's own dry run. GPUs per job come from
 the cluster profile (``set-resources: <rule>: gpu``). GPU-hours are estimated, per job, as
 
     images processed × FLOP per image / effective FLOP/s of one GPU,
@@ -51,7 +52,9 @@ FLOP per image (forward; multiply-add = 2 FLOP)
 - Training = 3 × forward (backward ≈ 2 × forward). An adaptive regularizer weight (``adaptive:
   true``) adds one backward through the decoder (the gradient of the reconstruction loss at the
   encoder's last layer): 2 × decoder forward.
-- FID Inception-v3: 11.4 GFLOP at 299 px (torchvision's model table: 5.71 G multiply-adds).
+- FID Inception-v3: 11.4 GFLOP at 299 px (torchvision's model table: 5.71 G multiply-adds); iFID in
+  its features (``metrics.tokenizer.ifid.feature_net: inception``) runs it on every query image and
+  every decoded midpoint.
 - FDr spaces: ConvNeXt-V2-Base at 224 px 30.8 GFLOP (15.4 G multiply-adds, the ConvNeXt V2 paper,
   Woo et al. 2023); the ViTs by the transformer formula at their token counts (DINOv2-L/14 and
   CLIP-L/14 at 266 px: 362 tokens; MAE-L/16 at 224 px: 197 tokens; SigLIP2-so400m/16 at 224 px:
@@ -135,17 +138,20 @@ class RuleCost:
 
 # ----------------------------------------------------------------------------- job counts
 
-def sample_jobs(config: dict) -> list[tuple[str, str, float]]:
-    """Every (tokenizer, backbone, guidance scale) of the study, as the ``sample`` rule runs them."""
+def sample_jobs(config: dict) -> list[tuple[str, str, float, int]]:
+    """Every (tokenizer, backbone, guidance scale, seed repeat) of the study, as the ``sample`` rule runs them."""
     grid = config["sampling"]["cfg_scales"]
-    return [(tok, bb, scale) for tok in sorted(config["tokenizers"]) for bb in sorted(config["backbones"])
-            for scale in (config["backbones"][bb].get("cfg_scales") or grid)]
+    return [(tok, bb, scale, repeat) for tok in sorted(config["tokenizers"]) for bb in sorted(config["backbones"])
+            for scale in (config["backbones"][bb].get("cfg_scales") or grid)
+            for repeat in range(config.get("repeats", 1))]
 
 
 def job_counts(config: dict) -> dict[str, int]:
     """{rule: jobs} of the whole study from scratch, from the validated ``config`` (rules without jobs left out)."""
     tokenizers, backbones = config["tokenizers"], config["backbones"]
     n_tok, n_pairs, n_samples = len(tokenizers), len(tokenizers) * len(backbones), len(sample_jobs(config))
+    # a diffusion model per seed repeat; model metrics and untrained baselines once per pair (repeat 0 / no model)
+    n_models = n_pairs * config.get("repeats", 1)
     pretrained = sum(1 for entry in tokenizers.values() if entry.get("pretrained"))
     generation, metrics, sampling = config["generation"], config["metrics"], config["sampling"]
     spaces = len(generation.get("representations") or {})
@@ -157,14 +163,14 @@ def job_counts(config: dict) -> dict[str, int]:
         "train_tokenizer": n_tok - pretrained, "import_tokenizer": pretrained,
         "reconstruction": n_tok, "encode": n_tok, "latent_metrics": n_tok,
         "tokenizer_metrics": n_tok if metrics["tokenizer"]["enabled"] else 0,
-        "train_diffusion": n_pairs,
+        "train_diffusion": n_models,
         "model_metrics": n_pairs if metrics["model"]["enabled"] else 0,
         "sample": n_samples, "generation_metrics": n_samples,
         "trajectory_metrics": n_samples if sampling["trajectories"] > 0 else 0,
         "representation_metrics": n_samples if spaces else 0,
         "sample_untrained": n_pairs if sampling["untrained_baseline"] else 0,
         "untrained_generation_metrics": n_pairs if sampling["untrained_baseline"] else 0,
-        "aggregate": 1, "correlate": 1, "figures": 1, "summary": 1, "all": 1,
+        "aggregate": 1, "correlate": 1, "predictions": 1, "figures": 1, "summary": 1, "all": 1,
     }
     return {rule: n for rule, n in counts.items() if n}
 
@@ -246,6 +252,8 @@ def _encode(config: dict, name: str) -> float:
 
 
 def _tokenizer_metrics(config: dict, name: str) -> float:
+    from .workflow.config import ifid_feature_net
+
     tokenizer = config["metrics"]["tokenizer"]
     entry, data = config["tokenizers"][name], config["data"]
     encoder, decoder = tokenizer_flop(entry, data["image_size"])
@@ -260,6 +268,8 @@ def _tokenizer_metrics(config: dict, name: str) -> float:
         pool = data["n_val"] if ifid.get("pool") == "val" else (ifid.get("max_pool") or _n_train(config))
         latent_size = entry["latent_channels"] * _latent_tokens(config)
         flop += queries * decoder + 2.0 * queries * pool * latent_size  # decode + cosine neighbour search
+        if ifid_feature_net(config) == "inception":  # the real images and the decoded midpoints (resized to 299)
+            flop += 2 * queries * INCEPTION_FLOP
     return _seconds(flop, "fp32")
 
 
@@ -268,7 +278,8 @@ def _train_diffusion(config: dict, bb: str) -> float:
     return _seconds(entry["steps"] * entry["batch_size"] * 3 * backbone_flop(config, bb), entry.get("precision"))
 
 
-def _sample(config: dict, tok: str, bb: str, scale: float) -> float:
+def _sample(config: dict, tok: str, bb: str, scale: float, repeat: int = 0) -> float:
+    # every seed repeat costs the same: ``repeat`` only keeps the signature of :func:`sample_jobs`' tuples
     sampling = config["sampling"]
     _, decoder = tokenizer_flop(config["tokenizers"][tok], config["data"]["image_size"])
     calls = sampling["num_steps"] * (1 if scale == 1.0 else 2)
@@ -301,7 +312,7 @@ def gpu_hours(config: dict) -> dict[str, float | None]:
         "reconstruction": sum(_reconstruction(config, name) for name in tokenizers),
         "encode": sum(_encode(config, name) for name in tokenizers),
         "tokenizer_metrics": sum(_tokenizer_metrics(config, name) for name in tokenizers),
-        "train_diffusion": sum(_train_diffusion(config, bb) for _, bb in pairs),
+        "train_diffusion": sum(_train_diffusion(config, bb) for _, bb in pairs) * config.get("repeats", 1),
         "sample": sum(_sample(config, *job) for job in samples),
         "sample_untrained": sum(_sample(config, tok, bb, 1.0) for tok, bb in pairs),
         "generation_metrics": None if per_sample is None else per_sample * len(samples),

@@ -49,15 +49,15 @@ if INCEPTION:
 
 rule generation_metrics:
     input:
-        unpack(lambda wc: generation_inputs(layout.samples_file(wc.tok, wc.bb, wc.cfg))),
+        unpack(lambda wc: generation_inputs(layout.samples_file(wc.tok, wc.bb, wc.cfg, wc.seed))),
     output:
-        layout.generation_rows("{tok}", "{bb}", "{cfg}"),
+        layout.generation_rows("{tok}", "{bb}", "{cfg}", "{seed}"),
     params:
         code=code_identity("generation-metrics"),
         spec=as_arg(cfg.generation_metrics_spec(config)),
         net=generation_args,
     log:
-        layout.log_file("generation_metrics", "{tok}", "{bb}", "cfg{cfg}"),
+        layout.log_file("generation_metrics", "{tok}", "{bb}", "seed{seed}", "cfg{cfg}"),
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {DIFFUSABILITY} generation-metrics --samples {input.samples:q} "
@@ -83,13 +83,13 @@ rule untrained_generation_metrics:
 
 rule trajectory_metrics:
     input:
-        trajectories=layout.trajectories_file("{tok}", "{bb}", "{cfg}"),
+        trajectories=layout.trajectories_file("{tok}", "{bb}", "{cfg}", "{seed}"),
     output:
-        layout.trajectory_rows("{tok}", "{bb}", "{cfg}"),
+        layout.trajectory_rows("{tok}", "{bb}", "{cfg}", "{seed}"),
     params:
         code=code_identity("trajectory-metrics"),
     log:
-        layout.log_file("trajectory_metrics", "{tok}", "{bb}", "cfg{cfg}"),
+        layout.log_file("trajectory_metrics", "{tok}", "{bb}", "seed{seed}", "cfg{cfg}"),
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {DIFFUSABILITY} trajectory-metrics --trajectories {input.trajectories:q} "

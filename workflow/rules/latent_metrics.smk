@@ -5,6 +5,13 @@
 
 TOKENIZER_METRICS = bool(config["metrics"]["tokenizer"]["enabled"])
 MODEL_METRICS = bool(config["metrics"]["model"]["enabled"])
+# iFID's features (metrics.tokenizer.ifid.feature_net): the FID Inception of the generation metrics
+# (REFERENCE and inception_args() in common.smk), or the domain net; neither when iFID is off.
+IFID = "ifid" in config["metrics"]["tokenizer"]["enabled"]
+IFID_INCEPTION = cfg.ifid_uses_inception(config)
+# Where the metric commands compute. The config has no device key (no stage has one): `auto` is the
+# GPU when the job was given one (cluster/config.yaml gives these rules a GPU), else the CPU.
+METRICS_DEVICE = "auto"
 
 
 def latent_metric_inputs(wildcards):
@@ -25,6 +32,29 @@ def network_metric_rows():
     return {"tokenizer_metrics": tokenizer, "model_metrics": model}
 
 
+def tokenizer_metric_inputs(wildcards):
+    """The tokenizer, the val split, its latents and iFID's feature network (Inception weights or domain net)."""
+    inputs = {
+        "model": layout.tokenizer_file(wildcards.tok, "model.safetensors"),
+        "val": data_split("val"),
+        "latents": [layout.latents_file(wildcards.tok, name) for name in ("train", "val", "stats")],
+    }
+    if IFID_INCEPTION:
+        inputs["inception"] = REFERENCE["inception_weights"]
+    elif IFID:
+        inputs["teacher"] = layout.teacher_file("model.safetensors")
+    return inputs
+
+
+def ifid_feature_args(wildcards, input):
+    """--inception-weights [--inception-sha256] or --feature-net DIR: iFID's network ("" without iFID)."""
+    if IFID_INCEPTION:
+        return inception_args()
+    if IFID:
+        return f"--feature-net {shlex.quote(str(Path(input.teacher).parent))}"
+    return ""
+
+
 rule latent_metrics:
     input:
         unpack(latent_metric_inputs),
@@ -39,15 +69,12 @@ rule latent_metrics:
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {DIFFUSABILITY} latent-metrics --latents {params.latents:q} "
-        "--spec {params.spec} --out {output:q} > {log:q} 2>&1"
+        "--spec {params.spec} --device {METRICS_DEVICE} --out {output:q} > {log:q} 2>&1"
 
 
 rule tokenizer_metrics:
     input:
-        model=layout.tokenizer_file("{tok}", "model.safetensors"),
-        val=data_split("val"),
-        latents=[layout.latents_file("{tok}", name) for name in ("train", "val", "stats")],
-        teacher=layout.teacher_file("model.safetensors"),
+        unpack(tokenizer_metric_inputs),
     output:
         layout.tokenizer_metric_rows("{tok}"),
     params:
@@ -57,14 +84,14 @@ rule tokenizer_metrics:
         spec=as_arg(cfg.tokenizer_metrics_spec(config)),
         tokenizer=lambda wc, input: str(Path(input.model).parent),
         latents=lambda wc, input: str(Path(input.latents[0]).parent),
-        teacher=lambda wc, input: str(Path(input.teacher).parent),
+        features=ifid_feature_args,
     log:
         layout.log_file("tokenizer_metrics", "{tok}"),
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {DIFFUSABILITY} tokenizer-metrics --tokenizer {params.tokenizer:q} "
-        "--data {input.val:q} --latents {params.latents:q} --feature-net {params.teacher:q} --spec {params.spec} "
-        "--out {output:q} > {log:q} 2>&1"
+        "--data {input.val:q} --latents {params.latents:q} {params.features} --spec {params.spec} "
+        "--device {METRICS_DEVICE} --out {output:q} > {log:q} 2>&1"
 
 
 rule model_metrics:

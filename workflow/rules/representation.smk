@@ -14,11 +14,11 @@ REPRESENTATION_ROWS = [layout.representation_rows(*job) for job in SAMPLE_JOBS] 
 def representation_inputs(wildcards):
     """Samples, the FDr code, each space's model config and reference statistics, and the gFID rows with the
     Inception."""
-    inputs = {"samples": layout.samples_file(wildcards.tok, wildcards.bb, wildcards.cfg)}
+    inputs = {"samples": layout.samples_file(wildcards.tok, wildcards.bb, wildcards.cfg, wildcards.seed)}
     for space, folder in REPRESENTATIONS.items():
         inputs[f"model_{space}"], inputs[f"stats_{space}"] = f"{folder}/config.json", layout.representation_stats(space)
     if INCEPTION:
-        inputs["inception_rows"] = layout.generation_rows(wildcards.tok, wildcards.bb, wildcards.cfg)
+        inputs["inception_rows"] = layout.generation_rows(wildcards.tok, wildcards.bb, wildcards.cfg, wildcards.seed)
     return inputs
 
 
@@ -58,13 +58,13 @@ if REPRESENTATIONS:
         input:
             unpack(representation_inputs),
         output:
-            layout.representation_rows("{tok}", "{bb}", "{cfg}"),
+            layout.representation_rows("{tok}", "{bb}", "{cfg}", "{seed}"),
         params:
             code=code_identity("representation-metrics"),
             spec=as_arg({"batch_size": REFERENCE["batch_size"]}),
             spaces=representation_args,
         log:
-            layout.log_file("representation_metrics", "{tok}", "{bb}", "cfg{cfg}"),
+            layout.log_file("representation_metrics", "{tok}", "{bb}", "seed{seed}", "cfg{cfg}"),
         threads: THREADS
         shell:
             "OMP_NUM_THREADS={threads} {DIFFUSABILITY} representation-metrics --samples {input.samples:q} "

@@ -6,12 +6,12 @@
 
 rule sample:
     input:
-        ema=layout.diffusion_file("{tok}", "{bb}", "ema.safetensors"),
+        ema=layout.diffusion_file("{tok}", "{bb}", "ema.safetensors", "{seed}"),
         tokenizer=layout.tokenizer_file("{tok}", "model.safetensors"),
         stats=layout.latents_file("{tok}", "stats"),
     output:
-        samples=layout.samples_file("{tok}", "{bb}", "{cfg}"),
-        **({"trajectories": layout.trajectories_file("{tok}", "{bb}", "{cfg}")} if RECORD_TRAJECTORIES else {}),
+        samples=layout.samples_file("{tok}", "{bb}", "{cfg}", "{seed}"),
+        **({"trajectories": layout.trajectories_file("{tok}", "{bb}", "{cfg}", "{seed}")} if RECORD_TRAJECTORIES else {}),
     cache: CACHE
     params:
         code=code_identity("sample"),
@@ -19,12 +19,12 @@ rule sample:
         cfg=lambda wc: wc.cfg,
         launch=launcher,
         trajectories=lambda wc, output: f"--trajectories {shlex.quote(output.trajectories)}" if RECORD_TRAJECTORIES else "",
-        spec=as_arg(cfg.sampling_spec(config)),
+        spec=lambda wc: as_arg(cfg.sampling_spec(config, wc.seed)),
         diffusion=lambda wc, input: str(Path(input.ema).parent),
         tokenizer=lambda wc, input: str(Path(input.tokenizer).parent),
         latents=lambda wc, input: str(Path(input.stats).parent),
     log:
-        layout.log_file("sample", "{tok}", "{bb}", "cfg{cfg}"),
+        layout.log_file("sample", "{tok}", "{bb}", "seed{seed}", "cfg{cfg}"),
     threads: THREADS
     shell:
         "OMP_NUM_THREADS={threads} {PYTHON} {params.launch} sample --diffusion {params.diffusion:q} "

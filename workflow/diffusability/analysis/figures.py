@@ -152,9 +152,36 @@ def _y(means: pd.DataFrame, backbone: str, cfg_scale: float) -> pd.Series:
     return rows.set_index("tokenizer")["value"]
 
 
+#: a cluster gets its own trend line from this many tokenizers on (a graded family: one regularizer swept)
+TREND_MIN_POINTS = 3
+
+
+def cluster_trend(x, y) -> tuple[float, float, float] | None:
+    """(slope, intercept, Pearson r) of the least-squares line y ≈ a·x + b, or None for < 3 points or constant x.
+
+    The within-cluster trend the study remarks on (e.g. gFID improving as one regularizer's weight grows):
+    drawn in every scatter for each cluster with :data:`TREND_MIN_POINTS` or more tokenizers.
+
+    Examples
+    --------
+    >>> cluster_trend([0.0, 1.0, 2.0], [1.0, 3.0, 5.0])
+    (2.0, 1.0, 1.0)
+    >>> cluster_trend([1.0, 1.0, 1.0], [0.0, 1.0, 2.0]) is None
+    True
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < TREND_MIN_POINTS or np.ptp(x) == 0:
+        return None
+    dx, dy = x - x.mean(), y - y.mean()
+    slope = float(dx @ dy / (dx @ dx))
+    r = float(dx @ dy / np.sqrt((dx @ dx) * (dy @ dy))) if dy @ dy > 0 else 0.0
+    return slope, float(y.mean() - slope * x.mean()), r
+
+
 def _scatter(ax, x: pd.Series, y: pd.Series, clusters: pd.Series, colours: dict, sizes=None,
              label: bool = True) -> None:
-    """One point per tokenizer present in both, coloured by cluster, labelled when there are few."""
+    """One point per tokenizer present in both, coloured by cluster, labelled when there are few; a dashed
+    least-squares line per cluster of at least :data:`TREND_MIN_POINTS` tokenizers (:func:`cluster_trend`)."""
     x = x.reindex(y.index)
     keep = np.isfinite(x.to_numpy(float)) & np.isfinite(y.to_numpy(float))
     x, y = x[keep], y[keep]
@@ -164,6 +191,12 @@ def _scatter(ax, x: pd.Series, y: pd.Series, clusters: pd.Series, colours: dict,
         size = 28 if sizes is None else sizes.reindex(y.index)[members].to_numpy(float)
         ax.scatter(x[members], y[members], s=size, color=colours.get(group, "0.5"), alpha=0.85,
                    edgecolor="white", linewidth=0.4, zorder=3)
+        trend = cluster_trend(x[members], y[members])
+        if trend is not None:
+            slope, intercept, _ = trend
+            ends = np.array([x[members].min(), x[members].max()])
+            ax.plot(ends, slope * ends + intercept, linestyle="--", linewidth=1.0,
+                    color=colours.get(group, "0.5"), alpha=0.8, zorder=2)
     if label and len(y) <= 25:
         for name in y.index:
             ax.annotate(name, (x[name], y[name]), fontsize=6, xytext=(3, 3), textcoords="offset points")

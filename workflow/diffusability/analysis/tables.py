@@ -134,18 +134,21 @@ def generation_table(generation: Keyed, representation: Keyed = (), trajectory: 
     """Generation rows of trained models (+ FDr and trajectory metrics) and of untrained baselines.
 
     ``generation``, ``representation`` (a sample set's FDr rows: fd_<space>, fdr_<space>, fdr6) and
-    ``trajectory`` are keyed by ``(tokenizer, backbone, cfg)``, ``untrained`` by ``(tokenizer, backbone)``.
-    Columns: tokenizer, backbone, cfg_scale (float), model ("trained"/"untrained"), metric, …
+    ``trajectory`` are keyed by ``(tokenizer, backbone, seed, cfg)``, ``untrained`` by ``(tokenizer, backbone)``.
+    Columns: tokenizer, backbone, cfg_scale (float), model ("trained"/"untrained"), seed (int: the seed
+    repeat of the model and its samples, 0 for an untrained baseline), metric, …
     """
     frames = []
     for keyed in (generation, representation, trajectory):
-        frame = _concat(keyed, ("tokenizer", "backbone", "cfg"))
+        frame = _concat(keyed, ("tokenizer", "backbone", "seed", "cfg"))
+        frame.insert(2, "cfg", frame.pop("cfg"))
         frame.insert(3, "model", "trained")
         frames.append(frame)
     frame = _concat(untrained, ("tokenizer", "backbone"))
     frame.insert(2, "cfg", "1.00")
     frame.insert(3, "model", "untrained")
+    frame.insert(4, "seed", "0")
     frames.append(frame)
     table = pd.concat([f for f in frames if len(f)], ignore_index=True)
     table.insert(2, "cfg_scale", table.pop("cfg").astype(float))
-    return table
+    return table.astype({"seed": int})

@@ -10,6 +10,8 @@
   ``{"enabled": [names…], "params": {metric_or_group: {…}}, "seed": int (optional, provenance only)}``.
   ``train.safetensors`` is read too, only when a named metric needs the training latents
   (``linear_probe``); ``metrics`` takes them as ``--train FILE``.
+* ``--device``: where the metrics compute (:mod:`diffusability.devices`): ``latent-metrics`` defaults to
+  ``auto`` (the GPU when one is visible, as every workflow step), ``metrics`` to ``cpu``.
 * ``tokenizer-metrics`` and ``model-metrics``: see :mod:`.network_commands`.
 """
 
@@ -39,6 +41,7 @@ def _parse_param(text: str) -> tuple[str, str, object]:
 
 def register(subparsers) -> None:
     """Add the ``metrics`` and ``latent-metrics`` subcommands."""
+    from ..devices import add_device_argument
     from ..specs import json_spec
 
     p = subparsers.add_parser("metrics", help="latent proxy metrics of one latent file",
@@ -51,7 +54,8 @@ def register(subparsers) -> None:
                    help="per-channel: standardise with the input's own mean/std (default); none: as given")
     p.add_argument("--param", action="append", type=_parse_param, default=[], metavar="METRIC.KEY=VALUE",
                    help="metric parameter (repeatable), e.g. lnc.k=10 or uniformity.repeats=1")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    # the shared argument (``auto`` accepted); an ad hoc command on any file keeps the CPU by default
+    add_device_argument(p, default="cpu")
     p.add_argument("--train", default=None,
                    help="training latents (.npz/.safetensors: latents (M,C,H,W), labels (M,)) for linear_probe; "
                         "normalised like INPUT")
@@ -62,7 +66,8 @@ def register(subparsers) -> None:
     q.add_argument("--spec", required=True, type=json_spec,
                    help='JSON: {"enabled": [names], "params": {metric_or_group: {...}}}')
     q.add_argument("--out", required=True, help="output Parquet table")
-    q.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    # a workflow step: the GPU when the job was given one (every metric runs where the latents are)
+    add_device_argument(q)
     q.set_defaults(func=run_latent_metrics)
 
 
@@ -74,6 +79,7 @@ def _params_from_flags(flags) -> dict:
 
 
 def run_metrics(args) -> int:
+    from ..devices import resolve_device
     from ..io import load_arrays, provenance, write_parquet
     from ..metrics.normalization import channel_stats, normalize_latents
     from ..metrics.registry import compute_metrics
@@ -92,7 +98,8 @@ def run_metrics(args) -> int:
             train_latents = normalize_latents(train_latents, mean, std)
     params = _params_from_flags(args.param)
     with about(args.input):
-        table = compute_metrics(latents, labels, masks, names=args.metrics, params=params, device=args.device,
+        table = compute_metrics(latents, labels, masks, names=args.metrics, params=params,
+                                device=resolve_device(args.device),
                                 train_latents=train_latents, train_labels=train_labels)
     skipped = table.attrs.get("skipped", {})
     for metric, why in skipped.items():
@@ -116,6 +123,7 @@ def _validate_spec(spec: dict) -> tuple[list[str], dict]:
 
 
 def run_latent_metrics(args) -> int:
+    from ..devices import resolve_device
     from ..io import load_tensors, provenance, write_parquet
     from ..metrics.normalization import normalize_latents
     from ..metrics.registry import compute_metrics, expand_names, requirements
@@ -143,7 +151,8 @@ def run_latent_metrics(args) -> int:
         train_latents, train_labels, _ = read_latent_inputs(train, str(train_path))
         train_latents = normalize_latents(train_latents, stats["mean"].float(), stats["std"].float())
     with about(val_path):
-        table = compute_metrics(latents, labels, masks, names=enabled, params=params, device=args.device,
+        table = compute_metrics(latents, labels, masks, names=enabled, params=params,
+                                device=resolve_device(args.device),
                                 train_latents=train_latents, train_labels=train_labels)
     write_parquet(table, args.out, provenance(args.spec, latents=str(directory)))
     return 0

@@ -1,8 +1,10 @@
 """``diffusability tokenizer-metrics`` and ``diffusability model-metrics``: the proxies that need networks.
 
 * ``tokenizer-metrics``: affine equivariance of the encoder (docs/metrics.md §7) and iFID through the
-  decoder (§5), from a tokenizer directory, the val split, its latent directory and the feature
-  network of the reconstruction step (the domain net). Rows: ``rotate_error``,
+  decoder (§5), from a tokenizer directory, the val split and its latent directory. iFID's features
+  (``ifid.feature_net``): ``inception`` — the FID Inception's pool3 (``--inception-weights``), the
+  official protocol and the space of gFID/rFID — or ``domain`` — the domain net of ``--feature-net``
+  (the command's default, the embedded default's stand-in without Inception weights). Rows: ``rotate_error``,
   ``rotate_consistency``, ``scale_error``, ``scale_consistency``, ``ifid``; with ``fisher_geometry``
   (docs/fisher-geometry.md) also ``fi_gap``, ``fir_gap`` (data-vs-latent alignment of the FI/FIR
   curves, plus the curves themselves unless ``curves`` is false) and ``compression_penalty``,
@@ -25,10 +27,12 @@ from ..errors import reject_unknown_keys, require
 TOKENIZER_DEFAULTS = {"enabled": [], "batch_size": 64, "seed": 0,
                       "equivariance": {"rotations": [1, 2, 3], "scales": [0.5, 0.75], "max_images": None},
                       "ifid": {"k": 10, "alpha": 0.5, "pool": "train", "max_pool": None, "max_queries": None,
-                               "seed": 0},
+                               "seed": 0, "feature_net": "domain"},
                       "fisher_geometry": {"data_grid": None, "sigma_min": 1e-3, "sigma_max": 100.0, "sigma_points": 32,
                                           "shrinkage": "ledoit_wolf", "curves": True, "anchors": 256, "neighbors": 8,
                                           "rank": 4, "collapse_ratio": 1e-4, "seed": 0}}
+#: the feature networks iFID accepts (``ifid.feature_net``)
+IFID_FEATURE_NETS = ("inception", "domain")
 #: the metric families of ``tokenizer-metrics`` (each an ``enabled`` name and a parameter object)
 TOKENIZER_FAMILIES = ("equivariance", "ifid", "fisher_geometry")
 MODEL_DEFAULTS = {"enabled": [], "seed": 0,
@@ -49,7 +53,12 @@ def register(subparsers) -> None:
                    help="val split (.safetensors with images uint8 (N, H, W, 3) and labels, or a shard index.json)")
     p.add_argument("--latents", required=True,
                    help="latent directory of the tokenizer (val/train raw latents for iFID, stats for normalising)")
-    p.add_argument("--feature-net", required=True, help="domain-net directory (features of the Fréchet distance)")
+    p.add_argument("--feature-net", default=None,
+                   help="domain-net directory: iFID's features when ifid.feature_net is 'domain'")
+    p.add_argument("--inception-weights", default=None,
+                   help="FID Inception state dict (.safetensors/.pt/.pth): iFID's features when ifid.feature_net "
+                        "is 'inception'")
+    p.add_argument("--inception-sha256", default=None, help="expected SHA-256 of --inception-weights")
     p.add_argument("--spec", required=True, type=json_spec,
                    help='JSON: {"enabled": ["equivariance", "ifid", "fisher_geometry"], "batch_size", '
                         '"equivariance": {...}, "ifid": {...}, "fisher_geometry": {...}}')
@@ -105,13 +114,41 @@ def _load_stats(directory: Path, channels: int):
     return stats["mean"].float(), stats["std"].float()
 
 
+def _check_ifid_inputs(params: dict, args) -> None:
+    """Refuse an ``ifid`` spec the inputs cannot serve, naming the key (exit 2 through :func:`require`)."""
+    require(params["pool"] in ("train", "val"),
+            f"tokenizer-metrics --spec: ifid.pool must be 'train' or 'val', got {params['pool']!r}")
+    net = params["feature_net"]
+    require(net in IFID_FEATURE_NETS,
+            f"tokenizer-metrics --spec: ifid.feature_net must be one of {list(IFID_FEATURE_NETS)}, got {net!r}")
+    if net == "inception":
+        require(args.inception_weights is not None,
+                "tokenizer-metrics: ifid.feature_net 'inception' needs --inception-weights (the FID Inception "
+                "state dict; in the workflow, generation.inception_weights)")
+    else:
+        require(args.feature_net is not None,
+                "tokenizer-metrics: ifid.feature_net 'domain' needs --feature-net (the domain-net directory)")
+
+
+def _ifid_features(net: str, args, device):
+    """iFID's feature function (uint8 (n, H, W, 3) → float64 (n, F) on the CPU): rFID's or rFD's extractor."""
+    from .tokenizer_rows import domain_features, inception_features
+
+    if net == "inception":
+        from ..evaluation.inception import load_fid_inception
+
+        return inception_features(load_fid_inception(args.inception_weights, args.inception_sha256), device)
+    from ..teacher.domain_net import load_domain_classifier
+
+    return domain_features(load_domain_classifier(args.feature_net), device)
+
+
 def run_tokenizer_metrics(args) -> int:
     """Equivariance, iFID and Fisher-geometry rows of ``--tokenizer`` (the families ``enabled`` in ``--spec``)."""
     import torch
 
     from ..data.splits import open_image_split
     from ..devices import resolve_device
-    from ..teacher.domain_net import load_domain_classifier
     from ..io import load_tensors
     from ..tokenizers.factory import load_tokenizer
     from .tokenizer_rows import equivariance_rows, fisher_geometry_rows, ifid_row
@@ -120,6 +157,8 @@ def run_tokenizer_metrics(args) -> int:
     batch_size = int(spec["batch_size"])
     require(batch_size >= 1, f"tokenizer-metrics --spec: batch_size must be ≥ 1, got {batch_size}")
     device = torch.device(resolve_device(args.device))
+    if "ifid" in spec["enabled"]:   # before any network is loaded: a wrong spec costs nothing
+        _check_ifid_inputs(spec["ifid"], args)
     split = open_image_split(args.data)
     images = split.images   # checked: uint8 (N, H, W, 3); shards are read lazily
     directory = Path(args.latents)
@@ -136,13 +175,11 @@ def run_tokenizer_metrics(args) -> int:
                                       int(spec["seed"]))
         if "ifid" in spec["enabled"]:
             params = spec["ifid"]
-            require(params["pool"] in ("train", "val"),
-                    f"tokenizer-metrics --spec: ifid.pool must be 'train' or 'val', got {params['pool']!r}")
             pool = None
             if params["pool"] == "train":
                 pool = load_tensors(directory / "train.safetensors", ["latents"])["latents"].float()
-            feature_net = load_domain_classifier(args.feature_net).to(device)
-            rows.append(ifid_row(model, feature_net, images, val, pool, params, batch_size, device))
+            rows.append(ifid_row(model, _ifid_features(params["feature_net"], args, device), params["feature_net"],
+                                 images, val, pool, params, batch_size, device))
         if "fisher_geometry" in spec["enabled"]:
             labels = torch.as_tensor(split.labels, dtype=torch.int64)
             mean, std = _load_stats(directory, val.shape[1])

@@ -71,23 +71,81 @@ def equivariance_rows(model, images, mean, std, params: dict, batch_size: int, d
     return rows
 
 
-def image_features(feature_net, images, rows, batch_size: int, device) -> "torch.Tensor":
-    """Feature-net features (R, F) float64 on the CPU of the uint8 images ``images[rows]`` (rows: (R,) int64)."""
+#: what the ``features`` of :func:`ifid_row` are, by ``metrics.tokenizer.ifid.feature_net`` (the row's params)
+IFID_FEATURES = {"inception": "FID Inception-v3 pool3 (TF1 resize to 299), as gFID and rFID",
+                 "domain": "domain-net penultimate features, as rFD (the embedded default's stand-in)"}
+
+
+def inception_features(net, device):
+    """uint8 (n, H, W, 3) CPU batch → pool3 (n, 2048) float64 on the CPU of the FID Inception ``net``.
+
+    rFID's extractor (``reconstruction/measure.py``), written out here so that the tokenizer metrics do not
+    import the reconstruction stage (whose code would then rerun them): the TF1 resize to 299 runs on the
+    CPU, the network on ``device``.
+    """
+    net = net.to(device)
+    return lambda batch: net.forward_preprocessed(net.preprocess(batch).to(device))["pool3"].double().cpu()
+
+
+def domain_features(net, device):
+    """uint8 (n, H, W, 3) CPU batch → the domain net's penultimate features (n, F) float64 on the CPU (as rFD)."""
+    from ..imaging import to_model_input
+
+    net = net.to(device)
+    return lambda batch: net.features(to_model_input(batch).to(device)).double().cpu()
+
+
+def image_features(features, images, rows, batch_size: int) -> "torch.Tensor":
+    """Features (R, F) float64 on the CPU of the uint8 images ``images[rows]`` (rows: (R,) int64).
+
+    Parameters
+    ----------
+    features : callable
+        uint8 (n, H, W, 3) CPU tensor → (n, F) float64 CPU features (see :func:`ifid_row`).
+    images : array-like, shape (N, H, W, 3)
+        uint8 images (an array or memory-mapped shards), read ``batch_size`` rows at a time.
+    rows : torch.Tensor, shape (R,)
+    batch_size : int
+    """
     import numpy as np
     import torch
 
-    from ..imaging import to_model_input
-
     with torch.no_grad():
-        return torch.cat([feature_net.features(to_model_input(np.asarray(images[rows[s:s + batch_size].numpy()]))
-                                               .to(device)).double().cpu()
+        return torch.cat([features(torch.as_tensor(np.asarray(images[rows[s:s + batch_size].numpy()])))
                           for s in range(0, len(rows), batch_size)])
 
 
-def ifid_row(model, feature_net, images, val_latents, pool_latents, params: dict, batch_size: int,
-             device) -> dict:
-    """The iFID row: slerp of val latents to a cosine neighbour of the pool, decoded, vs the real images."""
-    from ..imaging import to_model_input, to_uint8
+def ifid_row(model, features, feature_net: str, images, val_latents, pool_latents, params: dict,
+             batch_size: int, device) -> dict:
+    """The iFID row: slerp of val latents to a cosine neighbour of the pool, decoded, vs the real images.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The tokenizer (``decode``), on ``device``.
+    features : callable
+        uint8 (n, H, W, 3) CPU tensor → (n, F) float64 CPU features: the FID Inception's pool3
+        (:func:`inception_features`) or the domain net's features (:func:`domain_features`), applied
+        alike to the real images and to the decoded midpoints.
+    feature_net : {"inception", "domain"}
+        Which network ``features`` runs (recorded in the row's params).
+    images : array-like, shape (N, H, W, 3)
+        The uint8 val images, one per val latent.
+    val_latents, pool_latents : torch.Tensor, shape (N, C, h, w) and (M, C, h, w)
+        Raw latents; ``pool_latents`` is None for ``pool: val``.
+    params : dict
+        The ``ifid`` spec (k, alpha, pool, max_pool, max_queries, seed, feature_net).
+    batch_size : int
+        Images per decode and per feature pass.
+    device : torch.device
+        Where the latents are decoded.
+
+    Returns
+    -------
+    dict
+        The tidy ``ifid`` row.
+    """
+    from ..imaging import to_uint8
     from ..metrics.continuity import interpolated_fd
 
     started = time.perf_counter()
@@ -100,17 +158,19 @@ def ifid_row(model, feature_net, images, val_latents, pool_latents, params: dict
         pool = pool_latents
         if params["max_pool"] is not None:  # (an index with every row would copy the whole train pool)
             pool = pool_latents[seeded_subset(pool_latents.shape[0], params["max_pool"], "ifid-pool", seed)]
-    reference = image_features(feature_net, images, queries, batch_size, device)
+    reference = image_features(features, images, queries, batch_size)
     result = interpolated_fd(
         decode_fn=lambda z: model.decode(z),
-        # decodes are quantised to uint8 like saved images, as in the reconstruction step's rFD
-        feature_fn=lambda x: feature_net.features(to_model_input(to_uint8(x)).to(device)),
+        # decodes are quantised to uint8 like saved images and featurised by the very function of the real
+        # images (on the CPU side, as rFID's reconstructions), so only the decoder separates the two sets
+        feature_fn=lambda x: features(to_uint8(x).cpu()),
         queries=val_latents[queries].to(device), pool=pool.to(device), reference_features=reference,
         k=int(params["k"]), alpha=float(params["alpha"]), seed=seed, exclude_self=exclude_self,
         batch_size=batch_size)
     record = {"k": params["k"], "alpha": params["alpha"], "seed": seed, "pool": params["pool"],
               "n_pool": int(pool.shape[0]), "interpolation": "slerp of raw flattened posterior samples",
-              "feature_net": "domain", "mean_choice_entropy": result["mean_choice_entropy"]}
+              "feature_net": feature_net, "features": IFID_FEATURES[feature_net],
+              "mean_choice_entropy": result["mean_choice_entropy"]}
     return metric_row("ifid", result["value"], result["n"], record, time.perf_counter() - started)
 
 

@@ -88,6 +88,7 @@ def validate_config(config: dict) -> dict:
     _check_finite_numbers(filled)
     _check_cross_references(filled)
     _check_guidance_names(filled)
+    _check_ifid_feature_net(filled)
     return filled
 
 
@@ -129,6 +130,14 @@ def _check_cross_references(config: dict) -> None:
         raise DiffusabilityError(f"sampling.trajectories: {sampling['trajectories']} recorded trajectories need as many "
                                  f"samples, but sampling.num_samples is {sampling['num_samples']}; set trajectories "
                                  "≤ num_samples (0 = none)")
+    if config["repeats"] > 1:
+        imported = [(tok, bb) for tok in config["tokenizers"] for bb in config["backbones"]
+                    if imported_diffusion(config, tok, bb) is not None]
+        if imported:
+            tok, bb = imported[0]
+            raise DiffusabilityError(f"tokenizers.{tok}.diffusion.{bb}: an imported diffusion model is one checkpoint, "
+                                     f"but repeats is {config['repeats']} (a model per seed); set repeats: 1 or "
+                                     "train the model")
     flipping = [bb for bb, entry in config["backbones"].items() if entry.get("flip_augment")]
     if flipping and not config["encode"].get("flip"):
         raise DiffusabilityError(f"backbones.{flipping[0]}.flip_augment needs encode.flip: true "
@@ -196,20 +205,37 @@ def encode_spec(config: dict) -> dict:
     return {"seed": config["seed"], **config["encode"]}
 
 
-def backbone_spec(config: dict, tok: str, bb: str) -> dict:
-    """Everything the training of backbone ``bb`` on tokenizer ``tok``'s latents depends on."""
+def repeat_seed(config: dict, repeat: int | str = 0) -> int:
+    """The seed of seed repeat ``repeat`` (config ``repeats``) of every diffusion model and sample set.
+
+    Repeat 0 keeps the root seed, so a study without repeats is the study it was; repeat r ≥ 1 derives
+    its own from the root seed and r (the same for every tokenizer: common random numbers).
+
+    >>> repeat_seed({"seed": 7}, 0), repeat_seed({"seed": 7}, "1") == repeat_seed({"seed": 7}, 1) != 7
+    (7, True)
+    """
+    from ..seeding import derive_seed
+
+    repeat = int(repeat)
+    return int(config["seed"]) if repeat == 0 else derive_seed(int(config["seed"]), "repeat", repeat)
+
+
+def backbone_spec(config: dict, tok: str, bb: str, repeat: int | str = 0) -> dict:
+    """Everything the training of backbone ``bb`` on tokenizer ``tok``'s latents (seed repeat ``repeat``)
+    depends on."""
     entry = {k: v for k, v in config["backbones"][bb].items() if k != "cfg_scales"}
     # The family-dependent keys (lr, betas, architecture switches) have no schema default: the
     # family's values come from diffusion/spec.py's FAMILY_DEFAULTS, the one table of them.
     resolved = {**FAMILY_DEFAULTS[entry["family"]], **entry}
     # The same seed for every tokenizer: common random numbers make the comparison fairer.
-    return {"name": bb, "seed": config["seed"],
+    return {"name": bb, "seed": repeat_seed(config, repeat),
             "num_classes": config["data"]["n_classes"], **resolved}
 
 
-def sampling_spec(config: dict) -> dict:
+def sampling_spec(config: dict, repeat: int | str = 0) -> dict:
+    """The ``sample`` spec of seed repeat ``repeat`` (its noise seed: :func:`repeat_seed`)."""
     sampling = {k: v for k, v in config["sampling"].items() if k not in ("cfg_scales", "untrained_baseline")}
-    return {"seed": config["seed"], **sampling}
+    return {"seed": repeat_seed(config, repeat), **sampling}
 
 
 def generation_spec(config: dict) -> dict:
@@ -233,8 +259,47 @@ def metrics_need_train_latents(config: dict) -> bool:
 
 
 def tokenizer_metrics_spec(config: dict) -> dict:
-    """The ``tokenizer-metrics`` spec (``metrics.tokenizer``); ``enabled`` empty means no job."""
-    return {"seed": config["seed"], **config["metrics"].get("tokenizer", {})}
+    """The ``tokenizer-metrics`` spec (``metrics.tokenizer``); ``enabled`` empty means no job.
+
+    ``ifid.feature_net`` is always written, resolved by :func:`ifid_feature_net`, so the job's spec
+    (and its rerun status) says which network iFID used.
+    """
+    spec = {"seed": config["seed"], **config["metrics"].get("tokenizer", {})}
+    spec["ifid"] = {**(spec.get("ifid") or {}), "feature_net": ifid_feature_net(config)}
+    return spec
+
+
+def ifid_feature_net(config: dict) -> str:
+    """The feature network of iFID: ``metrics.tokenizer.ifid.feature_net``, or its default.
+
+    Parameters
+    ----------
+    config : dict
+        The validated config.
+
+    Returns
+    -------
+    str
+        ``inception`` or ``domain``. Unset, it is ``inception`` when the study has the FID Inception
+        (``generation.feature_network: inception``): iFID's official protocol, and the space of gFID
+        and rFID. Otherwise ``domain``, the embedded default's stand-in (it has no Inception weights).
+    """
+    given = ((config["metrics"].get("tokenizer") or {}).get("ifid") or {}).get("feature_net")
+    if given is not None:
+        return given
+    return "inception" if config["generation"].get("feature_network") == "inception" else "domain"
+
+
+def ifid_uses_inception(config: dict) -> bool:
+    """Whether a ``tokenizer_metrics`` job reads the FID Inception weights (iFID on, in the Inception's features)."""
+    return "ifid" in config["metrics"]["tokenizer"]["enabled"] and ifid_feature_net(config) == "inception"
+
+
+def _check_ifid_feature_net(config: dict) -> None:
+    """iFID in the Inception's features needs the Inception's weights (``generation.inception_weights``)."""
+    if ifid_uses_inception(config) and not config["generation"].get("inception_weights"):
+        raise DiffusabilityError("metrics.tokenizer.ifid.feature_net: 'inception' needs generation.inception_weights "
+                                 "(the FID Inception state dict); set it, or set feature_net: domain")
 
 
 def model_metrics_spec(config: dict) -> dict:
@@ -389,6 +454,10 @@ def generation_path_problems(config: dict) -> list[MissingPath]:
         problems.append(MissingPath("generation.lpips_weights", lpips, "not found (LPIPS-VGG weights; see "
                                     "benchmarks/convert_lpips_weights.py)"))
     if spec["feature_network"] != "inception":
+        # iFID may read the FID Inception without the generation metrics doing so (metrics.tokenizer.ifid)
+        if ifid_uses_inception(config) and not Path(spec["inception_weights"]).is_file():
+            problems.append(MissingPath("generation.inception_weights", spec["inception_weights"], "not found (the "
+                                        "FID Inception state dict of metrics.tokenizer.ifid.feature_net: inception)"))
         return problems
     if not Path(spec["inception_weights"]).is_file():
         problems.append(MissingPath("generation.inception_weights", spec["inception_weights"], "not found (the FID "
@@ -531,15 +600,6 @@ def latents_names_pattern(config: dict, imported: bool) -> str:
 
     names = [name for name in config["tokenizers"] if (imported_latents(config, name) is not None) == imported]
     return "|".join(re.escape(name) for name in sorted(names)) or _NO_NAME
-
-
-def diffusion_pairs_pattern(config: dict) -> str:
-    """A regex alternation of the ``<tok>/<bb>`` pairs whose diffusion model is imported."""
-    import re
-
-    pairs = [f"{tok}/{bb}" for tok in config["tokenizers"] for bb in config["backbones"]
-             if imported_diffusion(config, tok, bb) is not None]
-    return "|".join(re.escape(pair) for pair in sorted(pairs)) or _NO_NAME
 
 
 def tokenizer_names_pattern(config: dict, pretrained: bool) -> str:

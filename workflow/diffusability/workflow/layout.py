@@ -67,8 +67,9 @@ def model_metric_rows(tok: str, bb: str) -> str:
     return f"{RESULTS}/metrics/{tok}/{bb}/model.parquet"
 
 
-def diffusion_file(tok: str, bb: str, name: str = "ema.safetensors") -> str:
-    return f"{RESULTS}/diffusion/{tok}/{bb}/{name}"
+def diffusion_file(tok: str, bb: str, name: str = "ema.safetensors", seed: str = "0") -> str:
+    """A file of diffusion model ``bb`` on ``tok``'s latents, trained with seed repeat ``seed`` (0, 1, …)."""
+    return f"{RESULTS}/diffusion/{tok}/{bb}/seed{seed}/{name}"
 
 
 def reference_stats() -> str:
@@ -81,25 +82,29 @@ def representation_stats(space: str) -> str:
     return f"{RESULTS}/evaluation/representation_stats/{space}.npz"
 
 
-def samples_file(tok: str, bb: str, cfg: str) -> str:
-    return f"{RESULTS}/samples/{tok}/{bb}/cfg{cfg}.npz"
+# A sample set is keyed by (tokenizer, backbone, guidance scale, seed repeat): the repeat's model
+# (diffusion_file(..., seed=)) sampled with the repeat's noise (config ``repeats``).
 
 
-def trajectories_file(tok: str, bb: str, cfg: str) -> str:
-    return f"{RESULTS}/samples/{tok}/{bb}/cfg{cfg}.trajectories.safetensors"
+def samples_file(tok: str, bb: str, cfg: str, seed: str = "0") -> str:
+    return f"{RESULTS}/samples/{tok}/{bb}/seed{seed}/cfg{cfg}.npz"
 
 
-def generation_rows(tok: str, bb: str, cfg: str) -> str:
-    return f"{RESULTS}/generation/{tok}/{bb}/cfg{cfg}.parquet"
+def trajectories_file(tok: str, bb: str, cfg: str, seed: str = "0") -> str:
+    return f"{RESULTS}/samples/{tok}/{bb}/seed{seed}/cfg{cfg}.trajectories.safetensors"
 
 
-def trajectory_rows(tok: str, bb: str, cfg: str) -> str:
-    return f"{RESULTS}/generation/{tok}/{bb}/cfg{cfg}.trajectory.parquet"
+def generation_rows(tok: str, bb: str, cfg: str, seed: str = "0") -> str:
+    return f"{RESULTS}/generation/{tok}/{bb}/seed{seed}/cfg{cfg}.parquet"
 
 
-def representation_rows(tok: str, bb: str, cfg: str) -> str:
+def trajectory_rows(tok: str, bb: str, cfg: str, seed: str = "0") -> str:
+    return f"{RESULTS}/generation/{tok}/{bb}/seed{seed}/cfg{cfg}.trajectory.parquet"
+
+
+def representation_rows(tok: str, bb: str, cfg: str, seed: str = "0") -> str:
     """FDr rows (fd_<space>, fdr_<space>, fdr6) of a sample set, when generation.representations is set."""
-    return f"{RESULTS}/generation/{tok}/{bb}/cfg{cfg}.representation.parquet"
+    return f"{RESULTS}/generation/{tok}/{bb}/seed{seed}/cfg{cfg}.representation.parquet"
 
 
 def untrained_samples_file(tok: str, bb: str) -> str:
@@ -158,7 +163,7 @@ def prediction_figure() -> str:
 def _pattern(template: str) -> re.Pattern:
     name = f"({NAME_PATTERN})"
     text = re.escape(template).replace(r"\{tok\}", name).replace(r"\{bb\}", name)
-    text = text.replace(r"\{cfg\}", r"([0-9]+\.[0-9]{2})")
+    text = text.replace(r"\{cfg\}", r"([0-9]+\.[0-9]{2})").replace(r"\{seed\}", r"([0-9]+)")
     return re.compile(f"^{text}$")
 
 
@@ -167,9 +172,9 @@ _PARSERS = {
     "metrics": _pattern(latent_metric_rows("{tok}")),
     "tokenizer_metrics": _pattern(tokenizer_metric_rows("{tok}")),
     "model_metrics": _pattern(model_metric_rows("{tok}", "{bb}")),
-    "generation": _pattern(generation_rows("{tok}", "{bb}", "{cfg}")),
-    "trajectory": _pattern(trajectory_rows("{tok}", "{bb}", "{cfg}")),
-    "representation": _pattern(representation_rows("{tok}", "{bb}", "{cfg}")),
+    "generation": _pattern(generation_rows("{tok}", "{bb}", "{cfg}", "{seed}")),
+    "trajectory": _pattern(trajectory_rows("{tok}", "{bb}", "{cfg}", "{seed}")),
+    "representation": _pattern(representation_rows("{tok}", "{bb}", "{cfg}", "{seed}")),
     "untrained": _pattern(untrained_generation_rows("{tok}", "{bb}")),
 }
 
@@ -180,7 +185,11 @@ def is_kind(kind: str, path: str) -> bool:
 
 
 def parse(kind: str, path: str) -> tuple[str, ...]:
-    """The (tok[, bb[, cfg]]) a results path of ``kind`` belongs to; ValueError otherwise."""
+    """The (tok[, bb[, seed, cfg]]) a results path of ``kind`` belongs to, in path order; ValueError otherwise.
+
+    >>> parse("generation", generation_rows("kl", "sit-b", "1.50", "2"))
+    ('kl', 'sit-b', '2', '1.50')
+    """
     match = _PARSERS[kind].match(str(PurePosixPath(path)))
     if not match:
         raise ValueError(f"{path}: not a {kind} path of the results layout")
@@ -188,7 +197,7 @@ def parse(kind: str, path: str) -> tuple[str, ...]:
 
 
 def keyed(kind: str, paths) -> list[tuple[str, tuple[str, ...]]]:
-    """``(path, (tok[, bb[, cfg]]))`` for each results path of ``kind``: what the aggregation's tables take.
+    """``(path, (tok[, bb[, seed, cfg]]))`` for each results path of ``kind``: what the aggregation's tables take.
 
     Raises
     ------

@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    from .allocator import keep_freed_memory
+
+    keep_freed_memory()  # a step's tensors are not faulted in again at every step (allocator.py)
     from . import io
 
     io.CURRENT_COMMAND = args.command  # every artifact's provenance names the code that made it

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -341,6 +342,9 @@ def test_predictions_command_tables_figure_and_summary(study, tmp_path):
     assert figure.stat().st_size > 5000
     text = "\n".join(prediction_section(scores, "fd"))
     assert "nested" in text and "selected" in text and "| sit |" in text
+    # the report (results/report.md) shows the predictions rule's figure by its path relative to results/
+    link = Path(layout.prediction_figure()).relative_to(Path(layout.report()).parent).as_posix()
+    assert f"]({link})" in text
 
     small = tmp_path / "small"
     _write_study(small, WIDTHS[:4], ["none", "none", "mcos", "mcos"])

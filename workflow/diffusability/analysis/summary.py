@@ -113,7 +113,9 @@ def prediction_section(scores: pd.DataFrame | None, target: str) -> list[str]:
         table[f"{name} 90 %"] = table.apply(lambda r: f"[{r[low]:.2f}, {r[high]:.2f}]", axis=1)
     return lines + [markdown_table(table[["backbone", "cfg_scale", "role", "model", "n", "n_clusters", "r2_oc",
                                           "r2_oc 90 %", "spearman_oc", "spearman 90 %", "coverage",
-                                          "coverage 90 %"]], floatfmt=".3g"), ""]
+                                          "coverage 90 %"]], floatfmt=".3g"), "",
+                    # the figure of the predictions rule (results/prediction/, beside this report's results/)
+                    f"![{target}: predicted out of cluster vs observed](prediction/predicted_vs_observed.png)", ""]
 
 
 # --------------------------------------------------------------------------- the study's analysis (docs/analysis.md)

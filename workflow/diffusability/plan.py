@@ -337,8 +337,26 @@ def gpus_per_job(profile: Path | None) -> dict[str, int]:
     path = profile / "config.yaml" if profile.is_dir() else profile
     if not path.is_file():
         raise DiffusabilityError(f"--profile {profile}: no {path} (a Snakemake profile folder with config.yaml)")
-    resources = (yaml.safe_load(path.read_text()) or {}).get("set-resources") or {}
-    return {rule: int((res or {}).get("gpu", 0) or 0) for rule, res in resources.items()}
+    try:
+        profile_config = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise DiffusabilityError(f"{path}: not valid YAML: {exc}") from None
+    if profile_config is None:
+        profile_config = {}
+    if not isinstance(profile_config, dict):
+        raise DiffusabilityError(f"{path}: expected a mapping of profile options, got {type(profile_config).__name__}")
+    resources = profile_config.get("set-resources") or {}
+    if not isinstance(resources, dict):
+        raise DiffusabilityError(f"{path}: set-resources must map rules to resources, got {type(resources).__name__}")
+    gpus = {}
+    for rule, res in resources.items():
+        if not isinstance(res or {}, dict):
+            raise DiffusabilityError(f"{path}: set-resources: {rule}: expected a mapping of resources, got {res!r}")
+        count = (res or {}).get("gpu", 0)
+        if isinstance(count, bool) or not isinstance(count or 0, int) or (count or 0) < 0:
+            raise DiffusabilityError(f"{path}: set-resources: {rule}: gpu must be a whole number >= 0, got {count!r}")
+        gpus[rule] = int(count or 0)
+    return gpus
 
 
 def plan(config: dict, gpus: dict[str, int] | None) -> list[RuleCost]:
@@ -398,7 +416,7 @@ def load_study(configfile: Path) -> dict:
         raise DiffusabilityError(f"--configfile {configfile}: no such file")
     try:
         raw = yaml.safe_load(configfile.read_text())
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise DiffusabilityError(f"{configfile}: not valid YAML: {exc}") from None
     try:
         return validate_config(raw)

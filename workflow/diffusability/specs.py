@@ -18,11 +18,18 @@ def json_spec(text: str) -> dict:
     return value
 
 
-def resolve_spec(spec: Mapping[str, Any] | None, defaults: Mapping[str, Any], what: str) -> dict[str, Any]:
-    """``defaults`` updated with ``spec``; a key of ``spec`` that ``defaults`` lacks is an error naming ``what``."""
+def resolve_spec(spec: Mapping[str, Any] | None, defaults: Mapping[str, Any], what: str,
+                 positive: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``defaults`` updated with ``spec``; a key of ``spec`` that ``defaults`` lacks is an error naming ``what``,
+    and so is a key of ``positive`` whose value is not an integer >= 1 (``"8"``, ``8.5``, NaN, ``true``)."""
     from .errors import require
 
     spec = dict(spec or {})
     unknown = sorted(set(spec) - set(defaults))
     require(not unknown, f"{what} spec: unknown key(s) {unknown}; known keys are {sorted(defaults)}")
-    return {**defaults, **spec}
+    resolved = {**defaults, **spec}
+    for key in positive:
+        value = resolved[key]
+        require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"{what} spec: '{key}' must be an integer >= 1, got {value!r}")
+    return resolved

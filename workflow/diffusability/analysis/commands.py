@@ -54,10 +54,11 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_summarize)
 
 
-def _tables(directory: Path, names) -> dict:
-    from ..io import read_parquet
+def _tables(directory: Path, names, columns: dict | None = None) -> dict:
+    """The study tables ``names`` of ``directory``, each checked for the columns the analysis reads."""
+    from .tables import read_study_table
 
-    return {name: read_parquet(directory / f"{name}.parquet") for name in names}
+    return {name: read_study_table(directory, name, (columns or {}).get(name, ())) for name in names}
 
 
 def run_aggregate(args: argparse.Namespace) -> None:
@@ -105,15 +106,30 @@ def _per_backbone(metrics, generation):
 
 def analysis_settings(spec: dict) -> dict:
     """The analysis config with its defaults (workflow/schemas/config.schema.yaml ``analysis``)."""
+    import math
+
     from . import correlations as corr
     from .guidance import GUIDANCE_RANGE
 
     from ..errors import require
 
-    settings = {"target": spec.get("target", "fd"), "methods": tuple(spec.get("methods", ("pearson", "spearman"))),
-                "secondary_targets": tuple(spec.get("secondary_targets", corr.SECONDARY_TARGETS)),
-                "bootstrap": int(spec.get("bootstrap", corr.BOOTSTRAP_DRAWS)),
-                "guidance_range": tuple(float(v) for v in spec.get("guidance_range", GUIDANCE_RANGE))}
+    def strings(key, default):
+        value = spec.get(key, default)
+        require(isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value),
+                f"analysis.{key}: expected a list of names, got {value!r}")
+        return tuple(value)
+
+    target, draws = spec.get("target", "fd"), spec.get("bootstrap", corr.BOOTSTRAP_DRAWS)
+    span = spec.get("guidance_range", GUIDANCE_RANGE)
+    require(isinstance(target, str), f"analysis.target: expected a metric name, got {target!r}")
+    require(isinstance(draws, int) and not isinstance(draws, bool) and draws >= 0,
+            f"analysis.bootstrap: expected an integer >= 0, got {draws!r}")
+    require(isinstance(span, (list, tuple)) and len(span) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in span),
+            f"analysis.guidance_range: expected two finite numbers [low, high], got {span!r}")
+    settings = {"target": target, "methods": strings("methods", ("pearson", "spearman")),
+                "secondary_targets": strings("secondary_targets", corr.SECONDARY_TARGETS),
+                "bootstrap": draws, "guidance_range": tuple(float(v) for v in span)}
     low, high = settings["guidance_range"]
     require(low <= high, f"analysis.guidance_range: [{low:g}, {high:g}] is not an interval (low > high)")
     return settings
@@ -163,12 +179,13 @@ def run_correlate(args: argparse.Namespace) -> None:
 
 
 def run_figures(args: argparse.Namespace) -> None:
-    from ..io import read_parquet
     from . import figures
 
     # tables of an older run (or of a study without them) may be missing: their figures are then left out
-    t = {name: read_parquet(args.tables / f"{name}.parquet") for name in layout.TABLES
-         if (args.tables / f"{name}.parquet").is_file()}
+    from ..errors import require
+
+    require(args.tables.is_dir(), f"{args.tables}: tables folder not found")
+    t = _tables(args.tables, [name for name in layout.TABLES if (args.tables / f"{name}.parquet").is_file()])
     written = figures.all_figures(t, args.spec, args.out_dir)
     log.info("wrote %d figures to %s", len(written), args.out_dir)
 
@@ -177,7 +194,9 @@ def run_summarize(args: argparse.Namespace) -> None:
     from ..io import atomic_path, parquet_metadata
     from .summary import summarize
 
-    t = _tables(args.tables, layout.TABLES)
+    # the summary's tokenizer section lists these columns
+    t = _tables(args.tables, layout.TABLES, {"tokenizers": ("regularizer", "kl_weight", "latent_channels",
+                                                           "downsample")})
     text = summarize(t, args.spec.get("target", "fd"), parquet_metadata(args.tables / "generation.parquet"))
     with atomic_path(args.out) as tmp:
         tmp.write_text(text + "\n")

@@ -60,9 +60,9 @@ def register(subparsers) -> None:
 
 def _read(directory: Path) -> dict:
     """The study tables the predictions need, by name."""
-    from ..io import read_parquet
+    from .tables import read_study_table
 
-    return {name: read_parquet(directory / f"{name}.parquet") for name in STUDY_TABLES}
+    return {name: read_study_table(directory, name) for name in STUDY_TABLES}
 
 
 def run_predictions(args: argparse.Namespace) -> None:

@@ -31,6 +31,34 @@ def read_rows(path: str) -> pd.DataFrame:
     return frame[ROW_COLUMNS]
 
 
+#: the columns the analysis commands (correlate, figures, summarize, predictions, predict) read from each table
+#: the aggregate step writes; a table without one of them is refused naming the file and the column
+STUDY_COLUMNS = {
+    "tokenizers": ("tokenizer", "family"),
+    "reconstruction": ("tokenizer", *ROW_COLUMNS),
+    "metrics": ("tokenizer", *ROW_COLUMNS),
+    "generation": ("tokenizer", "backbone", "cfg_scale", "model", *ROW_COLUMNS),
+}
+
+
+def read_study_table(directory, name: str, columns: Iterable[str] = ()) -> pd.DataFrame:
+    """The study table ``directory/name.parquet``, checked to have :data:`STUDY_COLUMNS` (and ``columns``)
+    with numeric ``value`` and ``cfg_scale``: a table of another version or a hand-edited one ends the command
+    with the file and the column named, not with a KeyError deep inside the analysis."""
+    from ..io import read_parquet
+
+    path = Path(directory) / f"{name}.parquet"
+    frame = read_parquet(path)
+    wanted = [*STUDY_COLUMNS.get(name, ()), *columns]
+    missing = [c for c in dict.fromkeys(wanted) if c not in frame.columns]
+    require(not missing, f"{path}: missing columns {missing} (the {name} table of the aggregate step)")
+    for column in ("value", "cfg_scale"):
+        if column in wanted:
+            require(pd.api.types.is_numeric_dtype(frame[column]),
+                    f"{path}: column {column!r} must be numeric, got {frame[column].dtype}")
+    return frame
+
+
 def _code_identity(path: str) -> str:
     """The code identity recorded in a per-job file's provenance ("unknown" for older files)."""
     from ..io import parquet_metadata
@@ -83,12 +111,14 @@ def tokenizer_table(spec: dict[str, dict], config_paths: Iterable[str] = ()) -> 
     from ..tokenizers.spec import downsample_factor
     from ..io import read_json
 
-    actual = {Path(path).parent.name: read_json(path) for path in config_paths}
+    actual = {Path(path).parent.name: (path, read_json(path)) for path in config_paths}
     rows = []
     for name, entry in sorted(spec.items()):
+        require(isinstance(entry, dict), f"--spec: tokenizers.{name} must be an object, got {entry!r}")
         row = {"tokenizer": name, **entry}
         if name in actual:
-            built = actual[name]
+            path, built = actual[name]
+            _check_tokenizer_config(built, path)
             row.update(architecture=built["architecture"], latent_channels=int(built["latent_channels"]),
                        downsample=int(downsample_factor(built)))
         if not row.get("family"):
@@ -96,6 +126,17 @@ def tokenizer_table(spec: dict[str, dict], config_paths: Iterable[str] = ()) -> 
         row["regularizer_params"] = _json(entry.get("regularizer_params", {}))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _check_tokenizer_config(config, path) -> None:
+    """A tokenizer's config.json has what the tokenizers table reads from it (an error naming the file and key)."""
+    require(isinstance(config, dict), f"{path}: expected a JSON object (a tokenizer spec)")
+    vit = config.get("architecture") == "vit"
+    for key, kind in (("architecture", str), ("latent_channels", int),
+                      ("patch_size", int) if vit else ("channel_mult", list)):
+        value = config.get(key)
+        require(isinstance(value, kind) and not isinstance(value, bool),
+                f"{path}: '{key}' must be {kind.__name__ if kind is not int else 'an integer'}, got {value!r}")
 
 
 def _json(value) -> str:
@@ -149,6 +190,7 @@ def generation_table(generation: Keyed, representation: Keyed = (), trajectory: 
     frame.insert(3, "model", "untrained")
     frame.insert(4, "seed", "0")
     frames.append(frame)
-    table = pd.concat([f for f in frames if len(f)], ignore_index=True)
+    # a study without generation rows (yet) gets an empty table with the columns, as metrics_table does
+    table = pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
     table.insert(2, "cfg_scale", table.pop("cfg").astype(float))
     return table.astype({"seed": int})

@@ -134,6 +134,7 @@ def run_imagenet_shards(args: argparse.Namespace) -> int:
     chosen = select_rows(manifest, n_classes=values["n_classes"], n_images=values["n_images"],
                          seed=values["seed"], name=f"n_{values['split']}",  # the subset prepare-data picks
                          keep_stems=keep_stems)
+    require(len(chosen) >= 1, f"{args.manifest}: no manifest rows to shard ({len(manifest)} rows, none selected)")
     log.info("imagenet-shards: %d of %d manifest rows selected", len(chosen), len(manifest))
     index = write_shards(chosen, args.out_dir, image_size=values["image_size"], shard_size=values["shard_size"],
                          workers=values["workers"], max_bad_fraction=fraction, masks_dir=values["masks_dir"],

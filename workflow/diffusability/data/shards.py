@@ -429,11 +429,16 @@ def save_manifest(manifest, path: str | os.PathLike, image_root: str) -> None:
 
 def read_manifest(path: str | os.PathLike):
     """Read a manifest Parquet and check its columns."""
+    import pandas as pd
+
     from ..io import read_parquet
 
     table = read_parquet(path)
     missing = [c for c in MANIFEST_COLUMNS if c not in table.columns]
     require(not missing, f"{path}: manifest lacks columns {missing}")
+    for column in ("label", "bytes"):
+        require(pd.api.types.is_integer_dtype(table[column]),
+                f"{path}: manifest column {column!r} must be integer, got {table[column].dtype}")
     return table
 
 

@@ -81,12 +81,15 @@ def open_image_split(path: str | os.PathLike, *, need_masks: bool = False) -> Im
         require("images" in available and "labels" in available,
                 f"{path}: an image split needs 'images' and 'labels' (has {sorted(available)})")
         arrays = {k: v.numpy() for k, v in load_tensors(path).items()}
+        require(np.issubdtype(arrays["labels"].dtype, np.integer),
+                f"{path}: labels must be integer, got dtype {arrays['labels'].dtype}")
         split = ImageSplit(arrays["images"], arrays["labels"].astype(np.int64), arrays.get("masks"),
                            arrays.get("mask_valid"), int(metadata.get("n_classes", 0)), str(path))
     shape = tuple(split.images.shape)
     require(np.dtype(split.images.dtype) == np.uint8 and len(shape) == 4 and shape[-1] == 3,
             f"{path}: images must be uint8 (N, H, W, 3), got {split.images.dtype} {shape}")
     require(split.labels.shape == (shape[0],), f"{path}: {len(split.labels)} labels for {shape[0]} images")
+    require(shape[0] >= 1, f"{path}: no images")
     if need_masks:
         require(split.masks is not None, f"{path}: has no foreground masks (the val split needs them)")
     return split
@@ -141,5 +144,6 @@ def load_images(path, keys=("images", "arr_0")):
     images = check_uint8_images(arrays[key], f"{path}: {key}")
     labels = arrays.get("labels")
     if labels is not None:
+        require(np.issubdtype(labels.dtype, np.integer), f"{path}: labels must be integer, got dtype {labels.dtype}")
         require(labels.shape == (len(images),), f"{path}: labels shape {labels.shape} does not match {len(images)} images")
     return images, labels

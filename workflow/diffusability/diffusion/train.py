@@ -310,8 +310,12 @@ def write_outputs(out_dir: Path, model: DiffusionTransformer, ema: DiffusionTran
 def read_model_config(directory: str | Path) -> tuple[DiffusionSpec, dict[str, int]]:
     """(spec, {"in_channels", "grid_size", "num_classes"}) from a trained model directory's config.json."""
     config = read_json(Path(directory) / "config.json")
+    require(isinstance(config, dict), f"{directory}/config.json: expected a JSON object")
     missing = [k for k in ("spec", "in_channels", "grid_size", "num_classes") if k not in config]
     require(not missing, f"{directory}/config.json: missing keys {missing}")
+    for key in ("in_channels", "grid_size", "num_classes"):
+        require(isinstance(config[key], int) and not isinstance(config[key], bool) and config[key] >= 1,
+                f"{directory}/config.json: {key!r} must be a positive integer, got {config[key]!r}")
     spec = DiffusionSpec.from_dict(config["spec"], source=f"{directory}/config.json spec")
     return spec, {k: int(config[k]) for k in ("in_channels", "grid_size", "num_classes")}
 

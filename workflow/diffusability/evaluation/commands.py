@@ -98,6 +98,26 @@ def read_reference_statistics(path) -> dict:
         return {key: data[key] for key in wanted if key in data.files}
 
 
+def check_reference_statistics(stats: dict, path, dim: int | None = None) -> None:
+    """mu (F,) and sigma (F, F) (and mu_s, sigma_s when present) numeric and finite, F = ``dim`` when given:
+    a wrong statistics file ends the command naming it, not with a Fréchet error about "the second Gaussian"."""
+    import numpy as np
+
+    from ..errors import require
+
+    for mean, cov in (("mu", "sigma"), ("mu_s", "sigma_s")):
+        if mean not in stats:  # mu and sigma are checked present by the readers; mu_s, sigma_s are optional
+            continue
+        mu, sigma = np.asarray(stats[mean]), np.asarray(stats.get(cov))
+        require(np.issubdtype(mu.dtype, np.number) and np.issubdtype(sigma.dtype, np.number),
+                f"{path}: {mean} and {cov} must be numeric, got {mu.dtype} and {sigma.dtype}")
+        require(mu.ndim == 1 and sigma.shape == (len(mu), len(mu)),
+                f"{path}: {mean} must be (F,) and {cov} (F, F), got {mu.shape} and {sigma.shape}")
+        require(bool(np.isfinite(mu).all() and np.isfinite(sigma).all()), f"{path}: {mean}/{cov} contain NaN or Inf")
+    if dim is not None:
+        require(len(stats["mu"]) == dim, f"{path}: mu has {len(stats['mu'])} dimensions, the feature net gives {dim}")
+
+
 def load_inception(args):
     """The FID Inception of --inception-weights, SHA-256-checked when --inception-sha256 is given."""
     from ..errors import require
@@ -145,6 +165,7 @@ def _domain_generation_rows(args, spec, start):
     if args.reference_stats:
         stats = load_arrays(args.reference_stats)
         require({"mu", "sigma"} <= set(stats), f"{args.reference_stats}: expected arrays mu and sigma")
+        check_reference_statistics(stats, args.reference_stats, features.shape[1])
         reference_mu, reference_sigma, n_reference = stats["mu"], stats["sigma"], int(stats.get("n", np.array(-1)))
         # precision/recall need the features themselves (reference-stats --keep-features stores them)
         reference_features = stats.get("features")
@@ -173,6 +194,7 @@ def _inception_generation_rows(args, spec, start):
     outputs = extract_inception_outputs(net, samples, spec.batch_size, device, desc="sample inception features")
     if args.reference_stats:
         stats = read_reference_statistics(args.reference_stats)
+        check_reference_statistics(stats, args.reference_stats, outputs["pool3"].shape[1])
         reference = {k: stats[k] for k in ("mu", "sigma", "mu_s", "sigma_s") if k in stats}
         reference_features = stats.get("features")
         n_reference = int(stats["n"]) if "n" in stats else -1
@@ -229,6 +251,7 @@ def run_reference_stats(args) -> None:
     arrays = {"n": np.array(len(images)), "image_size": np.array(images.shape[1])}
     adopted = read_reference_statistics(args.statistics_from) if args.statistics_from else None
     if adopted is not None:
+        check_reference_statistics(adopted, args.statistics_from)
         arrays.update({k: adopted[k] for k in ("mu", "sigma", "mu_s", "sigma_s") if k in adopted})
         if "n" in adopted:
             arrays["n"] = adopted["n"]
@@ -262,6 +285,7 @@ def run_reference_stats(args) -> None:
 
 def run_trajectory_metrics(args) -> None:
     """Transport-efficiency rows of a sample set's recorded trajectories (docs/metrics.md §10)."""
+    from ..errors import about, require
     from ..io import load_tensors, provenance, write_parquet
     from ..progress import log
     from ..rows import rows_frame
@@ -269,7 +293,14 @@ def run_trajectory_metrics(args) -> None:
 
     start = time.perf_counter()
     data = load_tensors(args.trajectories, ["trajectory", "times"])
-    rows = trajectory_rows(data["trajectory"], data["times"])
+    with about(args.trajectories):  # the checks of trajectory_rows know the tensors, the user knows the file
+        trajectory, times = data["trajectory"], data["times"]
+        require(trajectory.is_floating_point() and times.is_floating_point(),
+                f"'trajectory' and 'times' must be float, got {trajectory.dtype} and {times.dtype}")
+        require(trajectory.dim() >= 3 and trajectory.shape[1] >= 1,
+                f"'trajectory' must be (K+1, N, ...) with N >= 1 samples, got {tuple(trajectory.shape)}")
+        require(bool(times.isfinite().all()), "'times' contains NaN or Inf")
+        rows = trajectory_rows(trajectory, times)
     steps, samples = data["trajectory"].shape[0] - 1, data["trajectory"].shape[1]
     if steps < 2:
         log.warning("trajectory metrics of %s: one sampler step, local straightness is undefined (NaN)",

@@ -15,6 +15,7 @@ def read_latent_inputs(arrays: dict, source: str) -> tuple:
     require(np.issubdtype(latents.dtype, np.floating),
             f"{source}: 'latents' must be float (N, C, H, W), got dtype {latents.dtype}")
     require(latents.ndim == 4, f"{source}: 'latents' must have shape (N, C, H, W), got {latents.shape}")
+    require(all(d >= 1 for d in latents.shape), f"{source}: 'latents' is empty, shape {latents.shape}")
     if not np.isfinite(latents.sum(dtype=np.float64)):  # exact test: see as_latent_tensor
         raise DiffusabilityError(f"{source}: 'latents' contains {int((~np.isfinite(latents)).sum())} "
                                  "NaN/Inf values")

@@ -79,14 +79,44 @@ def register(subparsers) -> None:
     q.set_defaults(func=run_model_metrics)
 
 
+def _check_like_default(value, default, where: str) -> None:
+    """``value`` has the type of its default (a number for a float default, finite; the element type of a
+    list default); keys whose default is None are left to the metric's own checks."""
+    import math
+
+    def number(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    if default is None:
+        return
+    if isinstance(default, bool):
+        require(isinstance(value, bool), f"{where}: expected true or false, got {value!r}")
+    elif isinstance(default, int):
+        require(isinstance(value, int) and not isinstance(value, bool), f"{where}: expected an integer, got {value!r}")
+    elif isinstance(default, float):
+        require(number(value), f"{where}: expected a finite number, got {value!r}")
+    elif isinstance(default, str):
+        require(isinstance(value, str), f"{where}: expected a string, got {value!r}")
+    elif isinstance(default, list):
+        require(isinstance(value, list), f"{where}: expected a list, got {value!r}")
+        for item in value if default else ():  # each element like the default's first
+            _check_like_default(item, default[0], where)
+
+
 def resolve_spec(spec: dict, defaults: dict, where: str, families: tuple[str, ...]) -> dict:
-    """``spec`` over ``defaults`` (one level deep for each metric family), unknown keys refused."""
+    """``spec`` over ``defaults`` (one level deep for each metric family), unknown keys and values of
+    another type than their default's refused (naming the key)."""
     reject_unknown_keys(spec, defaults, where)
     resolved = {**defaults, **{k: v for k, v in spec.items() if k not in families}}
+    for key, value in spec.items():
+        if key not in families:
+            _check_like_default(value, defaults[key], f"{where}: {key}")
     for family in families:
         given = spec.get(family) or {}
         require(isinstance(given, dict), f"{where}.{family}: expected an object, got {type(given).__name__}")
         reject_unknown_keys(given, defaults[family], f"{where}.{family}")
+        for key, value in given.items():
+            _check_like_default(value, defaults[family][key], f"{where}: {family}.{key}")
         resolved[family] = {**defaults[family], **given}
     enabled = resolved["enabled"]
     require(isinstance(enabled, list) and enabled and set(enabled) <= set(families),
@@ -166,6 +196,7 @@ def run_tokenizer_metrics(args) -> int:
     require(val.dim() == 4 and val.shape[0] == images.shape[0],
             f"{directory / 'val.safetensors'}: 'latents' must be ({images.shape[0]}, C, h, w) — one per image of "
             f"{args.data} — got {tuple(val.shape)}")
+    require(bool(val.isfinite().all()), f"{directory / 'val.safetensors'}: 'latents' contains NaN or Inf")
     model = load_tokenizer(args.tokenizer).to(device)
     rows = []
     with torch.no_grad():
@@ -209,13 +240,17 @@ def run_model_metrics(args) -> int:
             f"model-metrics --spec: fisher.probes and fisher.batch_size must be ≥ 1, got {params}")
     device = torch.device(resolve_device(args.device))
     latents, labels, _ = load_normalised_latents(Path(args.latents), "val")
+    val_path = Path(args.latents) / "val.safetensors"
+    require(latents.shape[0] >= 1, f"{val_path}: no latents")
+    require(bool(torch.isfinite(latents).all()),
+            f"{val_path}: 'latents' (normalised with stats.safetensors) contain NaN or Inf")
     model = load_diffusion_model(args.diffusion, which="ema", device=device).requires_grad_(False)
     config = model.config
     require(tuple(latents.shape[1:]) == (config.in_channels, config.grid_size, config.grid_size),
             f"{args.latents}: val latents {tuple(latents.shape[1:])} do not fit the model of {args.diffusion} "
             f"(C, h, w) = {(config.in_channels, config.grid_size, config.grid_size)}")
     require(int(labels.min()) >= 0 and int(labels.max()) < config.num_classes,
-            f"{args.latents}: val labels must lie in [0, {config.num_classes}) (the model's classes)")
+            f"{val_path}: labels must lie in [0, {config.num_classes}) (the classes of the model of {args.diffusion})")
     index = seeded_subset(latents.shape[0], params["max_samples"], "model-fisher-samples", params["seed"])
     started = time.perf_counter()
     # conditional velocity, no guidance: the score of the class-conditional latent law the model learnt.

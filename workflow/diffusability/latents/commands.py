@@ -17,6 +17,9 @@ from ..errors import require
 from ..specs import resolve_spec
 from .encode import CHUNK
 
+#: keys of the ``import-latents`` spec
+IMPORT_LATENTS_KEYS = ("image_size", "n_classes", "stats_tolerance")
+
 ENCODE_DEFAULTS = {"seed": 0, "batch_size": 256, "mask_pooling": "max", "mask_threshold": 0.5, "flip": False,
                    "chunk": CHUNK}
 
@@ -58,11 +61,14 @@ def run_encode(args: argparse.Namespace) -> int:
     from ..tokenizers.factory import load_tokenizer
     from .encode import encode_split_to_file
 
-    spec = resolve_spec(args.spec, ENCODE_DEFAULTS, "encode")
+    spec = resolve_spec(args.spec, ENCODE_DEFAULTS, "encode", positive=("batch_size", "chunk"))
     require(spec["mask_pooling"] in ("max", "fraction"),
             f"encode spec: mask_pooling must be 'max' or 'fraction', got {spec['mask_pooling']!r}")
-    require(int(spec["batch_size"]) >= 1, f"encode spec: batch_size must be ≥ 1, got {spec['batch_size']}")
-    require(int(spec["chunk"]) >= 1, f"encode spec: chunk must be ≥ 1, got {spec['chunk']}")
+    threshold = spec["mask_threshold"]
+    require(isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 <= threshold <= 1,
+            f"encode spec: mask_threshold must be a number in [0, 1], got {threshold!r}")
+    require(isinstance(spec["seed"], int) and not isinstance(spec["seed"], bool),
+            f"encode spec: seed must be an integer, got {spec['seed']!r}")
     batch_size = int(spec["batch_size"])
     device = resolve_device(args.device)
     model = load_tokenizer(args.tokenizer).to(device)
@@ -92,11 +98,23 @@ def run_encode(args: argparse.Namespace) -> int:
 
 def run_import_latents(args: argparse.Namespace) -> int:
     """Check the latents of ``--source`` against ``--tokenizer`` and copy them to ``--out``."""
+    import math
+
     from .importing import import_latents
+    from ..errors import reject_unknown_keys
     from ..progress import log
 
-    found = import_latents(args.source, args.out, args.tokenizer, int(args.spec["image_size"]),
-                           int(args.spec["n_classes"]), float(args.spec.get("stats_tolerance", 1e-3)))
+    spec = dict(args.spec)
+    reject_unknown_keys(spec, IMPORT_LATENTS_KEYS, "import-latents spec")
+    for key in ("image_size", "n_classes"):
+        require(key in spec, f"import-latents spec: '{key}' is required")
+        require(isinstance(spec[key], int) and not isinstance(spec[key], bool) and spec[key] >= 1,
+                f"import-latents spec: '{key}' must be a positive integer, got {spec[key]!r}")
+    tolerance = spec.get("stats_tolerance", 1e-3)
+    require(isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool) and math.isfinite(tolerance)
+            and tolerance >= 0, f"import-latents spec: 'stats_tolerance' must be a number >= 0, got {tolerance!r}")
+    found = import_latents(args.source, args.out, args.tokenizer, spec["image_size"], spec["n_classes"],
+                           float(tolerance))
     log.info("import-latents: %d train and %d val latents of (%d, %d, %d) from %s", found["train"], found["val"],
              found["channels"], found["side"], found["side"], args.source)
     return 0

@@ -27,13 +27,16 @@ from ..io import atomic_path, load_tensors, memory_map_tensors, read_json
 LATENT_FILES = ("train", "val", "stats")
 
 
-def latent_grid(tokenizer_config: dict, image_size: int) -> tuple[int, int]:
-    """(channels, side) of the latents a tokenizer's ``config.json`` describes."""
-    channels = int(tokenizer_config["latent_channels"])
-    if tokenizer_config.get("architecture") == "vit":
-        factor = int(tokenizer_config["patch_size"])
-    else:
-        factor = 2 ** (len(tokenizer_config["channel_mult"]) - 1)
+def latent_grid(tokenizer_config: dict, image_size: int, source: str = "tokenizer config.json") -> tuple[int, int]:
+    """(channels, side) of the latents a tokenizer's ``config.json`` (read from ``source``) describes."""
+    require(isinstance(tokenizer_config, dict), f"{source}: expected a JSON object (a tokenizer spec)")
+    vit = tokenizer_config.get("architecture") == "vit"
+    for key, kind in (("latent_channels", int), ("patch_size" if vit else "channel_mult", int if vit else list)):
+        value = tokenizer_config.get(key)
+        require(isinstance(value, kind) and not isinstance(value, bool) and (kind is list or value >= 1),
+                f"{source}: '{key}' must be {'a positive integer' if kind is int else 'a list'}, got {value!r}")
+    channels = tokenizer_config["latent_channels"]
+    factor = tokenizer_config["patch_size"] if vit else 2 ** (len(tokenizer_config["channel_mult"]) - 1)
     return channels, image_size // factor
 
 
@@ -102,8 +105,8 @@ def check_latents(source: str | Path, channels: int, side: int, n_classes: int,
 def import_latents(source: str | Path, out: str | Path, tokenizer_dir: str | Path, image_size: int,
                    n_classes: int, stats_tolerance: float = 1e-3) -> dict[str, Any]:
     """Check ``source`` against the tokenizer of ``tokenizer_dir`` and copy it to ``out``."""
-    tokenizer_config = read_json(Path(tokenizer_dir) / "config.json")
-    channels, side = latent_grid(tokenizer_config, image_size)
+    config_path = Path(tokenizer_dir) / "config.json"
+    channels, side = latent_grid(read_json(config_path), image_size, str(config_path))
     found = check_latents(source, channels, side, n_classes, stats_tolerance)
     for name in LATENT_FILES:
         copy_file(Path(source) / f"{name}.safetensors", Path(out) / f"{name}.safetensors")

@@ -51,6 +51,8 @@ def load_normalised_latents(latent_dir: Path, split: str = "train", flipped: boo
     With ``lazy`` the latents (and flipped copies) are :class:`NormalisedLatents` over a memory map of
     the file instead of tensors in memory.
     """
+    import torch
+
     from ..errors import require
     from ..io import load_tensors, memory_map_tensors
 
@@ -67,8 +69,13 @@ def load_normalised_latents(latent_dir: Path, split: str = "train", flipped: boo
     keys = ["latents", "labels", *(["latents_flip"] if flipped else [])]
     data = memory_map_tensors(source, keys) if lazy else load_tensors(source, keys)
     stats = load_tensors(latent_dir / "stats.safetensors", ["mean", "std"])
-    raw, labels = data["latents"], data["labels"].long()
-    require(raw.dim() == 4, f"{source}: latents must be (N, C, h, w), got {tuple(raw.shape)}")
+    raw, labels = data["latents"], data["labels"]
+    require(raw.is_floating_point() and raw.dim() == 4,
+            f"{source}: latents must be float (N, C, h, w), got {raw.dtype} {tuple(raw.shape)}")
+    require(raw.shape[0] >= 1, f"{source}: no latents")
+    require(not labels.is_floating_point() and labels.dtype != torch.bool and tuple(labels.shape) == (raw.shape[0],),
+            f"{source}: labels must be integer ({raw.shape[0]},), got {labels.dtype} {tuple(labels.shape)}")
+    labels = labels.long()
     channels = raw.shape[1]
     for key in ("mean", "std"):
         require(stats[key].shape == (channels,),

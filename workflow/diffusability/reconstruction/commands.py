@@ -59,7 +59,7 @@ def run_reconstruction(args: argparse.Namespace) -> int:
     from .measure import (RECONSTRUCTION_ROWS, domain_features, inception_features, lpips_distances,
                           original_features, reconstruction_metrics)
 
-    spec = resolve_spec(args.spec, reconstruction_defaults(), "reconstruction")
+    spec = resolve_spec(args.spec, reconstruction_defaults(), "reconstruction", positive=("batch_size", "is_splits"))
     batch_size = int(spec["batch_size"])
     device = resolve_device(args.device)
     images = open_image_split(args.data).images  # checked: uint8 (N, H, W, 3)

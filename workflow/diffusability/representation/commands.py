@@ -76,14 +76,25 @@ def inception_fd_from_rows(path) -> tuple[float, dict]:
     """The ``fd`` (gFID) of a generation-metrics rows file computed with the FID Inception, and its params."""
     import json
 
-    from ..errors import require
+    import numpy as np
+
+    from ..errors import DiffusabilityError, require
     from ..io import read_parquet
 
     require(Path(path).is_file(), f"{path}: generation rows not found")
     rows = read_parquet(path)
+    missing = [c for c in ("metric", "value", "params") if c not in rows.columns]
+    require(not missing, f"{path}: missing columns {missing} (generation-metrics rows)")
     fd = rows[rows["metric"] == "fd"]
     require(len(fd) == 1, f"{path}: expected one 'fd' row, found {len(fd)}")
-    params = json.loads(fd["params"].iloc[0])
+    try:
+        params = json.loads(fd["params"].iloc[0])
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise DiffusabilityError(f"{path}: the fd row's params are not JSON ({exc})") from exc
+    require(isinstance(params, dict), f"{path}: the fd row's params must be a JSON object")
+    value = fd["value"].iloc[0]
+    require(isinstance(value, (int, float)) and np.isfinite(value) and value >= 0,
+            f"{path}: the fd row's value must be a finite number >= 0, got {value!r}")
     require(params.get("feature_net") == "inception",
             f"{path}: its fd was computed with feature net {params.get('feature_net')!r}; the Inception space "
             "needs the FID Inception's (generation.feature_network: inception)")

@@ -69,6 +69,8 @@ def sample_to_files(spec: SamplingSpec, *, latents: Path, tokenizer: Path, diffu
     for key in ("mean", "std"):
         require(stats[key].shape == (shape[0],), f"{latents}/stats.safetensors: {key} must have shape "
                                                   f"({shape[0]},), got {tuple(stats[key].shape)}")
+        require(bool(stats[key].isfinite().all()), f"{latents}/stats.safetensors: {key} contains NaN or Inf")
+    require(bool((stats["std"] > 0).all()), f"{latents}/stats.safetensors: std must be positive")
     model, num_classes = load_sampling_model(spec, shape, diffusion, untrained)
     require(model.config.in_channels == shape[0] and model.config.grid_size == shape[1],
             f"the diffusion model expects latents ({model.config.in_channels}, {model.config.grid_size}, "

@@ -40,6 +40,9 @@ def run_train_teacher(args: argparse.Namespace) -> None:
     train_images, train_labels = load_images(args.train, keys=("images",))
     val_images, val_labels = load_images(args.val, keys=("images",))
     require(train_labels is not None and val_labels is not None, f"{args.train} / {args.val}: need 'labels'")
+    # a classifier of one class learns nothing (and its features would score every sample set alike)
+    classes = len(set(train_labels.tolist()))
+    require(classes >= 2, f"{args.train}: the domain classifier needs at least two classes, the labels hold {classes}")
     metadata = read_split_metadata(args.train)
     num_classes = int(metadata["n_classes"]) if "n_classes" in metadata else None
     config = train_domain_classifier(train_images, train_labels, args.spec, args.out,

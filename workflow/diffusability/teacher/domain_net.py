@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DiffusabilityError, reject_unknown_keys, require
+from ..errors import DiffusabilityError, about, reject_unknown_keys, require
 
 BASE_GRID = 16  # side of the first feature map, whatever the image size
 
@@ -331,9 +331,13 @@ def load_domain_classifier(directory) -> DomainClassifier:
     directory = Path(directory)
     require(directory.is_dir(), f"{directory}: domain network directory not found (run train-teacher)")
     config = read_json(directory / "config.json")
+    require(isinstance(config, dict), f"{directory / 'config.json'}: expected a JSON object")
     for key in ("num_classes", "image_size", "width"):
         require(key in config, f"{directory / 'config.json'}: missing key {key!r}")
-    model = DomainClassifier(int(config["num_classes"]), int(config["image_size"]), int(config["width"]))
+        require(isinstance(config[key], int) and not isinstance(config[key], bool),
+                f"{directory / 'config.json'}: {key!r} must be an integer, got {config[key]!r}")
+    with about(directory / "config.json"):
+        model = DomainClassifier(config["num_classes"], config["image_size"], config["width"])
     state = load_tensors(directory / "model.safetensors")
     try:
         model.load_state_dict(state)

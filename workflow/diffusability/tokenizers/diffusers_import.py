@@ -130,12 +130,10 @@ def is_diffusers_folder(path: str | Path) -> bool:
 
 def read_diffusers_folder(path: str | Path, image_size: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """(architecture spec keys, converted state dict) of a diffusers AutoencoderKL folder."""
-    from safetensors.torch import load_file
-
-    from ..io import read_json
+    from ..io import load_tensors, read_json
 
     path = Path(path)
     require(is_diffusers_folder(path),
             f"{path}: not a diffusers AutoencoderKL folder (expected config.json and {DIFFUSERS_WEIGHTS})")
     architecture = spec_from_diffusers_config(read_json(path / "config.json"), image_size)
-    return architecture, convert_diffusers_state_dict(load_file(str(path / DIFFUSERS_WEIGHTS)))
+    return architecture, convert_diffusers_state_dict(load_tensors(path / DIFFUSERS_WEIGHTS))

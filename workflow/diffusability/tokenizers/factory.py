@@ -43,18 +43,23 @@ def initial_tokenizer(spec: TokenizerSpec | Mapping[str, Any] | None = None):
 
 def load_tokenizer(directory: str | Path):
     """The trained tokenizer in ``directory`` (``config.json`` + ``model.safetensors``), in eval mode."""
-    from safetensors.torch import load_file
-
-    from ..io import read_json
+    from ..errors import DiffusabilityError, about
+    from ..io import load_tensors, read_json
 
     directory = Path(directory)
     require(directory.is_dir(), f"{directory}: tokenizer directory not found")
     weights = directory / WEIGHTS_FILE
     require(weights.is_file(), f"{weights}: tokenizer weights not found (train the tokenizer first)")
-    spec = as_spec(read_json(directory / CONFIG_FILE))
+    config = read_json(directory / CONFIG_FILE)
+    require(isinstance(config, dict), f"{directory / CONFIG_FILE}: expected a JSON object (a tokenizer spec)")
+    with about(directory / CONFIG_FILE):
+        spec = as_spec(config)
     model = build_tokenizer(spec)
-    state = load_file(str(weights))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    state = load_tensors(weights)  # a truncated or foreign file: an error naming it, not a traceback
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # same names, other shapes
+        raise DiffusabilityError(f"{weights}: does not match config.json ({str(exc).splitlines()[0]})") from exc
     require(not missing and not unexpected,
             f"{weights}: does not match config.json (missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
     model.eval()

@@ -107,10 +107,13 @@ def read_weight_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     require(path.is_file(), f"LPIPS weights {path}: file not found; " + WHERE_TO_GET)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from ..io import load_tensors
 
-        return dict(load_file(str(path)))
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+        return load_tensors(path)
+    from ..io import reading
+
+    with reading(path, "torch state dict"):
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
     require(isinstance(state, Mapping), f"{path}: expected a state dict, got {type(state).__name__}")
     return dict(state)
 

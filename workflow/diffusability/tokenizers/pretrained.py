@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import require
+from ..errors import about, require
 from .diffusers_import import is_diffusers_folder, read_diffusers_folder
 from .factory import CONFIG_FILE, WEIGHTS_FILE, build_tokenizer
 from .spec import TokenizerSpec, as_spec
@@ -37,6 +37,8 @@ def write_checked_tokenizer(state: Mapping[str, Any], spec: TokenizerSpec, out_d
     for key, value in state.items():
         require(tuple(value.shape) == tuple(expected[key].shape),
                 f"{source}: {key} has shape {tuple(value.shape)}, the architecture expects {tuple(expected[key].shape)}")
+        require(not value.is_floating_point() or bool(value.isfinite().all()),
+                f"{source}: {key} contains NaN or Inf values")
     out_dir = Path(out_dir)
     save_tensors(out_dir / WEIGHTS_FILE, {k: v.float().contiguous() for k, v in state.items()},
                  metadata={"format": "diffusability-conv-vae", "source": source})
@@ -60,9 +62,7 @@ def import_pretrained_tokenizer(source: str | Path, study: Mapping[str, Any], ou
     A diffusers VAE takes its architecture from its config.json; one of ours keeps its whole spec
     except the name and seed, and its image size must equal the study's.
     """
-    from safetensors.torch import load_file
-
-    from ..io import read_json
+    from ..io import load_tensors, read_json
 
     source = Path(source)
     require(source.exists(), f"pretrained tokenizer {source}: not found (tokenizers.<name>.pretrained must be a "
@@ -70,6 +70,9 @@ def import_pretrained_tokenizer(source: str | Path, study: Mapping[str, Any], ou
     unknown = sorted(set(study) - set(STUDY_KEYS))
     require(not unknown, f"import-tokenizer spec: unknown key(s) {unknown}; known keys are {list(STUDY_KEYS)}")
     require("image_size" in study, "import-tokenizer spec: 'image_size' is required")
+    require(isinstance(study["image_size"], int) and not isinstance(study["image_size"], bool)
+            and study["image_size"] >= 1,
+            f"import-tokenizer spec: 'image_size' must be a positive integer, got {study['image_size']!r}")
     study = {k: study[k] for k in STUDY_KEYS if k in study}
     if is_diffusers_folder(source):
         architecture, state = read_diffusers_folder(source, int(study["image_size"]))
@@ -80,8 +83,10 @@ def import_pretrained_tokenizer(source: str | Path, study: Mapping[str, Any], ou
             f"pretrained tokenizer {source}: neither a diffusers AutoencoderKL folder (config.json + "
             "diffusion_pytorch_model.safetensors) nor a tokenizer of ours (config.json + model.safetensors)")
     weights, config = files
-    own = dict(read_json(config))
-    require(int(own.get("image_size", -1)) == int(study["image_size"]),
-            f"{config}: image_size {own.get('image_size')} differs from the study's {study['image_size']}")
-    spec = as_spec({**own, **study})
-    return write_checked_tokenizer(load_file(str(weights)), spec, out_dir, f"tokenizer {weights}")
+    own = read_json(config)
+    require(isinstance(own, dict), f"{config}: expected a JSON object (a tokenizer spec)")
+    require(own.get("image_size") == study["image_size"],
+            f"{config}: image_size {own.get('image_size')!r} differs from the study's {study['image_size']}")
+    with about(config):
+        spec = as_spec({**own, **study})
+    return write_checked_tokenizer(load_tensors(weights), spec, out_dir, f"tokenizer {weights}")

@@ -91,6 +91,7 @@ def test_the_dag_imports_instead_of_encoding_and_training(repo, snakemake_exe, w
     config = yaml.safe_load((repo / "config" / "smoke.yaml").read_text())
     config["tokenizers"]["baseline"]["latents"] = str(tmp_path)
     config["tokenizers"]["baseline"]["diffusion"] = {"sit-xs": str(tmp_path)}
+    config["repeats"] = 1  # an imported model is one checkpoint: no seed repeats (config validation refuses them)
     planned = planned_jobs(snakemake_exe, workdir_factory(config))
     n_tok = len(config["tokenizers"])
     assert planned["import_latents"] == 1 and planned["encode"] == n_tok - 1

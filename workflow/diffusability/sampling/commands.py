@@ -33,7 +33,8 @@ def register(subparsers) -> None:
                         help="sample from the freshly initialised model (a baseline); the backbone comes from "
                              "--diffusion's config.json or, without --diffusion, from the spec key 'backbone'")
     # --trajectories is an output: never hashed as an input of the provenance (io.command_inputs)
-    parser.set_defaults(func=run_sample, not_inputs=("trajectories",))
+    # only the latents' statistics are read (to un-normalise the samples)
+    parser.set_defaults(func=run_sample, not_inputs=("trajectories",), input_files={"latents": ("stats.safetensors",)})
 
 
 def run_sample(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ import yaml
 
 from diffusability.cli import main
 from diffusability.diffusion.train import train_diffusion
-from diffusability.io import save_tensors, write_json
+from diffusability.io import load_tensors, save_tensors, write_json
 from workflow_helpers import planned_jobs
 
 TOKENIZER = {"architecture": "conv", "latent_channels": 4, "channel_mult": [1, 2, 2]}  # 32 px → 8×8
@@ -87,8 +87,83 @@ def test_a_trained_model_is_imported_when_it_fits_the_latents(tmp_path, study, c
     assert status == 2 and "num_classes is 3, the study has 5" in capsys.readouterr().err
 
 
+SPEC = dict(depth=1, width=16, heads=2, steps=2, batch_size=8, num_classes=3, name="sit-xs")
+
+
+@pytest.fixture()
+def trained_by_the_command(tmp_path, study):
+    """A model trained by ``train-diffusion`` on the source latents: its config.json records their statistics."""
+    _, source = study
+    _latents(source)
+    assert main(["train-diffusion", "--latents", str(source), "--spec", json.dumps(SPEC),
+                 "--out", str(tmp_path / "trained")]) == 0
+    return source, tmp_path / "trained"
+
+
+def _import_model(tmp_path, latents, trained, *extra):
+    return main(["train-diffusion", "--latents", str(latents), "--spec", json.dumps(SPEC), "--import-from",
+                 str(trained), *extra, "--out", str(tmp_path / "model")])
+
+
+def test_training_records_the_latent_statistics_it_normalised_with(trained_by_the_command):
+    source, trained = trained_by_the_command
+    recorded = json.loads((trained / "config.json").read_text())["latent_stats"]
+    stats = load_tensors(source / "stats.safetensors")
+    assert recorded == {"mean": stats["mean"].tolist(), "std": stats["std"].tolist()}  # float32 values, exactly
+
+
+def test_an_import_with_the_same_statistics_passes(tmp_path, trained_by_the_command):
+    source, trained = trained_by_the_command
+    study_latents = tmp_path / "study"
+    study_latents.mkdir()
+    _latents(study_latents)  # the study's own copy of the same latents
+    assert _import_model(tmp_path, study_latents, trained) == 0
+    assert (tmp_path / "model" / "config.json").read_bytes() == (trained / "config.json").read_bytes()
+
+
+@pytest.mark.parametrize("shift, passes", [(0.5e-2, True), (2e-2, False)])
+def test_statistics_are_compared_within_the_stated_tolerance(tmp_path, trained_by_the_command, capsys, shift, passes):
+    """The study's mean of channel 2 moved by ``shift`` of its std: inside STATS_TOLERANCE (1e-2) it imports,
+    beyond it the import exits 2 naming both files, the channel and the two values."""
+    from diffusability.diffusion.importing import STATS_TOLERANCE
+
+    source, trained = trained_by_the_command
+    stats = load_tensors(source / "stats.safetensors")
+    moved = stats["mean"].clone()
+    moved[2] += shift * stats["std"][2]
+    study_latents = tmp_path / "study"
+    study_latents.mkdir()
+    _latents(study_latents, stats={"mean": moved, "std": stats["std"]})
+    status = _import_model(tmp_path, study_latents, trained)
+    err = capsys.readouterr().err
+    assert STATS_TOLERANCE == 1e-2
+    if passes:
+        assert status == 0, err
+        return
+    assert status == 2, err
+    assert f"{trained}/config.json" in err and str(study_latents / "stats.safetensors") in err
+    assert f"channel 2 has mean {float(stats['mean'][2]):.6g}" in err and f"{float(moved[2]):.6g}" in err
+    assert not (tmp_path / "model").exists()
+    # a wider tolerance, stated on the command line, accepts it
+    assert _import_model(tmp_path, study_latents, trained, "--stats-tolerance", "0.05") == 0
+
+
+def test_a_model_without_recorded_statistics_is_imported_with_a_warning(tmp_path, study, caplog):
+    """The Python API trains without ``latent_stats`` (like a model of an older version): a warning, no failure."""
+    import logging
+
+    _, source = study
+    latents, labels, mean, std = _latents(source)
+    train_diffusion((latents - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1), labels, SPEC, tmp_path / "old", 3)
+    assert "latent_stats" not in json.loads((tmp_path / "old" / "config.json").read_text())
+    with caplog.at_level(logging.WARNING, logger="diffusability"):
+        assert _import_model(tmp_path, source, tmp_path / "old") == 0
+    assert "records no latent_stats" in caplog.text and str(source / "stats.safetensors") in caplog.text
+
+
 def test_the_dag_imports_instead_of_encoding_and_training(repo, snakemake_exe, workdir_factory, tmp_path):
     config = yaml.safe_load((repo / "config" / "smoke.yaml").read_text())
+    config["repeats"] = 1  # an imported diffusion model is one checkpoint: the config refuses seed repeats
     config["tokenizers"]["baseline"]["latents"] = str(tmp_path)
     config["tokenizers"]["baseline"]["diffusion"] = {"sit-xs": str(tmp_path)}
     config["repeats"] = 1  # an imported model is one checkpoint: no seed repeats (config validation refuses them)

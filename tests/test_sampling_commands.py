@@ -1,6 +1,7 @@
 """``train-diffusion`` and ``sample`` commands end to end on tiny generated latents and a fake decoder."""
 
 import argparse
+import hashlib
 import json
 
 import numpy as np
@@ -104,3 +105,47 @@ def test_bad_specs_are_named(tmp_path, latent_dir, fake_tokenizer):
     with pytest.raises(DiffusabilityError, match="'backbone'"):
         run(["sample", "--untrained", "--tokenizer", "t", "--latents", str(latent_dir), "--spec", "{}",
              "--cfg-scale", "1", "--out", str(tmp_path / "x.npz")])
+
+
+def _folder_sha256(folder) -> str:
+    """Closed form of a folder input's hash (docs/architecture.md §7.3, §7.4): one "path NUL sha256 LF" line per
+    file, sorted, training by-products left out."""
+    import hashlib
+
+    files = sorted(p.relative_to(folder) for p in folder.rglob("*")
+                   if p.is_file() and "checkpoints" not in p.relative_to(folder).parts and p.name != "train_log.parquet")
+    lines = "".join(f"{rel.as_posix()}\0{hashlib.sha256((folder / rel).read_bytes()).hexdigest()}\n" for rel in files)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def test_weights_samples_and_trajectories_carry_their_provenance(tmp_path, latent_dir, fake_tokenizer):
+    """Through the CLI: the diffusion weights record their latent folder's hash and the statistics they were
+    trained with; the samples and trajectories record the model's and the latents' hashes, not the output
+    that a killed run left at --trajectories."""
+    from diffusability.cli import main
+    from diffusability.devices import describe_device
+    from diffusability.io import read_provenance
+
+    device = describe_device("cuda") if torch.cuda.is_available() else "cpu"
+    model_dir = tmp_path / "model"
+    assert main(["train-diffusion", "--latents", str(latent_dir), "--spec", json.dumps(BACKBONE),
+                 "--out", str(model_dir)]) == 0
+    weights = read_provenance(model_dir / "ema.safetensors")
+    assert weights["inputs"] == {"latents": _folder_sha256(latent_dir)} and weights["device"] == device
+    assert weights["command"] == "train-diffusion"
+    stats = load_tensors(latent_dir / "stats.safetensors")
+    recorded = json.loads((model_dir / "config.json").read_text())["latent_stats"]
+    assert recorded == {"mean": stats["mean"].tolist(), "std": stats["std"].tolist()}
+
+    out, traj = tmp_path / "samples.npz", tmp_path / "traj.safetensors"
+    traj.write_bytes(b"left behind by a killed run")
+    spec = {"seed": 4, "num_samples": 3, "num_steps": 2, "batch_size": 3, "trajectories": 1}
+    assert main(["sample", "--diffusion", str(model_dir), "--tokenizer", "tok", "--latents", str(latent_dir),
+                 "--spec", json.dumps(spec), "--cfg-scale", "1.5", "--out", str(out), "--trajectories", str(traj)]) == 0
+    samples = read_provenance(out)
+    # sample reads only the latents' statistics: that file is its input, not the whole folder (the train
+    # latents of an ImageNet study would be hashed once per sampling job)
+    stats_sha256 = hashlib.sha256((latent_dir / "stats.safetensors").read_bytes()).hexdigest()
+    assert samples["inputs"] == {"diffusion": _folder_sha256(model_dir), "latents/stats.safetensors": stats_sha256}
+    assert samples["command"] == "sample" and samples["device"] == device
+    assert read_provenance(traj) == samples

@@ -66,14 +66,20 @@ def main(argv: list[str] | None = None) -> int:
     from .allocator import keep_freed_memory
 
     keep_freed_memory()  # a step's tensors are not faulted in again at every step (allocator.py)
-    from . import io
+    from . import devices, io
 
-    io.CURRENT_COMMAND = args.command  # every artifact's provenance names the code that made it
+    # every artifact's provenance names the code, the inputs and the device that made it (the inputs: the
+    # arguments naming existing paths, outputs left out by name; hashed when the first artifact is written)
+    io.CURRENT_COMMAND = args.command
+    io.CURRENT_INPUTS = io.command_inputs(args)
+    devices.USED_DEVICE = None
     try:
         result = args.func(args)
     except DiffusabilityError as exc:
         print(f"diffusability {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:  # a later write in this process (tests, the Python API) is not credited to this command
+        io.CURRENT_COMMAND, io.CURRENT_INPUTS, devices.USED_DEVICE = None, {}, None
     return int(result or 0)
 
 

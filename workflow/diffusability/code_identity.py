@@ -252,16 +252,35 @@ def module_fingerprint(name: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def software_identity() -> str:
-    """SHA-256 (16 hex digits) of the installed versions of :data:`SOFTWARE` (absent ones count as absent)."""
+def _installed_versions() -> tuple[tuple[str, str | None], ...]:
     from importlib import metadata
 
-    versions = []
+    found = []
     for name in SOFTWARE:
         try:
-            versions.append(f"{name}=={metadata.version(name)}")
+            found.append((name, metadata.version(name)))
         except metadata.PackageNotFoundError:
-            versions.append(f"{name} absent")
+            found.append((name, None))
+    return tuple(found)
+
+
+def software_versions() -> dict[str, str | None]:
+    """The installed version of each distribution of :data:`SOFTWARE`, in that order (None: not installed).
+
+    Returns
+    -------
+    dict
+        ``{"torch": "2.5.1", …}``: what :func:`software_identity` hashes, recorded in every artifact's
+        provenance so a reader sees the versions, not only whether they changed.
+    """
+    return dict(_installed_versions())
+
+
+@functools.lru_cache(maxsize=None)
+def software_identity() -> str:
+    """SHA-256 (16 hex digits) of the installed versions of :data:`SOFTWARE` (absent ones count as absent)."""
+    versions = [f"{name}=={version}" if version is not None else f"{name} absent"
+                for name, version in _installed_versions()]
     return hashlib.sha256("\n".join(versions).encode()).hexdigest()[:16]
 
 

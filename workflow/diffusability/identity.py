@@ -17,6 +17,12 @@ The identity of an input path is the SHA-256 of its content:
   relative path and content, except training by-products that do not define the result
   (``checkpoints/`` and ``train_log.parquet``, whose timings differ from run to run).
 
+A directory's hash is built from its files' SHA-256 (relative path and file hash, one line each), and a
+process reads each file once: a file's hash is kept for as long as its inode, size and modification and
+change times stay the same. A job that hashes its latent file for its run identity and again, inside
+the latent directory, for the provenance of what it writes (:func:`diffusability.io.provenance`) reads
+the file once.
+
 Examples
 --------
 >>> import tempfile, pathlib
@@ -47,10 +53,37 @@ IGNORED_NAMES = frozenset({"checkpoints", "checkpoints.superseded", "train_log.p
 SHARD_ID_PREFIXES = ("shard-", "rows-", "labels-")
 
 
-def _update_with_file(digest: "hashlib._Hash", path: Path, chunk: int = 1 << 20) -> None:
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
+#: {(path, device, inode, size, mtime_ns, ctime_ns): SHA-256}: files hashed by this process. A rewritten
+#: file (atomic writes replace the inode) or a touched one gets a new key and is hashed again.
+_FILE_HASHES: dict[tuple, str] = {}
+
+
+def file_identity(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 (hex) of a file's bytes, read at most once per process while the file is unchanged.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A regular file.
+    chunk : int
+        Bytes read at a time (memory stays bounded for files of any size).
+
+    Returns
+    -------
+    str
+        64 hex digits, ``hashlib.sha256(path.read_bytes()).hexdigest()``.
+    """
+    path = Path(path)
+    info = path.stat()
+    key = (str(path.resolve()), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    found = _FILE_HASHES.get(key)
+    if found is None:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(chunk), b""):
+                digest.update(block)
+        found = _FILE_HASHES[key] = digest.hexdigest()
+    return found
 
 
 def _directory_files(root: Path) -> list[Path]:
@@ -85,16 +118,14 @@ def path_identity(path: str | os.PathLike) -> str:
     path = Path(path)
     require(path.exists(), f"{path}: input not found")
     if path.is_file() and path.name != "index.json":
-        digest = hashlib.sha256()
-        _update_with_file(digest, path)
-        return digest.hexdigest()
+        return file_identity(path)
     root = path.parent if path.is_file() else path
     files = _shard_files(root) if (root / "index.json").is_file() else _directory_files(root)
+    # one line per file from the per-file hashes (not one stream of all bytes): a file hashed before in
+    # this process, alone or in another directory's identity, is not read again
     digest = hashlib.sha256()
     for relative in files:
-        digest.update(str(relative.as_posix()).encode() + b"\0")
-        _update_with_file(digest, root / relative)
-        digest.update(b"\0")
+        digest.update(f"{relative.as_posix()}\0{file_identity(root / relative)}\n".encode())
     return digest.hexdigest()
 
 

@@ -312,7 +312,8 @@ def save_npz(path: PathLike, **arrays: Any) -> None:
 
 
 def file_sha256(path: PathLike, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes, hex."""
+    """SHA-256 of a file's bytes, hex (not remembered: the manifest hashes a million images with it;
+    inputs named in provenance and run identities go through :func:`identity.file_identity`)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(chunk), b""):
@@ -333,15 +334,98 @@ def git_commit() -> str:
 #: The ``diffusability`` subcommand this process runs (set by the CLI): its code identity goes into
 #: the provenance of every artifact the process writes.
 CURRENT_COMMAND: str | None = None
+#: {name: path} of the running command's inputs (set by the CLI from its arguments, :func:`command_inputs`):
+#: their content hashes go into the provenance of every artifact the process writes.
+CURRENT_INPUTS: dict[str, str] = {}
+#: The safetensors metadata key (and ``.npz`` array name) that holds an artifact's provenance as JSON.
+PROVENANCE_KEY = "provenance"
+#: Argument names that are never inputs whatever their value: where a command writes, how it runs.
+_NOT_INPUT_ARGS = frozenset({"command", "func", "verbose", "device", "spec", "not_inputs", "input_files"})
 
 
-def provenance(config: Any = None, **extra: Any) -> dict[str, str]:
-    """Metadata stored in every table: package version, git commit, config hash, and — inside a
-    ``diffusability`` command — the command, its code identity and the software identity
-    (:mod:`diffusability.code_identity`), so each artifact says which code made it."""
+def command_inputs(args: Any) -> dict[str, str]:
+    """{name: path} of the inputs of a parsed command line: every argument naming an existing file or folder.
+
+    An argument counts unless it is an output (its name starts with ``out``, or the parser lists it in
+    ``set_defaults(not_inputs=(…))``, e.g. ``sample --trajectories``) or one of :data:`_NOT_INPUT_ARGS`;
+    a list argument gives one input per existing path, named ``name[i]``. Outputs are left out by name,
+    not by existence: a file that a killed job left at an output path is never taken for an input.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed ``diffusability <command>`` line.
+
+    Returns
+    -------
+    dict
+        Names in argument order, paths as given (relative paths stay relative).
+    """
+    skip = _NOT_INPUT_ARGS | set(getattr(args, "not_inputs", ()))
+    # a folder argument of which the command reads only some files (``set_defaults(input_files={name: (…)})``,
+    # e.g. sample's latent folder: stats.safetensors only) is those files: hashing the folder would read the
+    # 42 GB train latents of an f16d32 ImageNet study once per sampling job
+    narrowed = getattr(args, "input_files", None) or {}
+    found: dict[str, str] = {}
+
+    def visit(name: str, value: Any) -> None:
+        if isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                visit(f"{name}[{index}]", item)
+        elif isinstance(value, (str, os.PathLike)) and str(value) and Path(value).exists():
+            found[name] = str(value)
+
+    for name, value in vars(args).items():
+        if name in skip or name.startswith("out"):
+            continue
+        if name in narrowed and isinstance(value, (str, os.PathLike)) and Path(value).is_dir():
+            for file in narrowed[name]:
+                visit(f"{name}/{file}", Path(value) / file)
+        else:
+            visit(name, value)
+    return found
+
+
+def input_hashes(inputs: Mapping[str, PathLike | None]) -> dict[str, str | None]:
+    """{name: SHA-256 of the input's content} (:func:`diffusability.identity.path_identity`), names sorted.
+
+    A file is hashed once per process (however many artifacts or run identities name it); a shard
+    folder by its index and per-shard records, not its image arrays. An input that vanished while the
+    command ran (or None) is recorded as None rather than failing the job at its last step.
+    """
+    from .identity import path_identity
+
+    return {name: (path_identity(path) if path is not None and Path(path).exists() else None)
+            for name, path in sorted(inputs.items())}
+
+
+def provenance_record(config: Any = None, inputs: Mapping[str, PathLike | None] | None = None,
+                      **extra: Any) -> dict[str, Any]:
+    """What made an artifact, as JSON-able values (:func:`provenance` flattens it for Parquet).
+
+    Parameters
+    ----------
+    config : JSON-able, optional
+        The config slice (spec) of the job: recorded as ``config_sha256``.
+    inputs : mapping of str to path, optional
+        Named inputs besides the command line's (:data:`CURRENT_INPUTS`): hashed into ``inputs``.
+    **extra
+        Further JSON-able entries recorded as they are.
+
+    Returns
+    -------
+    dict
+        ``diffusability_version``, ``git_commit``, ``device`` (:func:`diffusability.devices.used_device`),
+        ``software_versions`` ({distribution: version}, the list ``software_identity`` hashes), ``inputs``
+        ({name: sha256}) and, inside a ``diffusability`` command, ``command``, ``code_identity`` and
+        ``software_identity``; ``config_sha256`` when ``config`` is given. No time stamp, host name or
+        timing: identical runs on one machine record identical provenance.
+    """
     from . import __version__
+    from .code_identity import software_versions
+    from .devices import used_device
 
-    meta = {"diffusability_version": __version__, "git_commit": git_commit()}
+    meta: dict[str, Any] = {"diffusability_version": __version__, "git_commit": git_commit()}
     if CURRENT_COMMAND is not None:
         from .code_identity import command_identity, software_identity
 
@@ -353,9 +437,62 @@ def provenance(config: Any = None, **extra: Any) -> dict[str, str]:
     if config is not None:
         text = json.dumps(config, sort_keys=True, default=_json_default)
         meta["config_sha256"] = hashlib.sha256(text.encode()).hexdigest()
-    meta.update({k: v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=_json_default)
-                 for k, v in extra.items()})
+    meta.update(device=used_device(), software_versions=software_versions(),
+                inputs=input_hashes({**CURRENT_INPUTS, **dict(inputs or {})}))
+    meta.update(extra)
     return meta
+
+
+def provenance(config: Any = None, inputs: Mapping[str, PathLike | None] | None = None,
+               **extra: Any) -> dict[str, str]:
+    """Metadata stored in every table: :func:`provenance_record` with each non-string value as key-sorted
+    JSON (Parquet key-value metadata holds strings), so each artifact says which code, config, inputs,
+    software and device made it."""
+    return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=_json_default)
+            for k, v in provenance_record(config, inputs, **extra).items()}
+
+
+def provenance_json(config: Any = None, inputs: Mapping[str, PathLike | None] | None = None, **extra: Any) -> str:
+    """:func:`provenance_record` as one compact, key-sorted JSON text: equal provenance, equal bytes."""
+    record = provenance_record(config, inputs, **extra)
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), default=_json_default)
+
+
+def provenance_metadata(config: Any = None, inputs: Mapping[str, PathLike | None] | None = None,
+                        **extra: Any) -> dict[str, str]:
+    """``{"provenance": JSON}``: the provenance entry of a ``.safetensors`` file's string metadata."""
+    return {PROVENANCE_KEY: provenance_json(config, inputs, **extra)}
+
+
+def read_provenance(path: PathLike) -> dict[str, Any]:
+    """The provenance an artifact records: a ``.safetensors`` file's ``provenance`` metadata, a ``.npz``
+    file's ``provenance`` array, a Parquet table's ``diffusability.*`` metadata (JSON values parsed).
+
+    Returns
+    -------
+    dict
+        {} when the artifact records none (written by an older version, or copied in from elsewhere).
+    """
+    path = Path(path)
+    require(path.is_file(), f"{path}: file not found")
+    if path.suffix == ".safetensors":
+        with reading(path, "safetensors file"), open(path, "rb") as handle:
+            header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+        text = (header.get("__metadata__") or {}).get(PROVENANCE_KEY)
+        return json.loads(text) if text else {}
+    if path.suffix == ".npz":
+        import numpy as np
+
+        with reading(path, ".npz file"), np.load(path, allow_pickle=False) as data:
+            return json.loads(str(data[PROVENANCE_KEY][0])) if PROVENANCE_KEY in data.files else {}
+    out: dict[str, Any] = {}
+    for key, value in parquet_metadata(path).items():
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        out[key] = parsed if isinstance(parsed, (dict, list)) else value
+    return out
 
 
 def write_parquet(df, path: PathLike, metadata: Mapping[str, str] | None = None) -> None:

@@ -36,7 +36,9 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="manifest (.parquet)")
     parser.add_argument("--workers", type=int, default=1, help="processes for hashing")
     parser.add_argument("--cache-dir", default=None, help="datasets cache (default: HF_HOME)")
-    parser.set_defaults(func=run_imagenet_manifest)
+    # the image folders are not hashed into the provenance (a million files): the manifest it writes holds
+    # every image's SHA-256, and the manifest is what the later stages name as their input
+    parser.set_defaults(func=run_imagenet_manifest, not_inputs=("image_root", "train_dir", "cache_dir"))
 
     parser = subparsers.add_parser(
         "imagenet-shards", help="center-crop a manifest's images into memory-mappable .npy shards",
@@ -66,7 +68,7 @@ def describe_split(name: str, split: dict, n_classes: int) -> str:
 
 
 def run_prepare_data(args: argparse.Namespace) -> int:
-    from ..io import save_tensors
+    from ..io import provenance_metadata, save_tensors
     from .spec import parse_data_spec
 
     spec = parse_data_spec(args.spec)
@@ -83,7 +85,7 @@ def run_prepare_data(args: argparse.Namespace) -> int:
         split = splits[name]
         log.info(describe_split(name, split, spec.n_classes))
         metadata = {"n_classes": str(spec.n_classes), "image_size": str(spec.image_size),
-                    "source": spec.source, "split": name, "seed": str(spec.seed)}
+                    "source": spec.source, "split": name, "seed": str(spec.seed), **provenance_metadata(args.spec)}
         save_tensors(path, split, metadata)
     return 0
 

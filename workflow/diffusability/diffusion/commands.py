@@ -21,6 +21,11 @@ def register(subparsers) -> None:
     parser.add_argument("--import-from", type=Path, default=None, metavar="DIR",
                         help="a trained model directory (ema.safetensors, config.json) to check against "
                              "LATENT_DIR and copy to --out instead of training")
+    parser.add_argument("--stats-tolerance", type=float, default=None, metavar="TOL",
+                        help="with --import-from: the largest accepted difference, in units of the study's "
+                             "per-channel std, between the latent mean/std recorded in the model's config.json "
+                             "and LATENT_DIR/stats.safetensors (default: "
+                             "diffusability.diffusion.importing.STATS_TOLERANCE = 0.01)")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output model directory")
     parser.set_defaults(func=run_train_diffusion)
 
@@ -35,9 +40,11 @@ def run_train_diffusion(args: argparse.Namespace) -> int:
     spec = DiffusionSpec.from_dict(args.spec, source="--spec")
     require(spec.num_classes is not None, "--spec: num_classes is required (the number of class labels)")
     if args.import_from is not None:
-        from .importing import import_diffusion
+        from .importing import STATS_TOLERANCE, import_diffusion
 
-        found = import_diffusion(args.import_from, args.out, args.latents, spec.num_classes)
+        tolerance = STATS_TOLERANCE if args.stats_tolerance is None else args.stats_tolerance
+        require(tolerance >= 0, f"--stats-tolerance must be ≥ 0, got {tolerance}")
+        found = import_diffusion(args.import_from, args.out, args.latents, spec.num_classes, tolerance)
         log.info("imported %s (%d channels, grid %d) from %s", found["spec"]["name"], found["in_channels"],
                  found["grid_size"], args.import_from)
         return 0
@@ -49,6 +56,7 @@ def run_train_diffusion(args: argparse.Namespace) -> int:
     # what the weights depend on besides the spec: a checkpoint of other latents is never resumed
     inputs = {"latents": Path(args.latents) / "train.safetensors", "stats": Path(args.latents) / "stats.safetensors"}
     with about(inputs["latents"]):
+        # the statistics go into config.json: a study that imports this model checks its own against them
         train_diffusion(latents, labels, spec, args.out, spec.num_classes, latents_flip=extra.get("latents_flip"),
-                        inputs=inputs)
+                        inputs=inputs, latent_stats={"mean": extra["mean"], "std": extra["std"]})
     return 0

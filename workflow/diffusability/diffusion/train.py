@@ -23,8 +23,9 @@ import torch
 
 from ..checkpointing import (capture_rng_state, check_finite, resume_checkpoint,
                              restore_rng_state, save_checkpoint)
+from ..devices import note_device
 from ..errors import DiffusabilityError, require
-from ..io import load_tensors, provenance, read_json, save_tensors, write_json, write_parquet
+from ..io import load_tensors, provenance, provenance_metadata, read_json, save_tensors, write_json, write_parquet
 from ..progress import log, progress
 from ..seeding import derive_seed, torch_generator
 from .spec import DiffusionSpec
@@ -162,7 +163,8 @@ def training_identity(spec: DiffusionSpec, shape: dict, inputs: dict | None, lat
 
 def train_diffusion(latents: torch.Tensor, labels: torch.Tensor, spec: DiffusionSpec | dict, out_dir: str | Path,
                     num_classes: int, *, latents_flip: torch.Tensor | None = None,
-                    stop_after: int | None = None, inputs: dict | None = None) -> Path:
+                    stop_after: int | None = None, inputs: dict | None = None,
+                    latent_stats: dict | None = None) -> Path:
     """Train the backbone of ``spec`` on latents (N, C, h, w) float32 (already normalised) with labels (N,) int64.
 
     ``latents_flip`` (N, C, h, w): the latents of the horizontally flipped images, normalised like
@@ -173,7 +175,10 @@ def train_diffusion(latents: torch.Tensor, labels: torch.Tensor, spec: Diffusion
     names the input files; without them the tensors are hashed); any other checkpoint folder is moved
     aside and training starts fresh. ``stop_after`` ends
     the call after that step (checkpoint written, no final files): a hook that simulates an
-    interrupted job. Returns ``out_dir``.
+    interrupted job. ``latent_stats`` ({"mean", "std"}: (C,) each): the per-channel statistics the latents
+    were normalised with, recorded in ``config.json`` (``latent_stats``) so that a study importing the
+    model can check that its latents are normalised the same way (:mod:`diffusability.diffusion.importing`).
+    Returns ``out_dir``.
     """
     from accelerate import Accelerator
 
@@ -195,6 +200,7 @@ def train_diffusion(latents: torch.Tensor, labels: torch.Tensor, spec: Diffusion
 
     accelerator = Accelerator(mixed_precision="bf16" if spec.precision == "bf16" else "no")
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    note_device(device, world)
     micro, accumulation = _batch_layout(spec, world)
 
     model = init_model(spec, channels, grid, num_classes).to(device)
@@ -289,22 +295,29 @@ def train_diffusion(latents: torch.Tensor, labels: torch.Tensor, spec: Diffusion
         log.info("diffusion training already complete at step %d; rewriting outputs", start_step)
 
     if accelerator.is_main_process:
-        write_outputs(out_dir, accelerator.unwrap_model(model), ema, spec, shape_info, log_rows)
+        write_outputs(out_dir, accelerator.unwrap_model(model), ema, spec, shape_info, log_rows, latent_stats)
     accelerator.wait_for_everyone()
     return out_dir
 
 
 def write_outputs(out_dir: Path, model: DiffusionTransformer, ema: DiffusionTransformer, spec: DiffusionSpec,
-                  shape_info: dict[str, int], log_rows: list[dict[str, Any]]) -> None:
-    """Final artifacts: weights (safetensors), config.json (spec + data shape), train_log.parquet."""
+                  shape_info: dict[str, int], log_rows: list[dict[str, Any]],
+                  latent_stats: dict | None = None) -> None:
+    """Final artifacts: weights (safetensors, provenance in their metadata), config.json (spec, data shape
+    and, when given, the ``latent_stats`` the latents were normalised with), train_log.parquet."""
     import pandas as pd
 
-    meta = provenance(spec.to_dict())
+    meta = provenance_metadata(spec.to_dict())
     save_tensors(out_dir / "model.safetensors", {k: v.float() for k, v in model.state_dict().items()}, meta)
     save_tensors(out_dir / "ema.safetensors", {k: v.float() for k, v in ema.state_dict().items()}, meta)
     columns = ["step", "loss", "mse", "grad_norm", "lr", "seconds", "loss_spike"]
-    write_parquet(pd.DataFrame(log_rows, columns=columns), out_dir / "train_log.parquet", meta)
-    write_json(out_dir / "config.json", {"spec": spec.to_dict(), **shape_info, "steps_done": len(log_rows)})
+    write_parquet(pd.DataFrame(log_rows, columns=columns), out_dir / "train_log.parquet",
+                  provenance(spec.to_dict()))
+    config = {"spec": spec.to_dict(), **shape_info, "steps_done": len(log_rows)}
+    if latent_stats is not None:
+        config["latent_stats"] = {key: [float(v) for v in torch.as_tensor(latent_stats[key]).reshape(-1).tolist()]
+                                  for key in ("mean", "std")}
+    write_json(out_dir / "config.json", config)
 
 
 def read_model_config(directory: str | Path) -> tuple[DiffusionSpec, dict[str, int]]:

@@ -76,7 +76,7 @@ def register(subparsers) -> None:
                         '"max_samples", "seed", "batch_size"}}')
     q.add_argument("--out", required=True, help="output Parquet rows")
     add_device_argument(q)
-    q.set_defaults(func=run_model_metrics)
+    q.set_defaults(func=run_model_metrics, input_files={"latents": ("val.safetensors", "stats.safetensors")})
 
 
 def _check_like_default(value, default, where: str) -> None:

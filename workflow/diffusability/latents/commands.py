@@ -55,7 +55,7 @@ def run_encode(args: argparse.Namespace) -> int:
     """Encode ``--train`` and ``--val`` with ``--tokenizer`` into ``--out`` (train/val/stats.safetensors)."""
     from ..data.splits import open_image_split
     from ..devices import resolve_device
-    from ..io import file_sha256, memory_map_tensors, save_tensors
+    from ..io import file_sha256, memory_map_tensors, provenance_metadata, save_tensors
     from ..progress import log
     from .statistics import channel_statistics
     from ..tokenizers.factory import load_tokenizer
@@ -73,7 +73,10 @@ def run_encode(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = load_tokenizer(args.tokenizer).to(device)
     out = Path(args.out)
-    metadata = {"tokenizer": str(args.tokenizer), "posterior": "sample", "seed": str(spec["seed"])}
+    # the provenance (inputs' hashes, code, device) is part of the header: a partial file written by other
+    # code or on another device is not resumed
+    metadata = {"tokenizer": str(args.tokenizer), "posterior": "sample", "seed": str(spec["seed"]),
+                **provenance_metadata(spec)}
     # what the files' content depends on: a partial file of another tokenizer or spec is never resumed
     identity = {"tokenizer": file_sha256(Path(args.tokenizer) / "model.safetensors"), "spec": spec}
     train = open_image_split(args.train)

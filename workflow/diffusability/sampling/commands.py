@@ -32,13 +32,16 @@ def register(subparsers) -> None:
     parser.add_argument("--untrained", action="store_true",
                         help="sample from the freshly initialised model (a baseline); the backbone comes from "
                              "--diffusion's config.json or, without --diffusion, from the spec key 'backbone'")
-    parser.set_defaults(func=run_sample)
+    # --trajectories is an output: never hashed as an input of the provenance (io.command_inputs)
+    # only the latents' statistics are read (to un-normalise the samples)
+    parser.set_defaults(func=run_sample, not_inputs=("trajectories",), input_files={"latents": ("stats.safetensors",)})
 
 
 def run_sample(args: argparse.Namespace) -> int:
     """Sample, decode and write the npz; under torchrun the index blocks are shared among the processes."""
     import torch
 
+    from ..devices import note_device
     from .run import sample_to_files
     from .sharding import join_process_group
     from .spec import SamplingSpec
@@ -51,6 +54,7 @@ def run_sample(args: argparse.Namespace) -> int:
     group = join_process_group(use_cuda=device.type == "cuda")
     if device.type == "cuda" and group.world_size > 1 and device.index is None:
         device = torch.device("cuda", group.local_rank)
+    note_device(device, group.world_size)
     try:
         sample_to_files(spec, latents=args.latents, tokenizer=args.tokenizer, diffusion=args.diffusion,
                         untrained=args.untrained, cfg_scale=args.cfg_scale, out=args.out,

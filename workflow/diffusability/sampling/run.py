@@ -6,6 +6,7 @@ sampler batch and one decoder batch, so the images are the same bytes whatever t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def sample_to_files(spec: SamplingSpec, *, latents: Path, tokenizer: Path, diffu
 
     from .. import tokenizers
     from ..imaging import to_uint8
-    from ..io import load_tensors, save_npz, save_tensors
+    from ..io import PROVENANCE_KEY, load_tensors, provenance_json, save_npz, save_tensors
     from ..progress import log, progress
     from . import generate
     from .sharding import blocks_of_rank, index_blocks, shard_path
@@ -113,8 +114,10 @@ def sample_to_files(spec: SamplingSpec, *, latents: Path, tokenizer: Path, diffu
         order = torch.argsort(local["index"])
         require(local["index"][order].tolist() == list(range(spec.num_samples)),
                 "the gathered shards do not cover every sample index exactly once")
+        # the ADM layout (arr_0, labels) plus the sampler settings and what made the file (one JSON each)
+        record = provenance_json({**dataclasses.asdict(spec), "cfg_scale": cfg_scale, "untrained": untrained})
         save_npz(out, arr_0=local["images"][order].numpy(), labels=local["labels"][order].numpy(),
-                 sampler=np.array([json.dumps(settings, sort_keys=True)]))
+                 sampler=np.array([json.dumps(settings, sort_keys=True)]), **{PROVENANCE_KEY: np.array([record])})
         if trajectories is not None:
             order = torch.argsort(local["trajectory_index"])
             index = local["trajectory_index"][order]
@@ -122,7 +125,8 @@ def sample_to_files(spec: SamplingSpec, *, latents: Path, tokenizer: Path, diffu
                                              "labels": local["labels"][torch.argsort(local["index"])][index],
                                              "index": index},
                          metadata={"sampler": json.dumps(settings, sort_keys=True),
-                                   "space": "normalised latents (as the diffusion model sees them)"})
+                                   "space": "normalised latents (as the diffusion model sees them)",
+                                   PROVENANCE_KEY: record})
         if group.world_size > 1:
             for path in paths:
                 path.unlink(missing_ok=True)

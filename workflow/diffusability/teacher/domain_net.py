@@ -243,7 +243,7 @@ def train_domain_classifier(images, labels, spec: dict | DomainNetSpec | None, o
     import pandas as pd
 
     from ..imaging import to_model_input
-    from ..io import provenance, save_tensors, write_json, write_parquet
+    from ..io import provenance, provenance_metadata, save_tensors, write_json, write_parquet
     from ..progress import log, progress
     from ..seeding import torch_generator
 
@@ -317,7 +317,7 @@ def train_domain_classifier(images, labels, spec: dict | DomainNetSpec | None, o
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_tensors(out_dir / "model.safetensors", {k: v.cpu() for k, v in model.state_dict().items()},
-                 metadata={"kind": "domain_classifier"})
+                 metadata={"kind": "domain_classifier", **provenance_metadata(dataclasses.asdict(spec))})
     write_parquet(pd.DataFrame(rows), out_dir / "train_log.parquet", provenance(dataclasses.asdict(spec)))
     # config.json last: its presence marks a complete directory.
     write_json(out_dir / "config.json", config)

@@ -27,7 +27,7 @@ STUDY_KEYS = ("name", "seed", "image_size")
 def write_checked_tokenizer(state: Mapping[str, Any], spec: TokenizerSpec, out_dir: str | Path,
                             source: str) -> Path:
     """Check ``state`` against the network ``spec`` builds (names and shapes), then write the directory."""
-    from ..io import save_tensors, write_json
+    from ..io import provenance_metadata, save_tensors, write_json
 
     expected = build_tokenizer(spec).state_dict()
     missing = sorted(set(expected) - set(state))
@@ -41,7 +41,8 @@ def write_checked_tokenizer(state: Mapping[str, Any], spec: TokenizerSpec, out_d
                 f"{source}: {key} contains NaN or Inf values")
     out_dir = Path(out_dir)
     save_tensors(out_dir / WEIGHTS_FILE, {k: v.float().contiguous() for k, v in state.items()},
-                 metadata={"format": "diffusability-conv-vae", "source": source})
+                 metadata={"format": "diffusability-conv-vae", "source": source,
+                           **provenance_metadata(spec.to_dict())})
     write_json(out_dir / CONFIG_FILE, spec.to_dict())
     return out_dir
 

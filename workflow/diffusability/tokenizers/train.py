@@ -31,9 +31,10 @@ import torch
 from torch import nn
 
 from .. import checkpointing
+from ..devices import note_device
 from ..errors import require
 from ..imaging import to_model_input
-from ..io import provenance, save_tensors, write_json, write_parquet
+from ..io import provenance, provenance_metadata, save_tensors, write_json, write_parquet
 from ..progress import log, progress
 from ..seeding import torch_generator
 from .distributed import BatchLayout, training_accelerator
@@ -375,6 +376,7 @@ def train_tokenizer(images: Any, labels: Any, spec: TokenizerSpec | Mapping[str,
     trainer.identity = identity
     accelerator = trainer.accelerator
     world = accelerator.num_processes
+    note_device(accelerator.device, world)  # recorded in the provenance of the weights
     micro = spec.micro_batch_size or batch_size // world
     layout = BatchLayout(batch_size, micro, world, accelerator.process_index)
     if resume_state is not None:
@@ -433,7 +435,8 @@ def write_outputs(trainer: TokenizerTrainer, out_dir: Path) -> None:
 
     # float32 whatever the precision: autocast never changes the parameters themselves
     weights = {key: value.detach().cpu() for key, value in trainer.model.state_dict().items()}
-    save_tensors(out_dir / WEIGHTS_FILE, weights, metadata={"format": "diffusability-conv-vae"})
+    save_tensors(out_dir / WEIGHTS_FILE, weights,
+                 metadata={"format": "diffusability-conv-vae", **provenance_metadata(trainer.spec.to_dict())})
     write_json(out_dir / CONFIG_FILE, trainer.spec.to_dict())
     table = pd.DataFrame(trainer.log_rows)
     write_parquet(table, out_dir / LOG_FILE, provenance(trainer.spec.to_dict()))

@@ -166,7 +166,6 @@ def test_the_dag_imports_instead_of_encoding_and_training(repo, snakemake_exe, w
     config["repeats"] = 1  # an imported diffusion model is one checkpoint: the config refuses seed repeats
     config["tokenizers"]["baseline"]["latents"] = str(tmp_path)
     config["tokenizers"]["baseline"]["diffusion"] = {"sit-xs": str(tmp_path)}
-    config["repeats"] = 1  # an imported model is one checkpoint: no seed repeats (config validation refuses them)
     planned = planned_jobs(snakemake_exe, workdir_factory(config))
     n_tok = len(config["tokenizers"])
     assert planned["import_latents"] == 1 and planned["encode"] == n_tok - 1

@@ -204,17 +204,18 @@ def test_random_weights_have_no_softmax(random_weights):
 
 @pytest.mark.slow
 def test_real_weights_end_to_end(tmp_path):
-    """The converted fid-helper weights: the example config's SHA-256 matches them, they carry no
+    """The converted fid-helper weights: their SHA-256 is the one the package knows them by and the one the
+    example config offers for them (it pins pytorch-fid's file, which has the IS layer), they carry no
     softmax layer (no `is` row, params say so), and a sample set equal to its reference has gFID 0
     while a different one does not. Four 64-px images each (about 0.15 s per image here)."""
-    import yaml
+    from diffusability.evaluation.inception import KNOWN_WEIGHTS_SHA256
 
     torch.set_flush_denormal(True)
     if not REAL_WEIGHTS.is_file():  # never a skip: the registry provides these weights
         pytest.fail(f"{REAL_WEIGHTS} is missing: run `make test-weights` (scripts/fetch_test_weights.py; `make test` "
                     "runs it first)", pytrace=False)
-    expected_sha = yaml.safe_load(EXAMPLE_CONFIG.read_text())["generation"]["inception_sha256"]
-    assert file_sha256(REAL_WEIGHTS) == expected_sha
+    expected_sha = next(sha for sha, what in KNOWN_WEIGHTS_SHA256.items() if what.startswith("fid-helper"))
+    assert file_sha256(REAL_WEIGHTS) == expected_sha and expected_sha in EXAMPLE_CONFIG.read_text()
     rng = np.random.default_rng(0)
     # Smooth images (blurred colour blobs) rather than noise: closer to what Inception sees.
     base = rng.integers(0, 256, (4, 4, 4, 3)).astype(np.uint8)

@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from diffusability.io import load_tensors
+from diffusability.workflow import layout
 from workflow_helpers import planned_jobs, run_snakemake
 
 pytestmark = pytest.mark.slow
@@ -58,8 +59,8 @@ def _assert_rebuilt_from_scratch(work, config, tmp):
     tokenizer, ema = _straight_runs(work, config, tmp)
     results = work / "results"
     assert _same_weights(results / "tokenizers" / TOK / "model.safetensors", tokenizer)
-    assert _same_weights(results / "diffusion" / TOK / BB / "ema.safetensors", ema)
-    for log in (work / "logs" / "train_tokenizer" / f"{TOK}.log", work / "logs" / "train_diffusion" / TOK / f"{BB}.log"):
+    assert _same_weights(work / layout.diffusion_file(TOK, BB, "ema.safetensors"), ema)
+    for log in (work / layout.log_file("train_tokenizer", TOK), work / layout.log_file("train_diffusion", TOK, BB, "seed0")):
         text = log.read_text()
         assert "resum" not in text.split("moved to")[-1], text[-2000:]  # no resume after the set-aside
         assert "already complete" not in text

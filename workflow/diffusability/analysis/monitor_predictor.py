@@ -2,7 +2,7 @@
 
 ``diffusability predict`` (analysis/predict_command.py) predicts a finished tokenizer's generation
 target from its latent proxies; the monitor asks the same question of the encoder while it trains.
-:class:`StudyPredictor` does what ``predict`` does, with ``predict``'s own functions, split in two:
+:class:`StudyPredictor` is that question split in two (``predict`` itself fits a StudyPredictor once):
 
 - at the start of training (once): read the study's tables, keep the study tokenizers with this
   tokenizer's latent shape, check that the study can be fitted (enough tokenizers in enough clusters),
@@ -76,7 +76,7 @@ class StudyPredictor:
         from ..analysis.study_proxies import check_study, latent_proxies, metric_name, same_shape_tokenizers
 
         study = Path(study)
-        require(study.is_dir(), f"{study}: monitor_study is not a folder (expected a study's results/tables)")
+        require(study.is_dir(), f"{study}: not a folder (expected a study's results/tables)")
         tables = _read(study)
         keep = same_shape_tokenizers(tables["tokenizers"], tuple(shape), study, source)
         targets = predict.target_rows(tables["generation"], target)

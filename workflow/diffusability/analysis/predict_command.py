@@ -87,29 +87,17 @@ def run_predict(args: argparse.Namespace) -> int:
     """Predict the generation target of the tokenizer of ``LATENTS`` from a study's tables."""
     import pandas as pd
 
-    from ..errors import require
     from ..io import load_arrays, provenance, write_parquet
     from ..latent_metrics.inputs import read_latent_inputs
-    from . import predict
-    from .study_proxies import (check_study, latent_proxies, new_proxies, prediction_rows,
-                                same_shape_tokenizers)
+    from .monitor_predictor import StudyPredictor
+    from .study_proxies import new_proxies, prediction_rows
 
-    t = _read(args.study)
     inputs = read_latent_inputs(load_arrays(args.latents), str(args.latents))
-    keep = same_shape_tokenizers(t["tokenizers"], tuple(inputs[0].shape[1:]), args.study, str(args.latents))
-    targets = predict.target_rows(t["generation"], args.target)
-    targets = targets[targets["tokenizer"].isin(keep)]
-    clusters = predict.tokenizer_cluster(t["tokenizers"])
-    check_study(targets, clusters, args.study)
-    proxies = latent_proxies(t["metrics"][t["metrics"]["tokenizer"].isin(keep)])
-    _, scores = predict.evaluate_study(proxies, targets, clusters, args.target)
-    require(bool(scores["selected"].any()), f"{args.study / 'generation.parquet'}: no proxy model can be fitted in "
-                                            "every leave-one-cluster-out fold (too few tokenizers per cluster)")
-    needed = sorted({p for col in ("proxy_1", "proxy_2") for p in scores.loc[scores["selected"], col] if p})
-    values = new_proxies(inputs, str(args.latents), needed, t["metrics"][t["metrics"]["tokenizer"].isin(keep)],
-                         args.normalize, args.device)
+    # the study's selected models for this latent shape: the same fit as the training-time monitor's
+    study = StudyPredictor(args.study, tuple(inputs[0].shape[1:]), args.target, str(args.latents))
+    values = new_proxies(inputs, str(args.latents), study.needed, study.study_metrics, args.normalize, args.device)
     name = args.name or Path(args.latents).stem
-    rows = prediction_rows(name, scores, proxies, targets, values, predict.target_direction(t["generation"], args.target))
+    rows = prediction_rows(name, study.scores, study.proxies, study.targets, values, study.direction)
     write_parquet(pd.DataFrame(rows), args.out, provenance({"latents": str(args.latents), "study": str(args.study),
                                                             "target": args.target, "normalize": args.normalize}))
     for row in rows:

@@ -178,11 +178,11 @@ def test_transformer_factories_and_config_defaults_follow_the_spec(family):
 # ----------------------------------------------------------------------------- the other specs
 
 def test_top_level_seed_default_is_every_specs_seed_default(schema):
-    from diffusability.data.commands import SHARD_SPEC_DEFAULTS
+    from diffusability.data.spec import SHARD_SPEC_DEFAULTS
     from diffusability.teacher.domain_net import DomainNetSpec
-    from diffusability.latent_metrics.network_commands import MODEL_DEFAULTS, TOKENIZER_DEFAULTS
+    from diffusability.latent_metrics.spec import MODEL_METRICS_DEFAULTS as MODEL_DEFAULTS, TOKENIZER_METRICS_DEFAULTS as TOKENIZER_DEFAULTS
     from diffusability.sampling.spec import SamplingSpec
-    from diffusability.latents.commands import ENCODE_DEFAULTS
+    from diffusability.latents.spec import ENCODE_DEFAULTS
     from diffusability.tokenizers.spec import TokenizerSpec
     from diffusability.diffusion.spec import DiffusionSpec
 
@@ -193,7 +193,7 @@ def test_top_level_seed_default_is_every_specs_seed_default(schema):
 
 
 def test_data_schema_defaults_equal_the_data_spec(schema):
-    from diffusability.data.commands import SHARD_SPEC_DEFAULTS
+    from diffusability.data.spec import SHARD_SPEC_DEFAULTS
     from diffusability.data.spec import DataSpec, ImagenetSpec
 
     data = schema["properties"]["data"]["properties"]
@@ -221,7 +221,7 @@ def test_teacher_schema_defaults_equal_the_domain_net_spec(schema):
 
 
 def test_encode_schema_defaults_equal_the_encode_defaults(schema):
-    from diffusability.latents.commands import ENCODE_DEFAULTS
+    from diffusability.latents.spec import ENCODE_DEFAULTS
 
     encode = schema["properties"]["encode"]["properties"]
     assert disagreements(encode, ENCODE_DEFAULTS) == []
@@ -235,7 +235,7 @@ def test_encode_defaults_equal_the_functions_they_configure():
     import inspect
 
     from diffusability.data.masks import pool_masks_to_grid
-    from diffusability.latents.commands import ENCODE_DEFAULTS
+    from diffusability.latents.spec import ENCODE_DEFAULTS
     from diffusability.latents.encode import CHUNK
 
     pooling = inspect.signature(pool_masks_to_grid).parameters
@@ -270,7 +270,7 @@ def test_generation_and_reconstruction_defaults_equal_the_schema(schema):
 
 
 def test_tokenizer_and_model_metric_defaults_equal_the_schema(schema):
-    from diffusability.latent_metrics.network_commands import MODEL_DEFAULTS, TOKENIZER_DEFAULTS
+    from diffusability.latent_metrics.spec import MODEL_METRICS_DEFAULTS as MODEL_DEFAULTS, TOKENIZER_METRICS_DEFAULTS as TOKENIZER_DEFAULTS
 
     metrics = schema["properties"]["metrics"]["properties"]
     for section, defaults, families in (("tokenizer", TOKENIZER_DEFAULTS, ("equivariance", "ifid")),
@@ -283,7 +283,7 @@ def test_tokenizer_and_model_metric_defaults_equal_the_schema(schema):
 
 def test_a_validated_config_resolves_like_the_commands(schema):
     """The whole path: what validation writes for the network-metric sections is what the commands use."""
-    from diffusability.latent_metrics.network_commands import MODEL_DEFAULTS, TOKENIZER_DEFAULTS
+    from diffusability.latent_metrics.spec import MODEL_METRICS_DEFAULTS as MODEL_DEFAULTS, TOKENIZER_METRICS_DEFAULTS as TOKENIZER_DEFAULTS
 
     config = minimal_config()
     tokenizer = cfg.tokenizer_metrics_spec(config)

@@ -321,7 +321,7 @@ def _enums(node, path=""):
 def test_the_schema_enums_of_metric_names_are_the_registry():
     """The config's metric names come from the registry: a metric (or group) added to one and not the other
     fails here. The network-metric families are the commands' own lists."""
-    from diffusability.latent_metrics.network_commands import MODEL_DEFAULTS, TOKENIZER_FAMILIES
+    from diffusability.latent_metrics.spec import MODEL_METRICS_DEFAULTS as MODEL_DEFAULTS, TOKENIZER_FAMILIES
     from diffusability.metrics.kronecker import SHRINKAGES
     from diffusability.workflow.config import load_schema
 

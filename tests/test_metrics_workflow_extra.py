@@ -383,7 +383,7 @@ def test_switching_network_metrics_on_leaves_the_latent_metrics_spec_alone(repo)
     assert spec["equivariance"] == {"rotations": [1, 2, 3], "scales": [0.5, 0.75], "max_images": None}
     assert cfg.model_metrics_spec(switched)["fisher"]["s_points"] == 32
     # the schema's defaults are the commands' defaults
-    from diffusability.latent_metrics.network_commands import MODEL_DEFAULTS, TOKENIZER_DEFAULTS
+    from diffusability.latent_metrics.spec import MODEL_METRICS_DEFAULTS as MODEL_DEFAULTS, TOKENIZER_METRICS_DEFAULTS as TOKENIZER_DEFAULTS
 
     assert spec["batch_size"] == TOKENIZER_DEFAULTS["batch_size"]
     assert spec["equivariance"] == TOKENIZER_DEFAULTS["equivariance"]
@@ -518,7 +518,9 @@ def test_aggregate_keys_model_rows_by_backbone_and_correlate_uses_each_backbones
             "--generation", *[layout.generation_rows(t, b, "1.00") for t in toks for b in ("sit", "dit")]]
     assert main(args) == 0
     metrics = pd.read_parquet("tables/metrics.parquet")
-    assert list(metrics.columns) == ["tokenizer", *ROW_COLUMNS, "code_identity", "backbone"]
+    from diffusability.analysis.tables import PROVENANCE_COLUMNS
+
+    assert list(metrics.columns) == ["tokenizer", *ROW_COLUMNS, *PROVENANCE_COLUMNS, "backbone"]
     assert len(metrics) == 5 * (1 + 1 + 2 * 2)
     assert set(metrics.loc[metrics.metric.isin(["lds", "ifid"]), "backbone"]) == {""}
     model_rows = metrics[metrics.metric == "fi_model"].set_index(["tokenizer", "backbone"])["value"]

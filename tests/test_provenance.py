@@ -167,3 +167,74 @@ def test_no_warning_for_one_identity_per_command():
     tables = {"generation": _rows(["generation-metrics:aaaa1111"] * 2 + ["representation-metrics:cccc3333"]),
               "empty": _rows([]), "no_column": pd.DataFrame({"metric": ["fd"], "value": [1.0]})}
     assert mixed_code_warnings(tables) == []
+
+
+def test_software_warning_names_the_command_when_package_versions_differ():
+    frame = _rows(["latent-metrics:dddd4444"] * 3)
+    frame["software_identity"] = ["a" * 64, "b" * 64, "a" * 64]
+    warnings = [line for line in mixed_code_warnings({"metrics": frame}) if line]
+    assert len(warnings) == 1 and "different package versions" in warnings[0] and "`latent-metrics`" in warnings[0]
+    assert "aaaaaaaaaaaa" in warnings[0] and "bbbbbbbbbbbb" in warnings[0]
+
+
+def _latent_folder(root: Path) -> Path:
+    import torch
+
+    folder = root / "latents"
+    generator = torch.Generator().manual_seed(0)
+    for split, n in (("train", 40), ("val", 24)):
+        save_tensors(folder / f"{split}.safetensors",
+                     {"latents": torch.randn(n, 2, 4, 4, generator=generator),
+                      "labels": torch.arange(n) % 2})
+    save_tensors(folder / "stats.safetensors", {"mean": torch.zeros(2), "std": torch.ones(2)})
+    return folder
+
+
+def test_latent_metrics_records_the_train_latents_only_when_a_metric_reads_them(tmp_path):
+    """A folder argument is recorded as the files the command reads; which ones may depend on the spec."""
+    folder = _latent_folder(tmp_path)
+    for enabled, train in ((["lds"], False), (["lds", "linear_probe"], True)):
+        out = tmp_path / f"rows-{len(enabled)}.parquet"
+        assert main(["latent-metrics", "--latents", str(folder), "--spec", json.dumps({"enabled": enabled}),
+                     "--out", str(out)]) == 0
+        inputs = read_provenance(out)["inputs"]
+        expected = {"latents/val.safetensors", "latents/stats.safetensors"} | ({"latents/train.safetensors"}
+                                                                               if train else set())
+        assert set(inputs) == expected, enabled
+        for name in expected:
+            assert inputs[name] == sha256(folder / name.split("/", 1)[1])
+
+
+def test_tokenizer_metrics_input_files_follow_the_ifid_pool():
+    from diffusability.latent_metrics.network_commands import tokenizer_metrics_input_files as files
+
+    both = ("val.safetensors", "stats.safetensors")
+    assert files(argparse.Namespace(spec={"enabled": ["equivariance"]})) == both
+    assert files(argparse.Namespace(spec={"enabled": ["ifid"]})) == both + ("train.safetensors",)
+    assert files(argparse.Namespace(spec={"enabled": ["ifid"], "ifid": {"pool": "val"}})) == both
+    assert files(argparse.Namespace(spec={"enabled": "garbage"})) == both + ("train.safetensors",)
+
+
+def test_aggregated_rows_carry_their_files_provenance(tmp_path):
+    """Each row of an aggregated table carries what made its per-job file: code, config, inputs, software, device."""
+    from diffusability.analysis.tables import PROVENANCE_COLUMNS, metrics_table
+
+    folder = _latent_folder(tmp_path)
+    paths = []
+    for name, enabled in (("a", ["lds"]), ("b", ["sec"])):
+        out = tmp_path / f"{name}.parquet"
+        assert main(["latent-metrics", "--latents", str(folder), "--spec", json.dumps({"enabled": enabled}),
+                     "--out", str(out)]) == 0
+        paths.append((str(out), (name,)))
+    table = metrics_table(paths)
+    assert set(PROVENANCE_COLUMNS) <= set(table.columns)
+    for path, (name,) in paths:
+        record = read_provenance(path)
+        rows = table[table["tokenizer"] == name]
+        assert (rows["code_identity"] == f"latent-metrics:{command_identity('latent-metrics')}").all()
+        assert (rows["config_sha256"] == record["config_sha256"]).all()
+        assert (rows["software_identity"] == record["software_identity"]).all() and (rows["device"] == "cpu").all()
+        expected = hashlib.sha256(json.dumps(record["inputs"], sort_keys=True).encode()).hexdigest()
+        assert (rows["inputs_sha256"] == expected).all()
+    # same latent files, different specs: equal input hashes, different config hashes
+    assert table["inputs_sha256"].nunique() == 1 and table["config_sha256"].nunique() == 2

@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from diffusability.analysis.tables import PROVENANCE_COLUMNS
+
 from workflow_helpers import expected_chain_counts, expected_full_counts, planned_jobs, run_snakemake
 
 pytestmark = pytest.mark.slow
@@ -45,8 +47,8 @@ def test_tables_schema_and_finite_values(smoke_run):
     tokenizers = set(config["tokenizers"])
     expected_columns = {
         "tokenizers": {"tokenizer", "family", "regularizer", "kl_weight", "latent_channels", "downsample"},
-        "reconstruction": {"tokenizer", "metric", "value", "direction", "params", "n", "code_identity"},
-        "metrics": {"tokenizer", "metric", "value", "direction", "params", "n", "code_identity"},
+        "reconstruction": {"tokenizer", "metric", "value", "direction", "params", "n", *PROVENANCE_COLUMNS},
+        "metrics": {"tokenizer", "metric", "value", "direction", "params", "n", *PROVENANCE_COLUMNS},
         "generation": {"tokenizer", "backbone", "cfg_scale", "model", "metric", "value", "direction"},
         "correlations": {"family", "backbone", "cfg_scale", "proxy", "method", "n", "r", "ci95_low", "ci95_high",
                          "p_val"},

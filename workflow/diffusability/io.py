@@ -364,8 +364,10 @@ def command_inputs(args: Any) -> dict[str, str]:
     skip = _NOT_INPUT_ARGS | set(getattr(args, "not_inputs", ()))
     # a folder argument of which the command reads only some files (``set_defaults(input_files={name: (…)})``,
     # e.g. sample's latent folder: stats.safetensors only) is those files: hashing the folder would read the
-    # 42 GB train latents of an f16d32 ImageNet study once per sampling job
-    narrowed = getattr(args, "input_files", None) or {}
+    # 42 GB train latents of an f16d32 ImageNet study once per sampling job. The files may depend on the
+    # command line (a callable of the parsed arguments, e.g. the train latents only when a metric reads them).
+    narrowed = {name: files(args) if callable(files) else files
+                for name, files in (getattr(args, "input_files", None) or {}).items()}
     found: dict[str, str] = {}
 
     def visit(name: str, value: Any) -> None:

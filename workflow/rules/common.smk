@@ -45,9 +45,11 @@ def code_identity(command, without=()):
     """The params entry that makes a rule rerun when the package code its command runs changes (a
     comment or docstring edit does not count) or the numerical software (torch, numpy, …) changes;
     it also keys Snakemake's between-workflow cache. ``without``: modules this job does not run.
-    See diffusability/code_identity.py."""
-    from diffusability.code_identity import rule_identity
+    See diffusability/code_identity.py. The command's identity is also handed to the jobs (an
+    environment variable they inherit), so a job records it without parsing the package again."""
+    from diffusability.code_identity import publish_identity, rule_identity
 
+    publish_identity(command)
     return rule_identity(command, tuple(without))
 
 

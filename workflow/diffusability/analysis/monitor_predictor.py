@@ -72,12 +72,12 @@ class StudyPredictor:
 
     def __init__(self, study, shape: tuple[int, int, int], target: str = "fd", source: str = "monitor subset"):
         from ..analysis import predict
-        from ..analysis.predict_command import _read
         from ..analysis.study_proxies import check_study, latent_proxies, metric_name, same_shape_tokenizers
+        from ..analysis.tables import read_predictor_tables
 
         study = Path(study)
         require(study.is_dir(), f"{study}: not a folder (expected a study's results/tables)")
-        tables = _read(study)
+        tables = read_predictor_tables(study)
         keep = same_shape_tokenizers(tables["tokenizers"], tuple(shape), study, source)
         targets = predict.target_rows(tables["generation"], target)
         self.targets = targets[targets["tokenizer"].isin(keep)]

@@ -6,11 +6,11 @@ affine equivariance. Within each perspective the metric with the largest |r| aga
 target is its *main proxy*; the perspectives are ranked by that best |r|.
 
 :data:`PERSPECTIVES` maps every metric name of the registry (``metrics/registry.py``: the latent
-metrics, the ``tokenizer-metrics`` and ``model-metrics`` rows) to its perspective. Metrics that are
-none of the seven are grouped as ``fisher geometry`` (the Fisher-information diagnostics and the
-alignment/penalty metrics of docs/fisher-geometry.md) or ``other``; reconstruction metrics (the
-``reconstruction/…`` proxies) are ``reconstruction``. ``tests/test_analysis_perspectives.py`` checks that
-every registry metric is listed here, so a new metric must be placed before it enters the tables.
+metrics, the ``tokenizer-metrics``, ``model-metrics`` and ``trajectory-metrics`` rows) to its perspective,
+which each registry entry names. Metrics that are none of the seven are grouped as ``fisher geometry``
+(the Fisher-information diagnostics and the alignment/penalty metrics of docs/fisher-geometry.md),
+``transport (post hoc)`` or ``other``; reconstruction metrics (the ``reconstruction/…`` proxies) are
+``reconstruction``.
 
 :func:`perspective_table` turns a correlation table into the Fig. 4 table: per group (target, family,
 backbone, guidance scale, method) and perspective, every metric's r, the best one flagged, and the
@@ -22,44 +22,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-#: the study's seven perspectives, in the order of its Fig. 1
-PAPER_PERSPECTIVES = ("velocity ambiguity", "semantic separability", "spatial structure", "latent smoothness",
-                      "manifold continuity", "latent uniformity", "affine equivariance")
-#: the groups of the metrics that are none of the seven
-OTHER_PERSPECTIVES = ("reconstruction", "fisher geometry", "transport (post hoc)", "other")
+from ..metrics.registry import (METRICS, MODEL_METRICS, OTHER_PERSPECTIVES, PAPER_PERSPECTIVES, TOKENIZER_METRICS,
+                                TRAJECTORY_METRICS, metric_perspective)
 
-#: metric name (as in the metrics table) → perspective
-PERSPECTIVES: dict[str, str] = {
-    # velocity ambiguity (docs/metrics.md §1)
-    "viv_uniform": "velocity ambiguity", "viv_logit_normal": "velocity ambiguity",
-    "viv_uniform_per_dim": "velocity ambiguity", "viv_logit_normal_per_dim": "velocity ambiguity",
-    "viv_curve": "velocity ambiguity", "viv_marginal": "velocity ambiguity",
-    # semantic separability (§2)
-    "lnc": "semantic separability", "linear_probe": "semantic separability",
-    # spatial structure (§3); RMSC is listed by iREPA, left out of the study's figures but kept here
-    "lds": "spatial structure", "cds": "spatial structure", "srss": "spatial structure",
-    "rmsc": "spatial structure",
-    # latent smoothness (§4); the sec_r… sweep rows too (see perspective_of)
-    "sec": "latent smoothness",
-    # manifold continuity (§5)
-    "ifid": "manifold continuity",
-    # latent uniformity (§6)
-    "uniformity_cv": "latent uniformity", "uniformity_gini": "latent uniformity",
-    "uniformity_entropy": "latent uniformity",
-    # affine equivariance (§7)
-    "rotate_error": "affine equivariance", "rotate_consistency": "affine equivariance",
-    "scale_error": "affine equivariance", "scale_consistency": "affine equivariance",
-    # Fisher information and geometry (§8, docs/fisher-geometry.md): not one of the study's perspectives
-    "fi": "fisher geometry", "fir": "fisher geometry", "fi_curve": "fisher geometry", "fir_curve": "fisher geometry",
-    "fi_mixture": "fisher geometry", "fir_mixture": "fisher geometry", "fi_model": "fisher geometry",
-    "fir_model": "fisher geometry", "fi_gap": "fisher geometry", "fir_gap": "fisher geometry",
-    "fi_data_curve": "fisher geometry", "fir_data_curve": "fisher geometry", "fi_latent_curve": "fisher geometry",
-    "fir_latent_curve": "fisher geometry", "compression_penalty": "fisher geometry",
-    "distortion_penalty": "fisher geometry", "curvature_penalty": "fisher geometry",
-    "data_curvature": "fisher geometry",
-    # transport efficiency of the trained model's trajectories (§10): measured after training, like gFID
-    "local_straightness": "transport (post hoc)", "global_efficiency": "transport (post hoc)",
-}
+__all__ = ["PAPER_PERSPECTIVES", "OTHER_PERSPECTIVES", "PERSPECTIVES", "COLUMNS", "metric_name", "perspective_of",
+           "is_paper_perspective", "perspective_table", "main_proxies"]
+
+#: metric name (as in the metrics table) → perspective, read from the metric registry (each MetricSpec names its
+#: perspective, so registering a metric places it)
+PERSPECTIVES: dict[str, str] = {name: spec.perspective for table in (METRICS, TOKENIZER_METRICS, MODEL_METRICS,
+                                                                     TRAJECTORY_METRICS)
+                                for name, spec in table.items()}
 
 #: the columns of the perspectives table (results/tables/perspectives.parquet)
 COLUMNS = ["target", "family", "backbone", "cfg_scale", "method", "perspective", "paper", "metric", "proxy",
@@ -80,10 +53,7 @@ def perspective_of(proxy: str) -> str:
     source = proxy.split("/", 1)[0] if "/" in proxy else ""
     if source == "reconstruction":
         return "reconstruction"
-    metric = metric_name(proxy)
-    if metric.startswith("sec_r"):
-        return "latent smoothness"
-    return PERSPECTIVES.get(metric, "other")
+    return metric_perspective(metric_name(proxy))
 
 
 def is_paper_perspective(perspective: str) -> bool:

@@ -27,8 +27,6 @@ from pathlib import Path
 
 log = logging.getLogger("diffusability.analysis")
 
-STUDY_TABLES = ("tokenizers", "metrics", "generation")
-
 
 def register(subparsers) -> None:
     """Add the ``predictions`` and ``predict`` subcommands."""
@@ -58,21 +56,15 @@ def register(subparsers) -> None:
     q.set_defaults(func=run_predict)
 
 
-def _read(directory: Path) -> dict:
-    """The study tables the predictions need, by name."""
-    from .tables import read_study_table
-
-    return {name: read_study_table(directory, name) for name in STUDY_TABLES}
-
-
 def run_predictions(args: argparse.Namespace) -> None:
     """The study's leave-one-cluster-out predictions, their scores and the predicted-vs-observed figure."""
     from ..io import parquet_metadata, write_parquet
     from . import predict
     from .prediction_figure import prediction_figure
     from .study_proxies import latent_proxies
+    from .tables import read_predictor_tables
 
-    t = _read(args.tables)
+    t = read_predictor_tables(args.tables)
     target = args.spec.get("target", "fd")
     predictions, scores = predict.evaluate_study(latent_proxies(t["metrics"]), predict.target_rows(t["generation"], target),
                                                  predict.tokenizer_cluster(t["tokenizers"]), target)

@@ -22,7 +22,8 @@ def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4g") -> str:
 
 
 def mixed_code_warnings(tables: dict[str, pd.DataFrame]) -> list[str]:
-    """Warning lines for every table whose rows were made by different versions of one command's code."""
+    """Warning lines for every table whose rows were made by different versions of one command's code or
+    with different package versions."""
     from .tables import mixed_code
 
     lines = []
@@ -30,6 +31,10 @@ def mixed_code_warnings(tables: dict[str, pd.DataFrame]) -> list[str]:
         for command, identities in mixed_code(frame).items():
             lines.append(f"> **Warning:** `{name}` mixes rows made by different code of `{command}` "
                          f"({', '.join(identities)}): rerun the workflow so every row comes from the current code.")
+        for command, identities in mixed_code(frame, "software_identity").items():
+            lines.append(f"> **Warning:** `{name}` mixes rows of `{command}` made with different package versions "
+                         f"(software identities {', '.join(i[:12] for i in identities)}; each row's versions are in "
+                         "its per-job file's provenance).")
     return lines + [""] if lines else []
 
 

@@ -59,26 +59,55 @@ def read_study_table(directory, name: str, columns: Iterable[str] = ()) -> pd.Da
     return frame
 
 
-def _code_identity(path: str) -> str:
-    """The code identity recorded in a per-job file's provenance ("unknown" for older files)."""
+#: the study tables a predictor needs: tokenizers (clusters, latent shapes), metrics (proxies), generation (targets)
+PREDICTOR_TABLES = ("tokenizers", "metrics", "generation")
+
+
+def read_predictor_tables(directory) -> dict[str, pd.DataFrame]:
+    """The study tables of :data:`PREDICTOR_TABLES` in ``directory``, by name, each checked as :func:`read_study_table`."""
+    return {name: read_study_table(directory, name) for name in PREDICTOR_TABLES}
+
+
+#: what made each row, from its per-job file's provenance (docs/architecture.md §7.4): the command and a hash of
+#: its package code, of its config slice, of its input files' SHA-256s, of the installed package versions, and
+#: the device it ran on. Equal runs give equal values ("unknown" where an older file records none).
+PROVENANCE_COLUMNS = ("code_identity", "config_sha256", "inputs_sha256", "software_identity", "device")
+
+
+def row_provenance(path: str) -> dict[str, str]:
+    """The :data:`PROVENANCE_COLUMNS` of the rows of one per-job Parquet file, from its metadata.
+
+    ``code_identity`` is ``command:hash``; ``inputs_sha256`` is the SHA-256 of the key-sorted JSON of the
+    file's ``{input: SHA-256}`` record, so two rows made from the same input files carry the same value.
+    """
+    import hashlib
+
     from ..io import parquet_metadata
 
     meta = parquet_metadata(path)
-    return f"{meta.get('command', '?')}:{meta.get('code_identity', 'unknown')}"
+    inputs = meta.get("inputs")
+    return {"code_identity": f"{meta.get('command', '?')}:{meta.get('code_identity', 'unknown')}",
+            "config_sha256": meta.get("config_sha256", "unknown"),
+            "inputs_sha256": hashlib.sha256(inputs.encode()).hexdigest() if inputs is not None else "unknown",
+            "software_identity": meta.get("software_identity", "unknown"),
+            "device": meta.get("device", "unknown")}
 
 
-def mixed_code(frame: pd.DataFrame) -> dict[str, list[str]]:
-    """{command: identities} for every command whose rows in ``frame`` were made by different code.
+def mixed_code(frame: pd.DataFrame, column: str = "code_identity") -> dict[str, list[str]]:
+    """{command: values} for every command whose rows in ``frame`` differ in a provenance ``column``.
 
-    A table that mixes them holds numbers of old and new code side by side (e.g. a metric fixed
-    after some tokenizers were scored); the summary warns about it.
+    With ``code_identity`` (the default): rows made by different code, i.e. numbers of old and new code side
+    by side (e.g. a metric fixed after some tokenizers were scored); with ``software_identity``: rows made
+    with different package versions. The summary warns about both.
     """
-    if "code_identity" not in frame.columns or frame.empty:
+    if "code_identity" not in frame.columns or column not in frame.columns or frame.empty:
         return {}
-    parts = frame["code_identity"].astype(str).str.split(":", n=1, expand=True)
+    commands = frame["code_identity"].astype(str).str.split(":", n=1).str[0]
+    values = frame["code_identity"].astype(str).str.split(":", n=1).str[1] if column == "code_identity" \
+        else frame[column].astype(str)
     mixed = {}
-    for command, identities in parts.groupby(0)[1]:
-        distinct = sorted(set(identities))
+    for command, group in values.groupby(commands):
+        distinct = sorted(set(group))
         if len(distinct) > 1:
             mixed[command] = distinct
     return mixed
@@ -94,10 +123,11 @@ def _concat(keyed: Keyed, keys: tuple[str, ...]) -> pd.DataFrame:
         frame = read_rows(path)
         for key, value in zip(keys, values):
             frame.insert(len(frame.columns) - len(ROW_COLUMNS), key, value)
-        frame["code_identity"] = _code_identity(path)
+        for column, value in row_provenance(path).items():
+            frame[column] = value
         frames.append(frame)
     if not frames:
-        return pd.DataFrame(columns=[*keys, *ROW_COLUMNS, "code_identity"])
+        return pd.DataFrame(columns=[*keys, *ROW_COLUMNS, *PROVENANCE_COLUMNS])
     return pd.concat(frames, ignore_index=True)
 
 
@@ -155,7 +185,7 @@ def metrics_table(latent: Keyed, tokenizer: Keyed = (), model: Keyed = ()) -> pd
 
     ``latent`` and ``tokenizer`` are keyed by ``(tokenizer,)``, ``model`` by ``(tokenizer, backbone)``.
 
-    Columns: tokenizer, metric, value, direction, params, n, code_identity, backbone; ``backbone`` (last, so
+    Columns: tokenizer, metric, value, direction, params, n, the :data:`PROVENANCE_COLUMNS`, backbone; ``backbone`` (last, so
     the columns before it keep their places) names the diffusion model of a model-based row (e.g.
     ``fi_model``) and is "" for rows of the tokenizer alone.
     """

@@ -11,7 +11,7 @@ import argparse
 
 from ..progress import log
 from ..seeding import derive_seed
-from .spec import ImagenetSpec
+from .spec import SHARD_SPEC_DEFAULTS
 
 
 def register(subparsers) -> None:
@@ -88,14 +88,6 @@ def run_prepare_data(args: argparse.Namespace) -> int:
                     "source": spec.source, "split": name, "seed": str(spec.seed), **provenance_metadata(args.spec)}
         save_tensors(path, split, metadata)
     return 0
-
-
-#: Keys of the ``imagenet-shards`` spec and their defaults (config.shards_spec writes them per split); the keys
-#: it shares with ``prepare-data``'s ImageNet spec take that dataclass's defaults (one source)
-SHARD_SPEC_DEFAULTS = {"image_size": 256, "shard_size": 1000, "workers": 1,
-                       "max_bad_fraction": ImagenetSpec.max_bad_fraction, "split": "train", "seed": 0,
-                       "n_classes": None, "n_images": 0, "masks_dir": ImagenetSpec.masks_dir,
-                       "mask_categories": ImagenetSpec.mask_categories, "only_masked": False}
 
 
 def run_imagenet_manifest(args: argparse.Namespace) -> int:

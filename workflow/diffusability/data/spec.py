@@ -82,3 +82,11 @@ def parse_data_spec(obj: dict) -> DataSpec:
         require(imagenet.train_dir is not None and imagenet.val_dir is not None,
                 "spec: source 'imagenet' needs 'imagenet.train_dir' and 'imagenet.val_dir'")
     return DataSpec(**values, imagenet=imagenet)
+
+
+#: Keys of the ``imagenet-shards`` spec and their defaults (config.shards_spec writes them per split); the keys
+#: it shares with ``prepare-data``'s ImageNet spec take that dataclass's defaults (one source)
+SHARD_SPEC_DEFAULTS = {"image_size": 256, "shard_size": 1000, "workers": 1,
+                       "max_bad_fraction": ImagenetSpec.max_bad_fraction, "split": "train", "seed": 0,
+                       "n_classes": None, "n_images": 0, "masks_dir": ImagenetSpec.masks_dir,
+                       "mask_categories": ImagenetSpec.mask_categories, "only_masked": False}

@@ -68,7 +68,21 @@ def register(subparsers) -> None:
     q.add_argument("--out", required=True, help="output Parquet table")
     # a workflow step: the GPU when the job was given one (every metric runs where the latents are)
     add_device_argument(q)
-    q.set_defaults(func=run_latent_metrics)
+    q.set_defaults(func=run_latent_metrics, input_files={"latents": latent_metrics_input_files})
+
+
+def latent_metrics_input_files(args) -> tuple[str, ...]:
+    """The files of ``--latents`` that ``latent-metrics`` reads: val and stats, and the train latents only when
+    an enabled metric needs them (the linear probe); a spec it cannot read keeps them (the command then
+    refuses the spec itself)."""
+    from ..metrics.registry import expand_names, requirements
+
+    files = ("val.safetensors", "stats.safetensors")
+    try:
+        wanted = expand_names(args.spec.get("enabled"), True, True, have_train=True)
+    except Exception:  # noqa: BLE001 — a bad spec is the command's to refuse, with its own message
+        return files + ("train.safetensors",)
+    return files + (("train.safetensors",) if any("train" in requirements(n) for n in wanted) else ())
 
 
 def _params_from_flags(flags) -> dict:

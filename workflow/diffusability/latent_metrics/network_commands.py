@@ -13,7 +13,7 @@
   val latents. Rows: ``fi_model``, ``fir_model`` (the same summaries as the registry's ``fi``/``fir``).
 
 Both write the tidy rows of CONTRIBUTING.md. The spec is the workflow's ``metrics.tokenizer`` /
-``metrics.model`` section; missing keys take the defaults below (the schema's defaults). The rows of
+``metrics.model`` section; missing keys take the defaults of :mod:`.spec` (the schema's defaults). The rows of
 ``tokenizer-metrics`` are computed by :mod:`diffusability.latent_metrics.tokenizer_rows`.
 """
 
@@ -23,21 +23,10 @@ import time
 from pathlib import Path
 
 from ..errors import reject_unknown_keys, require
+from .spec import (IFID_FEATURE_NETS, MODEL_METRICS_DEFAULTS, TOKENIZER_FAMILIES,
+                   TOKENIZER_METRICS_DEFAULTS)
 
-TOKENIZER_DEFAULTS = {"enabled": [], "batch_size": 64, "seed": 0,
-                      "equivariance": {"rotations": [1, 2, 3], "scales": [0.5, 0.75], "max_images": None},
-                      "ifid": {"k": 10, "alpha": 0.5, "pool": "train", "max_pool": None, "max_queries": None,
-                               "seed": 0, "feature_net": "domain"},
-                      "fisher_geometry": {"data_grid": None, "sigma_min": 1e-3, "sigma_max": 100.0, "sigma_points": 32,
-                                          "shrinkage": "ledoit_wolf", "curves": True, "anchors": 256, "neighbors": 8,
-                                          "rank": 4, "collapse_ratio": 1e-4, "seed": 0}}
-#: the feature networks iFID accepts (``ifid.feature_net``)
-IFID_FEATURE_NETS = ("inception", "domain")
-#: the metric families of ``tokenizer-metrics`` (each an ``enabled`` name and a parameter object)
-TOKENIZER_FAMILIES = ("equivariance", "ifid", "fisher_geometry")
-MODEL_DEFAULTS = {"enabled": [], "seed": 0,
-                  "fisher": {"s_min": 1e-3, "s_max": 100.0, "s_points": 32, "probes": 2, "max_samples": 1000,
-                             "seed": 0, "batch_size": 256}}
+
 def register(subparsers) -> None:
     """Add the ``tokenizer-metrics`` and ``model-metrics`` subcommands."""
     from ..specs import json_spec
@@ -64,7 +53,7 @@ def register(subparsers) -> None:
                         '"equivariance": {...}, "ifid": {...}, "fisher_geometry": {...}}')
     p.add_argument("--out", required=True, help="output Parquet rows")
     add_device_argument(p)
-    p.set_defaults(func=run_tokenizer_metrics)
+    p.set_defaults(func=run_tokenizer_metrics, input_files={"latents": tokenizer_metrics_input_files})
 
     q = subparsers.add_parser("model-metrics", help="FI/FIR of a trained diffusion model",
                               description="Fisher information (rate) of the latent law as the trained "
@@ -173,6 +162,20 @@ def _ifid_features(net: str, args, device):
     return domain_features(load_domain_classifier(args.feature_net), device)
 
 
+def tokenizer_metrics_input_files(args) -> tuple[str, ...]:
+    """The files of ``--latents`` that ``tokenizer-metrics`` reads: val and stats, and the train latents only
+    when iFID draws its neighbours from them (``ifid.pool`` "train", the default); a spec it cannot read keeps
+    them (the command then refuses the spec itself)."""
+    files = ("val.safetensors", "stats.safetensors")
+    spec = args.spec if isinstance(args.spec, dict) else {}
+    enabled = spec.get("enabled", TOKENIZER_METRICS_DEFAULTS["enabled"])
+    ifid = spec.get("ifid") or {}
+    pool = ifid.get("pool", TOKENIZER_METRICS_DEFAULTS["ifid"]["pool"]) if isinstance(ifid, dict) else "train"
+    if not isinstance(enabled, list) or ("ifid" in enabled and pool != "val"):
+        files += ("train.safetensors",)
+    return files
+
+
 def run_tokenizer_metrics(args) -> int:
     """Equivariance, iFID and Fisher-geometry rows of ``--tokenizer`` (the families ``enabled`` in ``--spec``)."""
     import torch
@@ -183,7 +186,7 @@ def run_tokenizer_metrics(args) -> int:
     from ..tokenizers.factory import load_tokenizer
     from .tokenizer_rows import equivariance_rows, fisher_geometry_rows, ifid_row
 
-    spec = resolve_spec(args.spec, TOKENIZER_DEFAULTS, "tokenizer-metrics --spec", TOKENIZER_FAMILIES)
+    spec = resolve_spec(args.spec, TOKENIZER_METRICS_DEFAULTS, "tokenizer-metrics --spec", TOKENIZER_FAMILIES)
     batch_size = int(spec["batch_size"])
     require(batch_size >= 1, f"tokenizer-metrics --spec: batch_size must be ≥ 1, got {batch_size}")
     device = torch.device(resolve_device(args.device))
@@ -234,7 +237,7 @@ def run_model_metrics(args) -> int:
     from ..rows import result_row
     from ..seeding import seeded_subset, torch_generator
 
-    spec = resolve_spec(args.spec, MODEL_DEFAULTS, "model-metrics --spec", ("fisher",))
+    spec = resolve_spec(args.spec, MODEL_METRICS_DEFAULTS, "model-metrics --spec", ("fisher",))
     params = spec["fisher"]
     require(int(params["probes"]) >= 1 and int(params["batch_size"]) >= 1,
             f"model-metrics --spec: fisher.probes and fisher.batch_size must be ≥ 1, got {params}")

@@ -15,13 +15,7 @@ from pathlib import Path
 
 from ..errors import require
 from ..specs import resolve_spec
-from .encode import CHUNK
-
-#: keys of the ``import-latents`` spec
-IMPORT_LATENTS_KEYS = ("image_size", "n_classes", "stats_tolerance")
-
-ENCODE_DEFAULTS = {"seed": 0, "batch_size": 256, "mask_pooling": "max", "mask_threshold": 0.5, "flip": False,
-                   "chunk": CHUNK}
+from .spec import ENCODE_DEFAULTS, IMPORT_LATENTS_KEYS
 
 
 def register(subparsers) -> None:

@@ -8,11 +8,10 @@ never on the batch size or the device; a split is written chunk by chunk through
 from __future__ import annotations
 
 from ..errors import require
+from .spec import CHUNK
 
 #: posterior noise is drawn in fixed blocks of images so the latents do not depend on batch_size
 NOISE_BLOCK = 256
-#: images between two progress records of a latent file (encode.chunk's default)
-CHUNK = 8192
 
 
 def posterior_noise(seed: int, split: str, start: int, stop: int, shape: tuple[int, ...]):

@@ -57,14 +57,35 @@ class Computation:
     defaults: dict = field(default_factory=dict)
 
 
+#: the study's seven perspectives of a latent space, in the order of its Fig. 1 (docs/analysis.md §2)
+PAPER_PERSPECTIVES = ("velocity ambiguity", "semantic separability", "spatial structure", "latent smoothness",
+                      "manifold continuity", "latent uniformity", "affine equivariance")
+#: the groups of the metrics that are none of the seven: reconstruction proxies, the Fisher-information
+#: diagnostics and alignment/penalty metrics (docs/fisher-geometry.md), the post-hoc transport efficiency of a
+#: trained model's trajectories (measured after training, like gFID), and anything unplaced
+OTHER_PERSPECTIVES = ("reconstruction", "fisher geometry", "transport (post hoc)", "other")
+
+
 @dataclass(frozen=True)
 class MetricSpec:
-    """One reported value: its computation, which direction is better, and a short description."""
+    """One reported value: its computation, the perspective it measures, which direction is better, a description.
+
+    ``perspective`` is one of :data:`PAPER_PERSPECTIVES` or :data:`OTHER_PERSPECTIVES`; the analysis groups
+    the correlation table by it (the study's Fig. 4), so a new metric is placed when it is registered.
+    """
 
     name: str
     computation: str
+    perspective: str
     direction: str  # "lower", "higher" or "none" (a diagnostic: no side is better, e.g. fi/fir)
     description: str
+
+    def __post_init__(self):
+        require(self.perspective in PAPER_PERSPECTIVES + OTHER_PERSPECTIVES,
+                f"metric {self.name!r}: perspective {self.perspective!r} is none of "
+                f"{PAPER_PERSPECTIVES + OTHER_PERSPECTIVES}")
+        require(self.direction in ("lower", "higher", "none"),
+                f"metric {self.name!r}: direction {self.direction!r} is none of lower, higher, none")
 
 
 # --------------------------------------------------------------------------- computations
@@ -241,36 +262,44 @@ COMPUTATIONS: dict[str, Computation] = {c.name: c for c in (
 )}
 
 METRICS: dict[str, MetricSpec] = {m.name: m for m in (
-    MetricSpec("viv_uniform", "viv_class_conditional", "lower", "class-conditional VIV, t ~ U[0, 1]"),
-    MetricSpec("viv_logit_normal", "viv_class_conditional", "lower", "class-conditional VIV, t ~ LN(0, 1)"),
-    MetricSpec("viv_uniform_per_dim", "viv_class_conditional", "lower", "viv_uniform / D"),
-    MetricSpec("viv_logit_normal_per_dim", "viv_class_conditional", "lower", "viv_logit_normal / D"),
-    MetricSpec("viv_curve", "viv_class_conditional", "lower",
+    MetricSpec("viv_uniform", "viv_class_conditional", "velocity ambiguity", "lower",
+               "class-conditional VIV, t ~ U[0, 1]"),
+    MetricSpec("viv_logit_normal", "viv_class_conditional", "velocity ambiguity", "lower",
+               "class-conditional VIV, t ~ LN(0, 1)"),
+    MetricSpec("viv_uniform_per_dim", "viv_class_conditional", "velocity ambiguity", "lower", "viv_uniform / D"),
+    MetricSpec("viv_logit_normal_per_dim", "viv_class_conditional", "velocity ambiguity", "lower",
+               "viv_logit_normal / D"),
+    MetricSpec("viv_curve", "viv_class_conditional", "velocity ambiguity", "lower",
                "class-averaged σ²_irr(t) of eq. 4, one row per time (params t); only when named"),
-    MetricSpec("viv_marginal", "viv_marginal", "lower", "marginal (GMM Monte Carlo) VIV"),
-    MetricSpec("lnc", "lnc", "higher", "latent neighbour consistency (FG-pooled kNN label agreement)"),
-    MetricSpec("lds", "lds", "higher", "local-vs-distant token cosine similarity"),
-    MetricSpec("cds", "cds", "higher", "negative slope of token cosine vs grid distance"),
-    MetricSpec("srss", "srss", "higher", "semantic-region self-similarity (FG vs BG)"),
-    MetricSpec("rmsc", "rmsc", "higher", "RMS spatial contrast of unit tokens"),
-    MetricSpec("sec", "sec", "lower", "spectral energy above r = 0.5 of the DCT Manhattan frequency"),
+    MetricSpec("viv_marginal", "viv_marginal", "velocity ambiguity", "lower", "marginal (GMM Monte Carlo) VIV"),
+    MetricSpec("lnc", "lnc", "semantic separability", "higher",
+               "latent neighbour consistency (FG-pooled kNN label agreement)"),
+    MetricSpec("lds", "lds", "spatial structure", "higher", "local-vs-distant token cosine similarity"),
+    MetricSpec("cds", "cds", "spatial structure", "higher", "negative slope of token cosine vs grid distance"),
+    MetricSpec("srss", "srss", "spatial structure", "higher", "semantic-region self-similarity (FG vs BG)"),
+    MetricSpec("rmsc", "rmsc", "spatial structure", "higher", "RMS spatial contrast of unit tokens"),
+    MetricSpec("sec", "sec", "latent smoothness", "lower",
+               "spectral energy above r = 0.5 of the DCT Manhattan frequency"),
     # FI/FIR magnitudes are diagnostics (direction "none"): what matters is their alignment with the data's
     # curves (fi_gap/fir_gap of the tokenizer-metrics command, docs/fisher-geometry.md), not their size
-    MetricSpec("fi", "fisher_class_conditional", "none",
+    MetricSpec("fi", "fisher_class_conditional", "fisher geometry", "none",
                "Fisher information of the class Gaussians: mean over log s of φ(s) = s·J(s)/D (diagnostic)"),
-    MetricSpec("fir", "fisher_class_conditional", "none",
+    MetricSpec("fir", "fisher_class_conditional", "fisher geometry", "none",
                "Fisher information rate of the class Gaussians: mean over log s of ψ(s) = −s²·J'(s)/D (diagnostic)"),
-    MetricSpec("fi_curve", "fisher_class_conditional", "none",
+    MetricSpec("fi_curve", "fisher_class_conditional", "fisher geometry", "none",
                "class-averaged φ(s), one row per noise variance (params s); only when named"),
-    MetricSpec("fir_curve", "fisher_class_conditional", "none",
+    MetricSpec("fir_curve", "fisher_class_conditional", "fisher geometry", "none",
                "class-averaged ψ(s), one row per noise variance (params s); only when named"),
-    MetricSpec("fi_mixture", "fisher_mixture", "none", "fi of the class mixture (Monte Carlo); only when named"),
-    MetricSpec("fir_mixture", "fisher_mixture", "none", "fir of the class mixture (Monte Carlo); only when named"),
-    MetricSpec("linear_probe", "linear_probe", "higher",
+    MetricSpec("fi_mixture", "fisher_mixture", "fisher geometry", "none",
+               "fi of the class mixture (Monte Carlo); only when named"),
+    MetricSpec("fir_mixture", "fisher_mixture", "fisher geometry", "none",
+               "fir of the class mixture (Monte Carlo); only when named"),
+    MetricSpec("linear_probe", "linear_probe", "semantic separability", "higher",
                "val top-1 of a BN + linear probe trained on the flattened train latents; only when named"),
-    MetricSpec("uniformity_cv", "uniformity", "lower", "CV of t-SNE KDE density"),
-    MetricSpec("uniformity_gini", "uniformity", "lower", "Gini of t-SNE KDE density"),
-    MetricSpec("uniformity_entropy", "uniformity", "higher", "normalised entropy of t-SNE KDE density"),
+    MetricSpec("uniformity_cv", "uniformity", "latent uniformity", "lower", "CV of t-SNE KDE density"),
+    MetricSpec("uniformity_gini", "uniformity", "latent uniformity", "lower", "Gini of t-SNE KDE density"),
+    MetricSpec("uniformity_entropy", "uniformity", "latent uniformity", "higher",
+               "normalised entropy of t-SNE KDE density"),
 )}
 
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -281,37 +310,46 @@ GROUPS: dict[str, tuple[str, ...]] = {
 
 #: rows of the ``tokenizer-metrics`` command (they need the encoder/decoder, not only latents)
 TOKENIZER_METRICS: dict[str, MetricSpec] = {m.name: m for m in (
-    MetricSpec("rotate_error", "equivariance", "lower", "‖E(rot90 x) − rot90 E(x)‖²/‖rot90 E(x)‖², k = 1, 2, 3"),
-    MetricSpec("rotate_consistency", "equivariance", "higher", "token cosine of E(rot90 x) and rot90 E(x)"),
-    MetricSpec("scale_error", "equivariance", "lower", "relative error of E(down-scaled x) vs down-scaled E(x)"),
-    MetricSpec("scale_consistency", "equivariance", "higher", "token cosine of E(scaled x) and scaled E(x)"),
-    MetricSpec("ifid", "ifid", "lower",
+    MetricSpec("rotate_error", "equivariance", "affine equivariance", "lower",
+               "‖E(rot90 x) − rot90 E(x)‖²/‖rot90 E(x)‖², k = 1, 2, 3"),
+    MetricSpec("rotate_consistency", "equivariance", "affine equivariance", "higher",
+               "token cosine of E(rot90 x) and rot90 E(x)"),
+    MetricSpec("scale_error", "equivariance", "affine equivariance", "lower",
+               "relative error of E(down-scaled x) vs down-scaled E(x)"),
+    MetricSpec("scale_consistency", "equivariance", "affine equivariance", "higher",
+               "token cosine of E(scaled x) and scaled E(x)"),
+    MetricSpec("ifid", "ifid", "manifold continuity", "lower",
                "Fréchet distance of real images vs decoded slerps to a cosine neighbour (iFID protocol)"),
     # Fisher geometry (docs/fisher-geometry.md): alignment of the data's and the latents' FI/FIR curves on the
     # normalised noise axis σ = s / v̄, and the encoder's penalties from JVPs along data tangents
-    MetricSpec("fi_gap", "fisher_alignment", "lower",
+    MetricSpec("fi_gap", "fisher_alignment", "fisher geometry", "lower",
                "mean over log σ of |log φ_latent(σ) − log φ_data(σ)| (class-Gaussian FI curves)"),
-    MetricSpec("fir_gap", "fisher_alignment", "lower",
+    MetricSpec("fir_gap", "fisher_alignment", "fisher geometry", "lower",
                "mean over log σ of |log ψ_latent(σ) − log ψ_data(σ)| (class-Gaussian |FIR| curves)"),
-    MetricSpec("fi_data_curve", "fisher_alignment", "none", "φ(σ) of the block-averaged images, one row per σ"),
-    MetricSpec("fir_data_curve", "fisher_alignment", "none", "ψ(σ) of the block-averaged images, one row per σ"),
-    MetricSpec("fi_latent_curve", "fisher_alignment", "none", "φ(σ) of the normalised latents, one row per σ"),
-    MetricSpec("fir_latent_curve", "fisher_alignment", "none", "ψ(σ) of the normalised latents, one row per σ"),
-    MetricSpec("compression_penalty", "fisher_penalties", "lower",
+    MetricSpec("fi_data_curve", "fisher_alignment", "fisher geometry", "none",
+               "φ(σ) of the block-averaged images, one row per σ"),
+    MetricSpec("fir_data_curve", "fisher_alignment", "fisher geometry", "none",
+               "ψ(σ) of the block-averaged images, one row per σ"),
+    MetricSpec("fi_latent_curve", "fisher_alignment", "fisher geometry", "none",
+               "φ(σ) of the normalised latents, one row per σ"),
+    MetricSpec("fir_latent_curve", "fisher_alignment", "fisher geometry", "none",
+               "ψ(σ) of the normalised latents, one row per σ"),
+    MetricSpec("compression_penalty", "fisher_penalties", "fisher geometry", "lower",
                "log-scaled fraction of data tangent directions the encoder discards"),
-    MetricSpec("distortion_penalty", "fisher_penalties", "lower",
+    MetricSpec("distortion_penalty", "fisher_penalties", "fisher geometry", "lower",
                "isometry defect ‖G/c² − I‖²_F / r of the encoder on data tangents"),
-    MetricSpec("curvature_penalty", "fisher_penalties", "lower",
+    MetricSpec("curvature_penalty", "fisher_penalties", "fisher geometry", "lower",
                "normal bending of data tangent lines by the encoder over one neighbour step"),
-    MetricSpec("data_curvature", "fisher_penalties", "none",
+    MetricSpec("data_curvature", "fisher_penalties", "fisher geometry", "none",
                "secant energy off the data tangent frame (a property of the data, not the tokenizer)"),
 )}
 
 #: rows of the ``model-metrics`` command (one trained diffusion model per row set)
 MODEL_METRICS: dict[str, MetricSpec] = {m.name: m for m in (
     # diagnostics like the analytic fi/fir (see the note in METRICS): a lower FI rewards compression
-    MetricSpec("fi_model", "model_fisher", "none", "fi from the trained model's score (denoiser; diagnostic)"),
-    MetricSpec("fir_model", "model_fisher", "none",
+    MetricSpec("fi_model", "model_fisher", "fisher geometry", "none",
+               "fi from the trained model's score (denoiser; diagnostic)"),
+    MetricSpec("fir_model", "model_fisher", "fisher geometry", "none",
                "fir from the model's score Jacobian (Hutchinson + JVP; diagnostic)"),
 )}
 
@@ -320,9 +358,11 @@ MODEL_METRICS: dict[str, MetricSpec] = {m.name: m for m in (
 #: means over samples of eqs. (10), (11) and, one row per segment, ρ_k — a profile whose straight constant-speed
 #: value is 1 with no better side (above 1 aggressive, below conservative), so a diagnostic
 TRAJECTORY_METRICS: dict[str, MetricSpec] = {m.name: m for m in (
-    MetricSpec("local_straightness", "trajectory", "higher", "mean cosine of consecutive segments, eq. (10)"),
-    MetricSpec("global_efficiency", "trajectory", "higher", "displacement over path length, eq. (11)"),
-    MetricSpec("length_ratio", "trajectory", "none",
+    MetricSpec("local_straightness", "trajectory", "transport (post hoc)", "higher",
+               "mean cosine of consecutive segments, eq. (10)"),
+    MetricSpec("global_efficiency", "trajectory", "transport (post hoc)", "higher",
+               "displacement over path length, eq. (11)"),
+    MetricSpec("length_ratio", "trajectory", "transport (post hoc)", "none",
                "per-segment length ratio ρ_k, one row per segment (params segment, t_start, t_end); 1 = straight"),
 )}
 
@@ -334,6 +374,18 @@ def metric_direction(name: str) -> str:
     known = {**METRICS, **TOKENIZER_METRICS, **MODEL_METRICS, **TRAJECTORY_METRICS}
     require(name in known, f"metric {name!r} is unknown (known: {sorted(known)})")
     return known[name].direction
+
+
+def metric_perspective(name: str) -> str:
+    """The perspective of a registry metric (a SEC sweep row ``sec_r…`` is SEC's); unknown names are ``other``.
+
+    >>> metric_perspective("viv_uniform"), metric_perspective("sec_r0.25"), metric_perspective("new_metric")
+    ('velocity ambiguity', 'latent smoothness', 'other')
+    """
+    if name.startswith("sec_r"):
+        name = "sec"
+    known = {**METRICS, **TOKENIZER_METRICS, **MODEL_METRICS, **TRAJECTORY_METRICS}
+    return known[name].perspective if name in known else "other"
 
 
 def requirements(name: str) -> frozenset:

@@ -33,6 +33,7 @@ import torch
 
 from diffusability.cli import build_parser, main
 from diffusability.io import load_arrays, load_tensors, save_npz, save_tensors, write_json, write_parquet
+from sit_reference import sit_state_dict
 
 REPO = Path(__file__).resolve().parent.parent
 #: a file name a shell would run: if any command passed a path through a shell, PWNED would appear
@@ -122,7 +123,8 @@ def good(tmp_path_factory) -> SimpleNamespace:
                         samples=root / "samples.npz", stats=root / "reference.npz", traj=root / "traj.safetensors",
                         latents=root / "latents.safetensors", rep_stats=root / "dinov2.npz",
                         inception_rows=root / "inception_rows.parquet", config=REPO / "config" / "smoke.yaml",
-                        profile=REPO / "cluster", manifest=root / "manifest.parquet", images=root / "imagenet")
+                        profile=REPO / "cluster", manifest=root / "manifest.parquet", images=root / "imagenet",
+                        sit=root / "sit.pt")
     _split(g.train, 16, 0)
     _split(g.val, 12, 1)
     torch.manual_seed(0)
@@ -137,6 +139,8 @@ def good(tmp_path_factory) -> SimpleNamespace:
     backbone = {"name": "sit-xs", "family": "sit", "depth": 1, "width": 16, "heads": 2, "num_classes": 2}
     model = init_model(backbone, 3, 8, 2).eval()
     write_outputs(g.model, model, model, as_spec(backbone), {"in_channels": 3, "grid_size": 8, "num_classes": 2}, [])
+    # a checkpoint in SiT's own format (convert-diffusion's input): width 16, 2 heads, patch 1, 3×8×8, 2 classes
+    torch.save(sit_state_dict(depth=1, width=16, patch=1, channels=3, grid=8, num_classes=2), g.sit)
     val = load_arrays(g.val)
     save_npz(g.samples, arr_0=val["images"], labels=val["labels"])
     assert main(["reference-stats", "--images", str(g.val), "--feature-net", str(g.teacher), "--device", "cpu",
@@ -197,6 +201,8 @@ GOOD: dict[str, Callable[[SimpleNamespace, Path], list[tuple[str, object]]]] = {
     "model-metrics": lambda g, o: [("--diffusion", g.model), ("--latents", g.lat), ("--spec", json.dumps(MODEL_METRICS)),
                                    ("--device", "cpu"), ("--out", o / "rows.parquet")],
     "train-diffusion": lambda g, o: [("--latents", g.lat), ("--spec", json.dumps(DIFFUSION)), ("--out", o / "model")],
+    "convert-diffusion": lambda g, o: [("--source", g.sit), ("--heads", "2"), ("--latent-scale", "0.5"),
+                                       ("--out", o / "model")],
     "sample": lambda g, o: [("--diffusion", g.model), ("--tokenizer", g.tok), ("--latents", g.lat),
                             ("--spec", json.dumps(SAMPLING)), ("--cfg-scale", "1.5"), ("--out", o / "samples.npz")],
     "generation-metrics": lambda g, o: [("--samples", g.samples), ("--reference", g.val), ("--feature-net", g.teacher),
@@ -267,6 +273,15 @@ def table(edit: Callable[[pd.DataFrame], pd.DataFrame]) -> Writer:
         frame = edit(pd.read_parquet(path))
         path.unlink()
         write_parquet(frame, path)
+    return write
+
+
+def checkpoint(edit: Callable[[object], object]) -> Writer:
+    """Rewrite a torch.save file with ``edit(what it holds)``."""
+    def write(path: Path, g) -> None:
+        data = edit(torch.load(path, map_location="cpu", weights_only=True))
+        path.unlink()
+        torch.save(data, path)
     return write
 
 
@@ -637,6 +652,22 @@ TABLE += spec_cases("train-diffusion", NOT_JSON, ("unknown-key", json.dumps({**D
                     ("wrong-dtype", json.dumps({**DIFFUSION, "steps": "many"}), "steps"),
                     ("nan", json.dumps({**DIFFUSION, "lr": float("nan")}), "lr"))
 TABLE += [Case("sample", "--diffusion", label, make) for label, make in DIFFUSION_DIR_CASES]
+# a SiT checkpoint (convert-diffusion): the message names the file, and the key where one is at fault
+TABLE += [Case("convert-diffusion", "--source", "missing", missing("sit.pt")),
+          Case("convert-diffusion", "--source", "hostile-path", hostile(".pt")),
+          Case("convert-diffusion", "--source", "garbage", at("sit.pt", garbage)),
+          Case("convert-diffusion", "--source", "truncated", at("sit.pt", half, like="sit")),
+          Case("convert-diffusion", "--source", "not-a-state-dict", at("sit.pt", checkpoint(lambda d: list(d)), like="sit")),
+          Case("convert-diffusion", "--source", "missing-key",
+               at("sit.pt", checkpoint(_drop("blocks.0.mlp.fc1.weight")), like="sit", expect="blocks.0.mlp.fc1.weight")),
+          Case("convert-diffusion", "--source", "unknown-key",
+               at("sit.pt", checkpoint(_set("blocks.0.attn.q_norm.weight", torch.ones(8))), like="sit",
+                  expect="blocks.0.attn.q_norm.weight")),
+          Case("convert-diffusion", "--source", "wrong-shape",
+               at("sit.pt", checkpoint(_set("blocks.0.attn.proj.weight", torch.ones(16, 8))), like="sit",
+                  expect="blocks.0.attn.proj.weight")),
+          Case("convert-diffusion", "--heads", "not-dividing", value("3", "--heads 3")),
+          Case("convert-diffusion", "--latent-scale", "nan", value("nan", "--latent-scale"))]
 TABLE += [Case("sample", "--tokenizer", label, make) for label, make in TOKENIZER_DIR_CASES]
 TABLE += latent_cases("sample", ["missing", "hostile-path", "train-garbage", "train-flat-latents", "stats-missing",
                                  "stats-garbage", "stats-nan", "stats-zero-std", "stats-wrong-shape"])

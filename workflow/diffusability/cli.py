@@ -17,6 +17,7 @@ from .analysis import commands as analysis_commands
 from .analysis import predict_command
 from .data import commands as data_commands
 from .diffusion import commands as diffusion_commands
+from .diffusion import convert_command
 from .errors import DiffusabilityError
 from .evaluation import commands as evaluation_commands
 from .latent_metrics import commands as latent_metrics_commands
@@ -39,6 +40,7 @@ COMMAND_MODULES = (
     latent_metrics_commands,
     network_commands,
     diffusion_commands,
+    convert_command,
     sampling_commands,
     evaluation_commands,
     representation_commands,

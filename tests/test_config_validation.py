@@ -103,6 +103,40 @@ def test_repeats_with_an_imported_diffusion_model_are_refused(default_config):
     assert "tokenizers.baseline.diffusion.sit-t" in message and "repeats" in message
 
 
+def test_a_tokenizers_latent_normalization_reaches_only_its_encode_spec(default_config):
+    from diffusability.workflow.config import encode_spec
+
+    config = copy.deepcopy(default_config)
+    config["tokenizers"]["baseline"]["latent_normalization"] = {"scale": 0.18215}
+    config["tokenizers"]["kl-1e-2"]["latent_normalization"] = {"mean": [0.0] * 4, "std": [1.0, 2.0, 3.0, 4.0]}
+    filled = validate_config(config)
+    assert encode_spec(filled, "baseline") == {**encode_spec(filled), "normalization": {"scale": 0.18215}}
+    assert encode_spec(filled, "kl-1e-2")["normalization"]["std"] == [1.0, 2.0, 3.0, 4.0]
+    # every other tokenizer keeps the spec it had, so a study that sets none reruns nothing
+    assert encode_spec(filled, "mcos-0.1") == encode_spec(filled) and "normalization" not in encode_spec(filled)
+    assert "latent_normalization" not in tokenizer_spec(filled, "baseline")  # not a training setting
+
+
+@pytest.mark.parametrize("value, message", [
+    ({"scale": 0}, "tokenizers.baseline.latent_normalization"),
+    ({"scale": 1.0, "mean": [0.0]}, "tokenizers.baseline.latent_normalization"),
+    ({"mean": [0.0] * 4}, "tokenizers.baseline.latent_normalization"),
+    ({"mean": [0.0] * 4, "std": [1.0, 0.0, 1.0, 1.0]}, "tokenizers.baseline.latent_normalization"),
+    ({"mean": [0.0] * 4, "std": [1.0] * 3}, "4 means but 3 stds"),
+])
+def test_a_bad_latent_normalization_is_refused_naming_the_key(default_config, value, message):
+    config = copy.deepcopy(default_config)
+    config["tokenizers"]["baseline"]["latent_normalization"] = value
+    assert message in _error(config)
+
+
+def test_latent_normalization_with_imported_latents_is_refused(default_config):
+    config = copy.deepcopy(default_config)
+    config["tokenizers"]["baseline"].update(latents="/somewhere/latents", latent_normalization={"scale": 0.5})
+    message = _error(config)
+    assert "tokenizers.baseline.latent_normalization" in message and "stats.safetensors" in message
+
+
 def test_snakemake_refuses_bad_config_before_any_job(workdir_factory, snakemake_exe, default_config):
     config = copy.deepcopy(default_config)
     config["backbones"]["sit-t"]["family"] = "dit"

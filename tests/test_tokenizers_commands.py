@@ -95,6 +95,46 @@ def test_encode_rejects_unknown_spec_keys(stage, capsys):
     assert code == 2 and "mask_pool" in capsys.readouterr().err
 
 
+def test_encode_writes_the_studys_normalisation_instead_of_the_measured_one(stage, tmp_path, capsys):
+    """latent_normalization (a released model's scaling factor): the same latents, the given mean/std."""
+    base = ["encode", "--tokenizer", str(stage / "tok"), "--train", str(stage / "train.safetensors"),
+            "--val", str(stage / "val.safetensors"), "--out"]
+    assert main(base + [str(tmp_path / "measured"), "--spec", json.dumps({"seed": 3, "batch_size": 5})]) == 0
+    measured = load_tensors(tmp_path / "measured" / "stats.safetensors")
+    for name, normalization, mean, std in (
+            ("scale", {"scale": 0.5}, [0.0] * 3, [2.0] * 3),
+            ("lists", {"mean": [0.1, -0.2, 0.3], "std": [1.5, 2.5, 3.5]}, [0.1, -0.2, 0.3], [1.5, 2.5, 3.5])):
+        spec = {"seed": 3, "batch_size": 5, "normalization": normalization}
+        assert main(base + [str(tmp_path / name), "--spec", json.dumps(spec)]) == 0
+        stats = load_tensors(tmp_path / name / "stats.safetensors")
+        assert torch.equal(stats["mean"], torch.tensor(mean)) and torch.equal(stats["std"], torch.tensor(std))
+        assert not torch.allclose(stats["std"], measured["std"])
+        for split in ("train", "val"):  # the latents themselves do not depend on the normalisation
+            assert torch.equal(load_tensors(tmp_path / name / f"{split}.safetensors")["latents"],
+                               load_tensors(tmp_path / "measured" / f"{split}.safetensors")["latents"])
+    capsys.readouterr()
+    for normalization, expect in (({"mean": [0.0, 0.0], "std": [1.0, 1.0]}, "normalization.mean has 2 values but "
+                                                                            "the latents have 3 channels"),
+                                  ({"scale": 0}, "normalization.scale must be a positive number"),
+                                  ({"scale": 1.0, "mean": [0.0]}, "normalization must be"),
+                                  ({"mean": [0.0] * 3, "std": [1.0, -1.0, 1.0]}, "normalization.std must be a list "
+                                                                                  "of positive numbers")):
+        out = tmp_path / "refused"
+        code = main(base + [str(out), "--spec", json.dumps({"normalization": normalization})])
+        err = capsys.readouterr().err
+        assert code == 2 and expect in err and "Traceback" not in err, err
+        assert not out.exists()  # refused before any encoding
+
+
+def test_fixed_normalization_closed_forms():
+    from diffusability.latents.statistics import fixed_normalization
+
+    mean, std = fixed_normalization({"scale": 0.18215}, 4)
+    assert torch.equal(mean, torch.zeros(4)) and torch.allclose(std, torch.full((4,), 1 / 0.18215))
+    mean, std = fixed_normalization({"mean": [1, 2], "std": [3, 4]}, 2)
+    assert mean.tolist() == [1.0, 2.0] and std.tolist() == [3.0, 4.0] and std.dtype == torch.float32
+
+
 def test_reconstruction_rows_for_trained_and_untrained(stage):
     out = stage / "rows.parquet"
     assert main(["reconstruction", "--tokenizer", str(stage / "tok"), "--data", str(stage / "val.safetensors"),

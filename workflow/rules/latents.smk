@@ -15,7 +15,7 @@ rule encode:
     cache: CACHE
     params:
         code=code_identity("encode"),
-        spec=as_arg(cfg.encode_spec(config)),
+        spec=lambda wc: as_arg(cfg.encode_spec(config, wc.tok)),
         tokenizer=lambda wc, input: str(Path(input.model).parent),
         out=lambda wc, output: str(Path(output.train).parent),
     log:

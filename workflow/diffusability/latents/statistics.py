@@ -21,3 +21,49 @@ def channel_statistics(latents, chunk: int = 65536):
     mean = sum(part.sum(dim=1) for part in chunks()) / values
     variance = sum((part - mean[:, None]).pow(2).sum(dim=1) for part in chunks()) / (values - 1)
     return mean.float(), variance.sqrt().float()
+
+
+def fixed_normalization(normalization, channels: int):
+    """The per-channel mean and std of a normalisation given by the study instead of measured.
+
+    Parameters
+    ----------
+    normalization : dict
+        ``{"scale": S}`` (latent diffusion's scaling factor: mean 0, std 1/S) or ``{"mean": [C numbers],
+        "std": [C positive numbers]}``.
+    channels : int
+        The latents' channel count C.
+
+    Returns
+    -------
+    (torch.Tensor, torch.Tensor)
+        Two float32 (C,) tensors, mean and std, to write as ``stats.safetensors``.
+
+    Examples
+    --------
+    >>> mean, std = fixed_normalization({"scale": 0.5}, 2)
+    >>> mean.tolist(), std.tolist()
+    ([0.0, 0.0], [2.0, 2.0])
+    """
+    import math
+
+    import torch
+
+    def numbers(key, positive=False):
+        values = normalization[key]
+        values = [values] if key == "scale" else values
+        require(isinstance(values, list) and values and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
+            for v in values), f"encode spec: normalization.{key} must be {'a positive number' if key == 'scale' else 'a list of ' + ('positive ' if positive else '') + 'numbers'}, got {normalization[key]!r}")
+        return values
+
+    require(isinstance(normalization, dict) and (set(normalization) == {"scale"} or set(normalization) == {"mean", "std"}),
+            f"encode spec: normalization must be {{\"scale\": S}} or {{\"mean\": [...], \"std\": [...]}}, got {normalization!r}")
+    if "scale" in normalization:
+        scale = numbers("scale", positive=True)[0]
+        return torch.zeros(channels, dtype=torch.float32), torch.full((channels,), 1.0 / scale, dtype=torch.float32)
+    mean, std = numbers("mean"), numbers("std", positive=True)
+    for key, values in (("mean", mean), ("std", std)):
+        require(len(values) == channels, f"encode spec: normalization.{key} has {len(values)} values but the latents "
+                                         f"have {channels} channels")
+    return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)

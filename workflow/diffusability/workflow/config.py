@@ -161,6 +161,16 @@ def _check_cross_references(config: dict) -> None:
             raise DiffusabilityError(f"tokenizers.{name}.teacher: {teacher!r} is not a key of `teachers` ({known})")
         if tok["regularizer"]["name"] == "mae" and tok["architecture"] != "vit":
             raise DiffusabilityError(f"tokenizers.{name}.regularizer.name: 'mae' needs architecture 'vit'")
+        normalization = tok.get("latent_normalization")
+        if normalization is not None:
+            if tok.get("latents"):
+                raise DiffusabilityError(
+                    f"tokenizers.{name}.latent_normalization: imported latents (tokenizers.{name}.latents) bring "
+                    "their own stats.safetensors; set the normalisation there, or encode the latents here")
+            if "mean" in normalization and len(normalization["mean"]) != len(normalization["std"]):
+                raise DiffusabilityError(
+                    f"tokenizers.{name}.latent_normalization: {len(normalization['mean'])} means but "
+                    f"{len(normalization['std'])} stds (one of each per latent channel)")
     _check_paper_ids(config["tokenizers"])
 
 
@@ -190,8 +200,10 @@ def tokenizer_spec(config: dict, name: str) -> dict:
     entry = config["tokenizers"][name]
     # `family` and `paper_id` only label the analysis (a relabelled tokenizer is not retrained);
     # `teacher` travels as a path (see tokenizer_teacher); `latents` and `diffusion` name artifacts
-    # imported instead of computed downstream (see imported_latents / imported_diffusion).
-    spec = {k: v for k, v in entry.items() if k not in ("family", "paper_id", "teacher", "latents", "diffusion")}
+    # imported instead of computed downstream (see imported_latents / imported_diffusion);
+    # `latent_normalization` is the encode step's (see encode_spec), not the training's.
+    spec = {k: v for k, v in entry.items()
+            if k not in ("family", "paper_id", "teacher", "latents", "diffusion", "latent_normalization")}
     return {"name": name, "seed": config["seed"], "image_size": config["data"]["image_size"], **spec}
 
 
@@ -201,8 +213,14 @@ def tokenizer_teacher(config: dict, name: str) -> str | None:
     return config["teachers"][teacher] if teacher else None
 
 
-def encode_spec(config: dict) -> dict:
-    return {"seed": config["seed"], **config["encode"]}
+def encode_spec(config: dict, name: str | None = None) -> dict:
+    """The encode step's spec of tokenizer ``name``: the study's ``encode`` section, plus the tokenizer's
+    ``latent_normalization`` where it sets one (absent otherwise, so a study without it keeps its specs)."""
+    spec = {"seed": config["seed"], **config["encode"]}
+    normalization = (config["tokenizers"].get(name) or {}).get("latent_normalization") if name else None
+    if normalization is not None:
+        spec["normalization"] = normalization
+    return spec
 
 
 def repeat_seed(config: dict, repeat: int | str = 0) -> int:

@@ -380,10 +380,22 @@ def test_figures_of_the_study_and_their_captions(tables, tmp_path):
 
     template = (Path(__file__).resolve().parents[1] / "workflow" / "report" / "figures.rst").read_text()
     text = jinja2.Environment().from_string(template).render(snakemake=Snakemake)
-    assert figures.CAPTIONS["fig8_pairs"] in text and "fig8_pairs.png" in text
+    assert figures.rst_escape(figures.CAPTIONS["fig8_pairs"]) in text and "fig8_pairs.png" in text
     Snakemake.wildcards = argparse.Namespace(name="correlation_heatmap_is")
-    assert figures.CAPTIONS["correlation_heatmap"] in jinja2.Environment().from_string(template).render(
-        snakemake=Snakemake)
+    assert figures.rst_escape(figures.CAPTIONS["correlation_heatmap"]) in jinja2.Environment().from_string(
+        template).render(snakemake=Snakemake)
+    # every caption is valid reStructuredText that reads back as the caption (|r| is no substitution)
+    import docutils.core
+    import docutils.utils
+
+    for prefix, text in figures.caption_list():
+        Snakemake.wildcards = argparse.Namespace(name=prefix + "x")
+        rendered = jinja2.Environment().from_string(template).render(snakemake=Snakemake)
+        document = docutils.core.publish_doctree(rendered, settings_overrides={"report_level": 5,
+                                                                              "halt_level": 5})
+        problems = [node.astext() for node in document.findall(docutils.nodes.system_message)]
+        assert not problems, (prefix, problems)
+        assert figures.CAPTIONS[prefix] in document.astext().replace("\n", " "), prefix
 
 
 def test_summary_reports_perspectives_guidance_pairs_and_seeds(tables, tmp_path):

@@ -71,8 +71,23 @@ def caption(name: str) -> str:
 
 
 def caption_list() -> list[tuple[str, str]]:
-    """(prefix, caption), longest prefix first: what the report template matches a file name against."""
-    return sorted(CAPTIONS.items(), key=lambda item: -len(item[0]))
+    """(prefix, caption), longest prefix first: what the report template matches a file name against.
+
+    The captions are escaped for reStructuredText, the report's markup (:func:`rst_escape`).
+    """
+    return sorted(((prefix, rst_escape(text)) for prefix, text in CAPTIONS.items()), key=lambda item: -len(item[0]))
+
+
+def rst_escape(text: str) -> str:
+    r"""``text`` with reStructuredText's inline markup characters backslash-escaped.
+
+    Unescaped, ``|r|`` is a substitution reference (docutils: "Undefined substitution referenced"),
+    ``*x*`` emphasis and ``x_`` a hyperlink reference.
+
+    >>> rst_escape("best |r| *and* x_1")
+    'best \\|r\\| \\*and\\* x\\_1'
+    """
+    return re.sub(r"([\\|*`_])", r"\\\1", text)
 
 
 def _pyplot():

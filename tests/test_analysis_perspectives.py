@@ -398,6 +398,16 @@ def test_figures_of_the_study_and_their_captions(tables, tmp_path):
         assert figures.CAPTIONS[prefix] in document.astext().replace("\n", " "), prefix
 
 
+def test_figures_drawn_in_two_processes_are_the_same_files(tables, tmp_path):
+    """--jobs 2 forks the drawing; every figure is drawn from the same tables, so the bytes are those of one process."""
+    run(["figures", "--tables", str(tables), "--out-dir", str(tmp_path / "one")])
+    run(["figures", "--tables", str(tables), "--out-dir", str(tmp_path / "two"), "--jobs", "2"])
+    one = {p.name: p.read_bytes() for p in (tmp_path / "one").glob("*.png")}
+    two = {p.name: p.read_bytes() for p in (tmp_path / "two").glob("*.png")}
+    assert sorted(one) == sorted(two) and len(one) > 20
+    assert [name for name in one if one[name] != two[name]] == []
+
+
 def test_summary_reports_perspectives_guidance_pairs_and_seeds(tables, tmp_path):
     out = tmp_path / "report.md"
     run(["summarize", "--tables", str(tables), "--out", str(out)])

@@ -124,8 +124,11 @@ rule figures:
         captions=analysis_figures.caption_list(),
     log:
         layout.log_file("figures"),
+    # the last job of a run, alone on the machine: its figures are drawn in parallel (capped at --cores)
+    threads: 2
     shell:
-        "{DIFFUSABILITY} figures --tables {TABLES_DIR:q} --spec {params.spec} --out-dir {output:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS=1 {DIFFUSABILITY} figures --tables {TABLES_DIR:q} --spec {params.spec} "
+        "--out-dir {output:q} --jobs {threads} > {log:q} 2>&1"
 
 
 rule summary:

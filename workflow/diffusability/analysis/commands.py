@@ -45,6 +45,8 @@ def register(subparsers) -> None:
     p.add_argument("--tables", type=Path, required=True)
     p.add_argument("--spec", type=json_spec, default={})
     p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--jobs", type=_positive_int, default=1,
+                   help="processes that draw the figures (default 1; the files do not depend on it)")
     p.set_defaults(func=run_figures)
 
     p = subparsers.add_parser("summarize", help="a readable Markdown summary of the tables")
@@ -178,6 +180,17 @@ def run_correlate(args: argparse.Namespace) -> None:
              len(regressions), len(perspectives))
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def run_figures(args: argparse.Namespace) -> None:
     from . import figures
 
@@ -186,7 +199,7 @@ def run_figures(args: argparse.Namespace) -> None:
 
     require(args.tables.is_dir(), f"{args.tables}: tables folder not found")
     t = _tables(args.tables, [name for name in layout.TABLES if (args.tables / f"{name}.parquet").is_file()])
-    written = figures.all_figures(t, args.spec, args.out_dir)
+    written = figures.all_figures(t, args.spec, args.out_dir, jobs=args.jobs)
     log.info("wrote %d figures to %s", len(written), args.out_dir)
 
 

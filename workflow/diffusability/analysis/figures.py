@@ -841,8 +841,21 @@ def length_ratio_figures(generation: pd.DataFrame, metrics: pd.DataFrame, out_di
 # --------------------------------------------------------------------------- all of them
 
 
-def all_figures(t: dict, spec: dict, out_dir: Path) -> list[Path]:
-    """Every figure of the tables ``t`` (the names of workflow/layout.py TABLES) into ``out_dir``."""
+#: the figure tasks of the running :func:`all_figures`, read by the forked worker processes (not pickled)
+_TASKS: list = []
+
+
+def _run_task(index: int):
+    function, args = _TASKS[index]
+    return function(*args)
+
+
+def all_figures(t: dict, spec: dict, out_dir: Path, jobs: int = 1) -> list[Path]:
+    """Every figure of the tables ``t`` (the names of workflow/layout.py TABLES) into ``out_dir``.
+
+    ``jobs`` > 1 draws the figures in that many forked processes (each figure is drawn by one process
+    from the same tables, so the files are those of ``jobs=1``); the slowest tasks are handed out first.
+    """
     from ..errors import DiffusabilityError
     from . import correlations as corr
     from .predict import tokenizer_cluster
@@ -858,33 +871,54 @@ def all_figures(t: dict, spec: dict, out_dir: Path) -> list[Path]:
     proxies = corr.proxy_matrix(t["metrics"], t["reconstruction"])
     targets = list(dict.fromkeys([target] + sorted(set(correlations.get("target", pd.Series(dtype=str)))
                                                     - {target})))
-    written = scatter_figures(proxies, generation, correlations, target, out_dir, clusters)
-    written.append(trained_vs_untrained(t["reconstruction"], generation, target, out_dir, clusters))
-    written += length_ratio_figures(generation, t["metrics"], out_dir)
-    for goal in targets:
-        name = "correlation_heatmap" if goal == target else f"correlation_heatmap_{safe_name(goal)}"
-        written.append(correlation_heatmap(correlations, out_dir, goal, name))
-    written.append(intervals_figure(correlations, target, out_dir))
+    # (function, arguments) per figure or group of figures, the slowest first (one scatter per proxy,
+    # then the many-panel figures)
+    tasks = [(scatter_figures, (proxies, generation, correlations, target, out_dir, clusters))]
     perspectives = t.get("perspectives")
     if perspectives is not None and len(perspectives):
         for goal in targets:
-            written.append(perspectives_figure(proxies, generation, perspectives, tokenizers, clusters, goal,
-                                               out_dir))
-            written.append(backbones_figure(proxies, generation, correlations, perspectives, clusters, goal,
-                                            out_dir, tokenizers))
-            written.append(families_figure(proxies, generation, correlations, perspectives, clusters, goal,
-                                           out_dir, tokenizers))
-            optima = t.get("guidance_optima")
-            if optima is not None and len(optima):
-                written.append(guidance_curves(generation, optima, clusters, goal, out_dir))
-                written.append(guidance_figure(proxies, generation, optima, t.get("guidance_correlations"),
-                                               _main_columns(perspectives, correlations, goal), clusters, goal,
-                                               out_dir))
+            tasks.append((perspectives_figure, (proxies, generation, perspectives, tokenizers, clusters, goal,
+                                                out_dir)))
     pairs = t.get("perspective_pairs")
     if pairs is not None:
-        written.append(pairs_figure(proxies, generation, pairs, correlations, clusters, target, out_dir, tokenizers))
+        tasks.append((pairs_figure, (proxies, generation, pairs, correlations, clusters, target, out_dir, tokenizers)))
+    tasks.append((trained_vs_untrained, (t["reconstruction"], generation, target, out_dir, clusters)))
+    tasks.append((length_ratio_figures, (generation, t["metrics"], out_dir)))
     for goal in targets:
-        written.append(transport_figure(generation, correlations, clusters, goal, out_dir, tokenizers))
+        name = "correlation_heatmap" if goal == target else f"correlation_heatmap_{safe_name(goal)}"
+        tasks.append((correlation_heatmap, (correlations, out_dir, goal, name)))
+    tasks.append((intervals_figure, (correlations, target, out_dir)))
+    if perspectives is not None and len(perspectives):
+        for goal in targets:
+            tasks.append((backbones_figure, (proxies, generation, correlations, perspectives, clusters, goal,
+                                             out_dir, tokenizers)))
+            tasks.append((families_figure, (proxies, generation, correlations, perspectives, clusters, goal,
+                                            out_dir, tokenizers)))
+            optima = t.get("guidance_optima")
+            if optima is not None and len(optima):
+                tasks.append((guidance_curves, (generation, optima, clusters, goal, out_dir)))
+                tasks.append((guidance_figure, (proxies, generation, optima, t.get("guidance_correlations"),
+                                                _main_columns(perspectives, correlations, goal), clusters, goal,
+                                                out_dir)))
+    for goal in targets:
+        tasks.append((transport_figure, (generation, correlations, clusters, goal, out_dir, tokenizers)))
         if t.get("seeds") is not None:
-            written.append(seed_figure(generation, t["seeds"], clusters, goal, out_dir))
+            tasks.append((seed_figure, (generation, t["seeds"], clusters, goal, out_dir)))
+
+    global _TASKS
+    _TASKS = tasks
+    try:
+        if jobs > 1 and len(tasks) > 1:
+            import multiprocessing
+
+            # fork: the workers inherit the tables and tasks instead of receiving pickled copies
+            with multiprocessing.get_context("fork").Pool(min(jobs, len(tasks))) as pool:
+                results = pool.map(_run_task, range(len(tasks)), chunksize=1)
+        else:
+            results = [_run_task(index) for index in range(len(tasks))]
+    finally:
+        _TASKS = []
+    written = []
+    for result in results:
+        written += result if isinstance(result, list) else [result]
     return [path for path in written if path is not None]

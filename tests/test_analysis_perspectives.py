@@ -354,11 +354,18 @@ def test_correlate_writes_every_analysis_table(tables):
     assert len(read_parquet(tables / "guidance_optima.parquet")) == 2 * len(TOKENIZERS)   # fd and is
 
 
-def test_figures_of_the_study_and_their_captions(tables, tmp_path):
+@pytest.fixture(scope="module")
+def drawn(tables, tmp_path_factory):
+    """The study's figures drawn by one process (read by the tests below, drawn once)."""
+    out = tmp_path_factory.mktemp("figures") / "one"
+    run(["figures", "--tables", str(tables), "--out-dir", str(out)])
+    return out
+
+
+def test_figures_of_the_study_and_their_captions(drawn):
     from diffusability.analysis import figures
 
-    out = tmp_path / "figures"
-    run(["figures", "--tables", str(tables), "--out-dir", str(out)])
+    out = drawn
     names = sorted(p.stem for p in out.glob("*.png"))
     expected = {"fig4_perspectives_fd", "fig4_perspectives_is", "fig4_intervals", "fig5_backbones_fd",
                 "fig7_guidance_fd", "fig8_pairs", "fig9_transport_fd", "fig25_guidance_curves_fd", "seed_noise_fd",
@@ -398,11 +405,10 @@ def test_figures_of_the_study_and_their_captions(tables, tmp_path):
         assert figures.CAPTIONS[prefix] in document.astext().replace("\n", " "), prefix
 
 
-def test_figures_drawn_in_two_processes_are_the_same_files(tables, tmp_path):
+def test_figures_drawn_in_two_processes_are_the_same_files(tables, drawn, tmp_path):
     """--jobs 2 forks the drawing; every figure is drawn from the same tables, so the bytes are those of one process."""
-    run(["figures", "--tables", str(tables), "--out-dir", str(tmp_path / "one")])
     run(["figures", "--tables", str(tables), "--out-dir", str(tmp_path / "two"), "--jobs", "2"])
-    one = {p.name: p.read_bytes() for p in (tmp_path / "one").glob("*.png")}
+    one = {p.name: p.read_bytes() for p in drawn.glob("*.png")}
     two = {p.name: p.read_bytes() for p in (tmp_path / "two").glob("*.png")}
     assert sorted(one) == sorted(two) and len(one) > 20
     assert [name for name in one if one[name] != two[name]] == []

@@ -875,7 +875,8 @@ def all_figures(t: dict, spec: dict, out_dir: Path, jobs: int = 1) -> list[Path]
     # then the many-panel figures)
     tasks = [(scatter_figures, (proxies, generation, correlations, target, out_dir, clusters))]
     perspectives = t.get("perspectives")
-    if perspectives is not None and len(perspectives):
+    has_perspectives = perspectives is not None and len(perspectives) > 0
+    if has_perspectives:
         for goal in targets:
             tasks.append((perspectives_figure, (proxies, generation, perspectives, tokenizers, clusters, goal,
                                                 out_dir)))
@@ -888,7 +889,7 @@ def all_figures(t: dict, spec: dict, out_dir: Path, jobs: int = 1) -> list[Path]
         name = "correlation_heatmap" if goal == target else f"correlation_heatmap_{safe_name(goal)}"
         tasks.append((correlation_heatmap, (correlations, out_dir, goal, name)))
     tasks.append((intervals_figure, (correlations, target, out_dir)))
-    if perspectives is not None and len(perspectives):
+    if has_perspectives:
         for goal in targets:
             tasks.append((backbones_figure, (proxies, generation, correlations, perspectives, clusters, goal,
                                              out_dir, tokenizers)))

@@ -22,17 +22,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..metrics.registry import (METRICS, MODEL_METRICS, OTHER_PERSPECTIVES, PAPER_PERSPECTIVES, TOKENIZER_METRICS,
-                                TRAJECTORY_METRICS, metric_perspective)
+from ..metrics.registry import ALL_METRICS, OTHER_PERSPECTIVES, PAPER_PERSPECTIVES, metric_perspective
 
 __all__ = ["PAPER_PERSPECTIVES", "OTHER_PERSPECTIVES", "PERSPECTIVES", "COLUMNS", "metric_name", "perspective_of",
            "is_paper_perspective", "perspective_table", "main_proxies"]
 
 #: metric name (as in the metrics table) → perspective, read from the metric registry (each MetricSpec names its
 #: perspective, so registering a metric places it)
-PERSPECTIVES: dict[str, str] = {name: spec.perspective for table in (METRICS, TOKENIZER_METRICS, MODEL_METRICS,
-                                                                     TRAJECTORY_METRICS)
-                                for name, spec in table.items()}
+PERSPECTIVES: dict[str, str] = {name: spec.perspective for name, spec in ALL_METRICS.items()}
 
 #: the columns of the perspectives table (results/tables/perspectives.parquet)
 COLUMNS = ["target", "family", "backbone", "cfg_scale", "method", "perspective", "paper", "metric", "proxy",

@@ -102,9 +102,9 @@ def mixed_code(frame: pd.DataFrame, column: str = "code_identity") -> dict[str, 
     """
     if "code_identity" not in frame.columns or column not in frame.columns or frame.empty:
         return {}
-    commands = frame["code_identity"].astype(str).str.split(":", n=1).str[0]
-    values = frame["code_identity"].astype(str).str.split(":", n=1).str[1] if column == "code_identity" \
-        else frame[column].astype(str)
+    parts = frame["code_identity"].astype(str).str.split(":", n=1)
+    commands = parts.str[0]
+    values = parts.str[1] if column == "code_identity" else frame[column].astype(str)
     mixed = {}
     for command, group in values.groupby(commands):
         distinct = sorted(set(group))

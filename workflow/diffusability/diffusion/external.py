@@ -235,16 +235,13 @@ def convert_sit_state_dict(state: Mapping[str, torch.Tensor], arch: Mapping[str,
         non-finite tensor, or a ``pos_embed`` that is not the fixed 2-D sin-cos table; the message names the
         file and the key.
     """
-    from .transformer import TransformerConfig, DiffusionTransformer, sincos_2d
+    from .transformer import build_backbone, sincos_2d
 
     path = Path(path)
-    with about(path):
-        config = TransformerConfig(in_channels=arch["in_channels"], grid_size=arch["grid_size"],
-                                   num_classes=arch["num_classes"], depth=arch["depth"], width=arch["width"],
-                                   heads=arch["heads"], patch_size=arch["patch_size"], qk_norm=False,
-                                   **{k: FAMILY_DEFAULTS["sit"][k] for k in ("pos_embed", "norm", "mlp")})
-    with torch.device("meta"):  # names and shapes only: no memory, no initialisation cost for an XL model
-        expected = {key: tuple(value.shape) for key, value in DiffusionTransformer(config).state_dict().items()}
+    # the model the converted spec describes (sit_spec: the one place SiT's switches are written out)
+    with about(path), torch.device("meta"):  # names and shapes only: no memory, no initialisation cost for XL
+        model = build_backbone(sit_spec(arch, "sit"), arch["in_channels"], arch["grid_size"], arch["num_classes"])
+        expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     ours_of = {key: RENAMED.get(key, key) for key in state if key != "pos_embed"}
     unknown = sorted(key for key, ours in ours_of.items() if ours not in expected)
     require(not unknown, f"{path}: key(s) {unknown[:8]} have no counterpart in this project's SiT (QK-norm, other "

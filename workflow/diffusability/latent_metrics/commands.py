@@ -78,9 +78,12 @@ def latent_metrics_input_files(args) -> tuple[str, ...]:
     from ..metrics.registry import expand_names, requirements
 
     files = ("val.safetensors", "stats.safetensors")
+    enabled = args.spec.get("enabled")
+    if not (isinstance(enabled, list) and all(isinstance(name, str) for name in enabled)):
+        return files + ("train.safetensors",)
     try:
-        wanted = expand_names(args.spec.get("enabled"), True, True, have_train=True)
-    except Exception:  # noqa: BLE001 — a bad spec is the command's to refuse, with its own message
+        wanted = expand_names(enabled, True, True, have_train=True)
+    except DiffusabilityError:  # an unknown name: the command refuses it with its own message
         return files + ("train.safetensors",)
     return files + (("train.safetensors",) if any("train" in requirements(n) for n in wanted) else ())
 

@@ -63,16 +63,16 @@ def run_encode(args: argparse.Namespace) -> int:
             f"encode spec: mask_threshold must be a number in [0, 1], got {threshold!r}")
     require(isinstance(spec["seed"], int) and not isinstance(spec["seed"], bool),
             f"encode spec: seed must be an integer, got {spec['seed']!r}")
+    fixed = None
     if spec["normalization"] is not None:  # checked against the tokenizer's channels before hours of encoding
         from ..io import read_json
-        from .statistics import fixed_normalization
 
         config_path = Path(args.tokenizer) / "config.json"
         channels = read_json(config_path).get("latent_channels") if config_path.is_file() else None
         require(isinstance(channels, int) and channels >= 1,
                 f"{config_path}: 'latent_channels' must be a positive integer (needed by encode spec "
                 f"normalization), got {channels!r}")
-        fixed_normalization(spec["normalization"], channels)
+        fixed = fixed_normalization(spec["normalization"], channels)
     batch_size = int(spec["batch_size"])
     device = resolve_device(args.device)
     model = load_tokenizer(args.tokenizer).to(device)
@@ -97,11 +97,13 @@ def run_encode(args: argparse.Namespace) -> int:
                          fingerprint={**identity, "images": str(args.val)}, **common)
     train_latents = memory_map_tensors(out / "train.safetensors", ["latents"])["latents"]
     mean, std = channel_statistics(train_latents)
-    if spec["normalization"] is not None:
+    if fixed is not None:
         # the study's normalisation (e.g. a released model's scaling factor) instead of the measured one
         log.info("encode: normalisation %s instead of the train latents' mean %s, std %s", spec["normalization"],
                  [round(v, 4) for v in mean.tolist()], [round(v, 4) for v in std.tolist()])
-        mean, std = fixed_normalization(spec["normalization"], int(mean.shape[0]))
+        require(fixed[0].shape == mean.shape, f"{args.tokenizer}: config.json says {fixed[0].shape[0]} latent channels "
+                                              f"but the encoder wrote {mean.shape[0]}")
+        mean, std = fixed
     save_tensors(out / "stats.safetensors", {"mean": mean, "std": std}, metadata)
     log.info("encode: %d train and %d val latents of shape %s in %s", len(train), len(val),
              tuple(train_latents.shape[1:]), out)

@@ -49,20 +49,23 @@ def fixed_normalization(normalization, channels: int):
 
     import torch
 
-    def numbers(key, positive=False):
+    def numbers(key: str, positive: bool) -> list:
         values = normalization[key]
-        values = [values] if key == "scale" else values
-        require(isinstance(values, list) and values and all(
+        listed = [values] if key == "scale" else values
+        valid = isinstance(listed, list) and len(listed) > 0 and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
-            for v in values), f"encode spec: normalization.{key} must be {'a positive number' if key == 'scale' else 'a list of ' + ('positive ' if positive else '') + 'numbers'}, got {normalization[key]!r}")
-        return values
+            for v in listed)
+        kind = "a positive number" if key == "scale" else f"a list of {'positive ' if positive else ''}numbers"
+        require(valid, f"encode spec: normalization.{key} must be {kind}, got {values!r}")
+        return listed
 
-    require(isinstance(normalization, dict) and (set(normalization) == {"scale"} or set(normalization) == {"mean", "std"}),
-            f"encode spec: normalization must be {{\"scale\": S}} or {{\"mean\": [...], \"std\": [...]}}, got {normalization!r}")
+    shapes = ({"scale"}, {"mean", "std"})
+    require(isinstance(normalization, dict) and set(normalization) in shapes,
+            f'encode spec: normalization must be {{"scale": S}} or {{"mean": [...], "std": [...]}}, got {normalization!r}')
     if "scale" in normalization:
         scale = numbers("scale", positive=True)[0]
         return torch.zeros(channels, dtype=torch.float32), torch.full((channels,), 1.0 / scale, dtype=torch.float32)
-    mean, std = numbers("mean"), numbers("std", positive=True)
+    mean, std = numbers("mean", positive=False), numbers("std", positive=True)
     for key, values in (("mean", mean), ("std", std)):
         require(len(values) == channels, f"encode spec: normalization.{key} has {len(values)} values but the latents "
                                          f"have {channels} channels")

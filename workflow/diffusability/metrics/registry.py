@@ -367,13 +367,16 @@ TRAJECTORY_METRICS: dict[str, MetricSpec] = {m.name: m for m in (
 )}
 
 
+#: every row name of the registry: the latent metrics and the tokenizer-, model- and trajectory-metrics rows
+ALL_METRICS: dict[str, MetricSpec] = {**METRICS, **TOKENIZER_METRICS, **MODEL_METRICS, **TRAJECTORY_METRICS}
+
+
 def metric_direction(name: str) -> str:
     """"lower", "higher" or "none" (diagnostic) for a metric, SEC sweep, tokenizer-, model- or trajectory row name."""
     if name.startswith("sec_r"):
         return METRICS["sec"].direction
-    known = {**METRICS, **TOKENIZER_METRICS, **MODEL_METRICS, **TRAJECTORY_METRICS}
-    require(name in known, f"metric {name!r} is unknown (known: {sorted(known)})")
-    return known[name].direction
+    require(name in ALL_METRICS, f"metric {name!r} is unknown (known: {sorted(ALL_METRICS)})")
+    return ALL_METRICS[name].direction
 
 
 def metric_perspective(name: str) -> str:
@@ -384,8 +387,7 @@ def metric_perspective(name: str) -> str:
     """
     if name.startswith("sec_r"):
         name = "sec"
-    known = {**METRICS, **TOKENIZER_METRICS, **MODEL_METRICS, **TRAJECTORY_METRICS}
-    return known[name].perspective if name in known else "other"
+    return ALL_METRICS[name].perspective if name in ALL_METRICS else "other"
 
 
 def requirements(name: str) -> frozenset:
